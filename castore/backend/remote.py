@@ -1,0 +1,120 @@
+"""fsspec backend: memory://, s3:// and any other filesystem fsspec can open."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import fsspec
+
+from castore.backend.paths import check_object_path, is_temporary
+from castore.errors import BackendError, InvalidInputError, ObjectExistsError, ObjectNotFoundError
+
+T = TypeVar("T")
+
+# S3 answers a failed `If-None-Match: *` with 412, or 409 while a competing conditional
+# write is still in flight; s3fs turns only some variants into FileExistsError.
+_CONDITIONAL_CONFLICT_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+_LOCAL_PROTOCOLS = {"memory"}
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The S3 error code carried by an exception or its cause, if any."""
+    while exc is not None:
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error", {})
+            code = error.get("Code") or str(
+                response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+            )
+            return str(code)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class FsspecBackend:
+    """Objects below a root prefix of an fsspec filesystem."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any]) -> None:
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        except (ValueError, TypeError, ImportError) as exc:
+            raise InvalidInputError(f"cannot open store location {url!r}: {exc}") from exc
+        self.url = url
+        self.root = root.rstrip("/")
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.is_remote = protocol not in _LOCAL_PROTOCOLS
+
+    def _full(self, path: str) -> str:
+        return f"{self.root}/{check_object_path(path)}"
+
+    def _call(self, action: str, path: str, operation: Callable[[], T]) -> T:
+        """Run one filesystem call, translating its errors into castore's."""
+        try:
+            return operation()
+        except FileNotFoundError as exc:
+            raise ObjectNotFoundError(f"{path} not found in {self.url}") from exc
+        except Exception as exc:  # the boundary: nothing raw escapes from a library below
+            raise BackendError(f"cannot {action} {path} in {self.url}: {exc}") from exc
+
+    def read(self, path: str) -> bytes:
+        """Return the whole object."""
+        full = self._full(path)
+        return self._call("read", path, lambda: self.fs.cat_file(full))
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        """Return `length` bytes from `start`, fewer only at the end of the object."""
+        full = self._full(path)
+        if length <= 0:
+            return b""
+        return self._call(
+            "read", path, lambda: self.fs.cat_file(full, start=start, end=start + length)
+        )
+
+    def size(self, path: str) -> int:
+        """Return the object's size in bytes."""
+        full = self._full(path)
+        return int(self._call("stat", path, lambda: self.fs.size(full)))
+
+    def write(self, path: str, data: bytes | memoryview) -> None:
+        """Store the object with one PUT, which S3 makes visible atomically."""
+        full = self._full(path)
+        self._call("write", path, lambda: self.fs.pipe_file(full, bytes(data)))
+
+    def create(self, path: str, data: bytes | memoryview) -> None:
+        """Store the object only if absent (`If-None-Match: *` on S3)."""
+        full = self._full(path)
+        try:
+            self.fs.pipe_file(full, bytes(data), mode="create")
+        except FileExistsError as exc:
+            raise ObjectExistsError(f"{path} already exists in {self.url}") from exc
+        except Exception as exc:
+            if _error_code(exc) in _CONDITIONAL_CONFLICT_CODES:
+                raise ObjectExistsError(f"{path} already exists in {self.url}") from exc
+            raise BackendError(f"cannot create {path} in {self.url}: {exc}") from exc
+
+    def exists(self, path: str) -> bool:
+        """Whether an object is stored under `path`."""
+        full = self._full(path)
+        self.fs.invalidate_cache(full)
+        return bool(self._call("stat", path, lambda: self.fs.isfile(full)))
+
+    def list(self, prefix: str) -> list[str]:
+        """Every object below the folder `prefix`, as sorted relative paths."""
+        base = self._full(prefix)
+        self.fs.invalidate_cache(base)
+        found = self._call("list", prefix, lambda: self.fs.find(base))
+        start = len(self.root) + 1
+        return sorted(p[start:] for p in found if not is_temporary(p))
+
+    def delete(self, path: str) -> None:
+        """Remove the object if present."""
+        full = self._full(path)
+        with contextlib.suppress(ObjectNotFoundError):
+            self._call("delete", path, lambda: self.fs.rm_file(full))
+
+    def ensure_container(self) -> None:
+        """Create the root's bucket or directory when the filesystem needs one."""
+        self._call("create", self.root, lambda: self.fs.makedirs(self.root, exist_ok=True))

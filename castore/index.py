@@ -1,0 +1,116 @@
+"""The chunk index: chunk id -> (pack, offset, lengths, codec), built from index objects."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from castore import layout, wire
+from castore.backend import Backend
+from castore.errors import CastoreError, IntegrityError
+from castore.packs import PackEntry, decode_entries, encode_entries
+
+INDEX_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLocation:
+    """Where a chunk's stored bytes are."""
+
+    pack_id: bytes
+    entry: PackEntry
+
+
+PackListing = tuple[bytes, list[PackEntry]]
+"""A pack's id and its footer entries."""
+
+
+def encode_index_object(packs: Iterable[PackListing]) -> bytes:
+    """An index object: the footers of the packs one writer committed."""
+    return wire.encode(
+        {
+            "version": INDEX_VERSION,
+            "packs": [[pack_id, encode_entries(entries)] for pack_id, entries in packs],
+        }
+    )
+
+
+def decode_index_object(data: bytes, what: str) -> list[PackListing]:
+    """Parse and validate an index object."""
+    raw = wire.decode_map(data, what)
+    version = wire.field(raw, "version", int, what)
+    if version != INDEX_VERSION:
+        raise IntegrityError(f"{what} has unsupported version {version}")
+    packs = []
+    for item in wire.field(raw, "packs", list, what):
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], bytes)
+            or len(item[0]) != 32
+            or not isinstance(item[1], bytes)
+        ):
+            raise IntegrityError(f"{what} has a malformed pack listing")
+        packs.append((item[0], decode_entries(item[1], f"{what}, pack {item[0].hex()}")))
+    return packs
+
+
+class Index:
+    """The merged view of every index object in a store, loaded lazily and refreshed on miss."""
+
+    def __init__(self, backend: Backend, pool: Executor) -> None:
+        self._backend = backend
+        self._pool = pool
+        self._locations: dict[bytes, ChunkLocation] = {}
+        self._loaded: set[str] = set()
+        self.damaged: dict[str, str] = {}
+        """Index objects that could not be used, with the reason."""
+        self._lock = threading.Lock()
+
+    def __contains__(self, chunk_id: bytes) -> bool:
+        return chunk_id in self._locations
+
+    def __len__(self) -> int:
+        return len(self._locations)
+
+    def lookup(self, chunk_id: bytes) -> ChunkLocation | None:
+        """The chunk's location, or None if no loaded index object lists it."""
+        return self._locations.get(chunk_id)
+
+    def refresh(self) -> None:
+        """Load index objects written since the last refresh (by anyone)."""
+        with self._lock:
+            paths = [p for p in self._backend.list(layout.INDEX) if p not in self._loaded]
+            for path, outcome in zip(paths, self._pool.map(self._load_object, paths), strict=True):
+                self._loaded.add(path)
+                if isinstance(outcome, CastoreError):
+                    self.damaged[path] = str(outcome)
+                else:
+                    self._merge(outcome)
+
+    def _load_object(self, path: str) -> list[PackListing] | CastoreError:
+        try:
+            data = self._backend.read(path)
+            name = layout.name_of(path)
+            if name is None or hashlib.sha256(data).digest() != name:
+                raise IntegrityError(f"index object {path} does not match its name")
+            return decode_index_object(data, f"index object {path}")
+        except CastoreError as exc:
+            return exc
+
+    def _merge(self, packs: Iterable[PackListing]) -> None:
+        for pack_id, entries in packs:
+            for entry in entries:
+                self._locations.setdefault(entry.chunk_id, ChunkLocation(pack_id, entry))
+
+    def commit(self, packs: list[PackListing]) -> None:
+        """Write an index object for packs already stored, then make them visible here."""
+        data = encode_index_object(packs)
+        path = layout.index_path(hashlib.sha256(data).digest())
+        self._backend.write(path, data)
+        with self._lock:
+            self._loaded.add(path)
+            self._merge(packs)

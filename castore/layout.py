@@ -1,0 +1,37 @@
+"""Where each kind of object lives below a store's root (docs/FORMAT.md, "Layout")."""
+
+CONFIG = "config"
+PACKS = "packs"
+INDEX = "index"
+STREAMS = "streams"
+
+
+def _fanned(folder: str, name: bytes) -> str:
+    hex_name = name.hex()
+    return f"{folder}/{hex_name[:2]}/{hex_name}"
+
+
+def pack_path(pack_id: bytes) -> str:
+    """``packs/<hh>/<hex>`` for a pack named by the SHA-256 of its bytes."""
+    return _fanned(PACKS, pack_id)
+
+
+def stream_path(content_digest: bytes) -> str:
+    """``streams/<hh>/<hex>`` for the stream object of a content digest."""
+    return _fanned(STREAMS, content_digest)
+
+
+def index_path(index_id: bytes) -> str:
+    """``index/<hex>`` for an index object named by the SHA-256 of its bytes."""
+    return f"{INDEX}/{index_id.hex()}"
+
+
+def name_of(path: str) -> bytes | None:
+    """The 32-byte name encoded in a content-addressed path, or None if it is not one."""
+    last = path.rsplit("/", 1)[-1]
+    if len(last) != 64:
+        return None
+    try:
+        return bytes.fromhex(last)
+    except ValueError:
+        return None
