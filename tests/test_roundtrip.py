@@ -15,16 +15,7 @@ from hypothesis import strategies as st
 import castore
 from castore import layout
 from tests.conftest import SMALL_PACKS, Location
-
-
-def _pattern(size: int, seed: int = 0) -> bytes:
-    """Deterministic bytes that neither compress away nor repeat."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
+from tests.helpers import pattern
 
 
 def _check_roundtrip(store: castore.Store, data: bytes) -> str:
@@ -38,7 +29,7 @@ def _check_roundtrip(store: castore.Store, data: bytes) -> str:
 
 @pytest.mark.parametrize("size", [0, 1, 100, 4096])
 def test_tiny_streams_round_trip(store: castore.Store, size: int) -> None:
-    _check_roundtrip(store, _pattern(size))
+    _check_roundtrip(store, pattern(size))
 
 
 def test_chunk_boundary_sizes_round_trip(small_store: castore.Store) -> None:
@@ -55,13 +46,13 @@ def test_chunk_boundary_sizes_round_trip(small_store: castore.Store) -> None:
             2 * params.max_size,
         }
     ):
-        _check_roundtrip(small_store, _pattern(size, seed=size))
+        _check_roundtrip(small_store, pattern(size, seed=size))
 
 
 def test_multi_pack_stream_round_trips_and_fills_several_packs(
     location: Location, small_store: castore.Store
 ) -> None:
-    data = _pattern(600_000)
+    data = pattern(600_000)
     digest = _check_roundtrip(small_store, data)
     assert len(small_store.backend.list(layout.PACKS)) >= 5
     with location.open() as reopened:
@@ -71,7 +62,7 @@ def test_multi_pack_stream_round_trips_and_fills_several_packs(
 def test_put_accepts_file_objects_paths_and_read_only_streams(
     store: castore.Store, tmp_path: Path
 ) -> None:
-    data = _pattern(300_000, seed=7)
+    data = pattern(300_000, seed=7)
     path = tmp_path / "input.bin"
     path.write_bytes(data)
 
@@ -93,13 +84,13 @@ def test_put_accepts_file_objects_paths_and_read_only_streams(
 
 def test_digest_equals_sha256sum(store: castore.Store, tmp_path: Path) -> None:
     path = tmp_path / "file.bin"
-    path.write_bytes(_pattern(123_457, seed=3))
+    path.write_bytes(pattern(123_457, seed=3))
     printed = subprocess.run(["sha256sum", str(path)], check=True, capture_output=True, text=True)
     assert store.put(path) == "sha256:" + printed.stdout.split()[0]
 
 
 def test_get_file_writes_verified_copy(store: castore.Store, tmp_path: Path) -> None:
-    data = _pattern(200_000, seed=5)
+    data = pattern(200_000, seed=5)
     digest = store.put(data)
     target = tmp_path / "out" / "out.bin"
     target.parent.mkdir()
@@ -109,7 +100,7 @@ def test_get_file_writes_verified_copy(store: castore.Store, tmp_path: Path) -> 
 
 
 def test_open_stream_reads_in_small_pieces(small_store: castore.Store) -> None:
-    data = _pattern(100_000, seed=11)
+    data = pattern(100_000, seed=11)
     digest = small_store.put(data)
     pieces = []
     with small_store.open_stream(digest) as stream:
@@ -132,7 +123,7 @@ def test_stream_object_is_named_by_content_digest(store: castore.Store) -> None:
 )
 @given(
     data=st.binary(max_size=60_000)
-    | st.builds(lambda n, s: _pattern(n, s), st.integers(0, 200_000), st.integers())
+    | st.builds(lambda n, s: pattern(n, s), st.integers(0, 200_000), st.integers())
 )
 def test_random_streams_round_trip(new_location, data: bytes) -> None:
     with new_location().init(config=SMALL_PACKS) as store:
@@ -152,7 +143,7 @@ def test_random_streams_round_trip_on_s3(new_location, data: bytes) -> None:
 def test_many_threads_put_and_get_at_once(small_store: castore.Store) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    blobs = [_pattern(50_000 + n, seed=n) for n in range(8)]
+    blobs = [pattern(50_000 + n, seed=n) for n in range(8)]
     with ThreadPoolExecutor(4) as pool:
         digests = list(pool.map(small_store.put, blobs))
         assert list(pool.map(small_store.get, digests)) == blobs

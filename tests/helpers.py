@@ -1,0 +1,42 @@
+"""Test data and store surgery shared by the test modules."""
+
+from __future__ import annotations
+
+import hashlib
+
+import castore
+from castore import layout
+from castore.digests import parse_digest
+from castore.streams import StreamDescriptor
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """Deterministic bytes that neither compress away nor repeat."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def stream_of(store: castore.Store, digest: str) -> StreamDescriptor:
+    """The stored descriptor of a put stream."""
+    return store.stream_descriptor(digest)
+
+
+def stream_object_path(digest: str) -> str:
+    """Where a put stream's object lives."""
+    return layout.stream_path(parse_digest(digest))
+
+
+def pack_paths(store: castore.Store) -> list[str]:
+    """Every pack object of the store."""
+    return store.backend.list(layout.PACKS)
+
+
+def flip_byte(store: castore.Store, path: str, offset: int) -> None:
+    """Invert one byte of a stored object (negative offsets count from the end)."""
+    data = bytearray(store.backend.read(path))
+    data[offset] ^= 0xFF
+    store.backend.write(path, bytes(data))
