@@ -2,42 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable
 
 from pyfastcdc import FastCDC
 
 from castore.config import ChunkerParams
-from castore.errors import InvalidInputError
 
 BLOCK_SIZE = 8 * 1024 * 1024
-"""Bytes read per block; every group of chunks yielded shares one block's buffer."""
-
-
-def _fill(source: BinaryIO, view: memoryview) -> int:
-    """Read into `view` until it is full or the source ends; return the bytes read."""
-    filled = 0
-    readinto = getattr(source, "readinto", None)
-    try:
-        while filled < len(view):
-            if readinto is not None:
-                count = readinto(view[filled:])
-            else:
-                piece = source.read(len(view) - filled)
-                count = len(piece)
-                view[filled : filled + count] = piece
-            if not count:
-                break
-            filled += count
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read the input stream: {exc}") from exc
-    return filled
+"""Bytes buffered before cutting; every group of chunks emitted shares one block's buffer."""
 
 
 class Chunker:
-    """Cuts streams into chunks; a cut depends only on the bytes, never on block edges."""
+    """Cuts a stream written to it into chunks; cuts depend only on the bytes.
 
-    def __init__(self, params: ChunkerParams, block_size: int = BLOCK_SIZE) -> None:
+    Bytes are buffered in blocks; whenever a block fills, the chunks whose cut no later
+    byte can change are handed to `emit` as memoryviews into that block. A block is never
+    reused, so the views stay valid for as long as anyone holds them.
+    """
+
+    def __init__(
+        self,
+        params: ChunkerParams,
+        emit: Callable[[list[memoryview]], None],
+        block_size: int = BLOCK_SIZE,
+    ) -> None:
         self._cdc = FastCDC(
             params.avg_size,
             min_size=params.min_size,
@@ -46,30 +34,36 @@ class Chunker:
         )
         self._max_size = params.max_size
         self._block_size = max(block_size, 2 * params.max_size)
+        self._emit = emit
+        self._buffer = bytearray(self._block_size)
+        self._filled = 0
 
-    def groups(
-        self, source: BinaryIO | bytes | bytearray | memoryview
-    ) -> Iterator[list[memoryview]]:
-        """Yield the stream's chunks in order, grouped by the buffer they share.
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append bytes to the stream; return how many were taken (all of them)."""
+        view = memoryview(data).cast("B")
+        taken = len(view)
+        while view:
+            count = min(len(self._buffer) - self._filled, len(view))
+            self._buffer[self._filled : self._filled + count] = view[:count]
+            self._filled += count
+            view = view[count:]
+            if self._filled == len(self._buffer):
+                self._cut(eof=False)
+        return taken
 
-        A buffer is never reused, so the memoryviews stay valid as long as anyone holds them.
-        """
-        if isinstance(source, bytes | bytearray | memoryview):
-            yield from self._groups_of_buffer(memoryview(source).cast("B"))
-            return
-        carry = b""
-        eof = False
-        while not eof:
-            buffer = bytearray(len(carry) + self._block_size)
-            buffer[: len(carry)] = carry
-            view = memoryview(buffer)
-            read = _fill(source, view[len(carry) :])
-            eof = read < self._block_size
-            total = len(carry) + read
-            chunks, consumed = self._final_chunks(view[:total], eof)
-            carry = bytes(view[consumed:total])
-            if chunks:
-                yield chunks
+    def finish(self) -> None:
+        """End the stream: emit the remaining chunks."""
+        self._cut(eof=True)
+
+    def _cut(self, eof: bool) -> None:
+        view = memoryview(self._buffer)[: self._filled]
+        chunks, consumed = self._final_chunks(view, eof)
+        carry = view[consumed:]
+        self._buffer = bytearray(self._block_size)
+        self._buffer[: len(carry)] = carry
+        self._filled = len(carry)
+        if chunks:
+            self._emit(chunks)
 
     def _final_chunks(self, view: memoryview, eof: bool) -> tuple[list[memoryview], int]:
         """Chunks of `view` whose cut no later byte can change, and how far they reach.
@@ -85,15 +79,3 @@ class Chunker:
             chunks.append(chunk.data)
             consumed = chunk.offset + chunk.length
         return chunks, consumed
-
-    def _groups_of_buffer(self, view: memoryview) -> Iterator[list[memoryview]]:
-        group: list[memoryview] = []
-        group_bytes = 0
-        for chunk in self._cdc.cut_buf(view):
-            group.append(chunk.data)
-            group_bytes += chunk.length
-            if group_bytes >= self._block_size:
-                yield group
-                group, group_bytes = [], 0
-        if group:
-            yield group

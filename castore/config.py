@@ -127,9 +127,11 @@ def _decode_compression(raw: dict[str, Any]) -> CompressionParams:
     what = "store config compression"
     if raw.get("codec") != "zstd":
         raise IntegrityError(f"{what} names unsupported codec {raw.get('codec')!r}")
-    min_saving = wire.field(raw, "min_saving", float, what)
+    min_saving = raw.get("min_saving")
+    if isinstance(min_saving, bool) or not isinstance(min_saving, int | float):
+        raise IntegrityError(f"{what} min_saving should be a number")
     if not 0.0 <= min_saving < 1.0:
         raise IntegrityError(f"{what} min_saving {min_saving} is outside [0, 1)")
     return CompressionParams(
-        level=wire.bounded_int(raw, "level", -7, 22, what), min_saving=min_saving
+        level=wire.bounded_int(raw, "level", -7, 22, what), min_saving=float(min_saving)
     )

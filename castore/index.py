@@ -10,7 +10,12 @@ from dataclasses import dataclass
 
 from castore import layout, wire
 from castore.backend import Backend
-from castore.errors import CastoreError, IntegrityError
+from castore.errors import (
+    CastoreError,
+    IntegrityError,
+    ObjectNotFoundError,
+    UnsupportedFormatError,
+)
 from castore.packs import PackEntry, decode_entries, encode_entries
 
 INDEX_VERSION = 1
@@ -41,9 +46,7 @@ def encode_index_object(packs: Iterable[PackListing]) -> bytes:
 def decode_index_object(data: bytes, what: str) -> list[PackListing]:
     """Parse and validate an index object."""
     raw = wire.decode_map(data, what)
-    version = wire.field(raw, "version", int, what)
-    if version != INDEX_VERSION:
-        raise IntegrityError(f"{what} has unsupported version {version}")
+    wire.check_version(raw, INDEX_VERSION, what)
     packs = []
     for item in wire.field(raw, "packs", list, what):
         if (
@@ -98,6 +101,10 @@ class Index:
             if name is None or hashlib.sha256(data).digest() != name:
                 raise IntegrityError(f"index object {path} does not match its name")
             return decode_index_object(data, f"index object {path}")
+        except ObjectNotFoundError:
+            return []  # removed since the listing (by gc): nothing to merge
+        except UnsupportedFormatError:
+            raise
         except CastoreError as exc:
             return exc
 

@@ -16,7 +16,6 @@ PACK_VERSION = 1
 HEADER = PACK_MAGIC + bytes([PACK_VERSION]) + bytes(7)
 ENTRY = struct.Struct("<32sQIIB")
 TRAILER = struct.Struct("<II32s8s")
-MAX_PACK_SIZE = 4 * 1024**3
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from castore.index import Index
 from castore.maintenance import VerifyReport, verify
 from castore.reader import StreamReader, iter_stream
 from castore.streams import StreamDescriptor, decode_stream_object, encode_stream_object
-from castore.writer import WriteStats, write_stream
+from castore.writer import StreamWriter, WriteStats
 
 Source = bytes | bytearray | memoryview | BinaryIO | os.PathLike[str]
 """What `put` accepts: bytes, a binary file object, or the path of a file."""
@@ -69,26 +69,35 @@ class Store:
 
     # -- bytes in ---------------------------------------------------------------------------
 
-    def write_stream(self, source: Source) -> StreamDescriptor:
-        """Store a stream's chunks and return its descriptor (no object refers to it yet)."""
-        if isinstance(source, os.PathLike):
-            try:
-                with open(source, "rb") as file:
-                    return self.write_stream(file)
-            except OSError as exc:
-                raise InvalidInputError(f"cannot read {os.fspath(source)!r}: {exc}") from exc
-        if not isinstance(source, bytes | bytearray | memoryview) and not hasattr(source, "read"):
-            raise InvalidInputError(
-                f"cannot store a {type(source).__name__}: pass bytes, a binary file or a path"
-            )
-        descriptor, self.last_write = write_stream(
-            source,
+    def stream_writer(self) -> StreamWriter:
+        """A writable file whose bytes are stored deduplicated; call its `commit()` at the end."""
+        return StreamWriter(
             backend=self.backend,
             config=self.config,
             index=self.index,
             cpu_pool=self._cpu_pool,
             io_pool=self._io_pool,
         )
+
+    def write_stream(self, source: Source) -> StreamDescriptor:
+        """Store a stream's chunks and return its descriptor (no object refers to it yet)."""
+        writer = self.stream_writer()
+        try:
+            if isinstance(source, bytes | bytearray | memoryview):
+                writer.write(source)
+            elif isinstance(source, os.PathLike):
+                try:
+                    with open(source, "rb") as file:
+                        writer.copy_from(file)
+                except OSError as exc:
+                    raise InvalidInputError(f"cannot read {os.fspath(source)!r}: {exc}") from exc
+            else:
+                writer.copy_from(source)
+        except BaseException:
+            writer.abort()
+            raise
+        descriptor = writer.commit()
+        self.last_write = writer.stats
         return descriptor
 
     def put(self, source: Source) -> str:

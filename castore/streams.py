@@ -75,9 +75,7 @@ def decode_stream_object(data: bytes, content_digest: bytes) -> StreamDescriptor
     """Parse a stream object and check that it describes the digest it is stored under."""
     what = f"stream object sha256:{content_digest.hex()}"
     raw = wire.decode_map(data, what)
-    version = wire.field(raw, "version", int, what)
-    if version != STREAM_OBJECT_VERSION:
-        raise IntegrityError(f"{what} has unsupported version {version}")
+    wire.check_version(raw, STREAM_OBJECT_VERSION, what)
     descriptor = StreamDescriptor.from_wire(raw, what)
     if descriptor.sha256 != content_digest:
         raise IntegrityError(f"{what} describes another stream")

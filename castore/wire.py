@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from castore.errors import IntegrityError
+from castore.errors import IntegrityError, UnsupportedFormatError
 
 T = TypeVar("T")
 
@@ -49,3 +49,14 @@ def bounded_int(mapping: dict[str, Any], key: str, low: int, high: int, what: st
     if not low <= value <= high:
         raise IntegrityError(f"{what} field {key!r} = {value} is outside [{low}, {high}]")
     return value
+
+
+def check_version(mapping: dict[str, Any], supported: int, what: str) -> int:
+    """The object's `version` field; newer than `supported` means a newer castore wrote it."""
+    version = bounded_int(mapping, "version", 1, 2**31, what)
+    if version > supported:
+        raise UnsupportedFormatError(
+            f"{what} has format version {version}; this castore reads up to {supported}: "
+            "upgrade castore"
+        )
+    return version

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from castore import layout
 from castore.backend import Backend
 from castore.chunking import Chunker
 from castore.compression import Codec, encode_chunk
 from castore.config import CompressionParams, StoreConfig
+from castore.errors import InvalidInputError
 from castore.index import Index, PackListing
 from castore.packs import PackBuilder, PackEntry
 from castore.streams import StreamDescriptor
 
 MAX_GROUPS_IN_FLIGHT = 4
 MAX_PACKS_IN_FLIGHT = 3
+COPY_BUFFER = 4 * 1024 * 1024
 
 EncodedChunk = tuple[bytes, int, Codec, bytes | memoryview | None]
 """(chunk id, raw length, codec, stored payload or None when the store already has it)."""
@@ -93,68 +95,111 @@ class _PackUploader:
         return self.stored
 
     def abandon(self) -> None:
-        """Wait for uploads already started so that no thread writes after a failed put."""
+        """Wait for uploads already started so that no thread writes after a failed write."""
         for future, _ in self._in_flight:
             future.exception()
 
 
-def write_stream(
-    source: BinaryIO | bytes | bytearray | memoryview,
-    *,
-    backend: Backend,
-    config: StoreConfig,
-    index: Index,
-    cpu_pool: Executor,
-    io_pool: Executor,
-) -> tuple[StreamDescriptor, WriteStats]:
-    """Store a stream's chunks (packs, then an index object) and describe the stream.
+class StreamWriter(io.RawIOBase):
+    """A writable binary file that stores what is written into it, deduplicated.
 
-    Chunks the index already lists are not stored again; the caller writes whatever
-    object refers to the descriptor, after this returns.
+    `commit` stores the packs and their index object and returns the stream's
+    descriptor; whatever refers to the stream is written by the caller afterwards.
     """
-    chunker = Chunker(config.chunker)
-    whole = hashlib.sha256()
-    chunk_ids = bytearray()
-    chunk_sizes: list[int] = []
-    stats = WriteStats()
-    uploader = _PackUploader(backend, io_pool, config.pack_size)
-    added: set[bytes] = set()
-    pending: deque[Future[list[EncodedChunk]]] = deque()
 
-    def known(chunk_id: bytes) -> bool:
-        return chunk_id in index or chunk_id in added
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        config: StoreConfig,
+        index: Index,
+        cpu_pool: Executor,
+        io_pool: Executor,
+    ) -> None:
+        super().__init__()
+        self._index = index
+        self._compression = config.compression
+        self._cpu_pool = cpu_pool
+        self._chunker = Chunker(config.chunker, self._submit)
+        self._whole = hashlib.sha256()
+        self._chunk_ids = bytearray()
+        self._chunk_sizes: list[int] = []
+        self._uploader = _PackUploader(backend, io_pool, config.pack_size)
+        self._added: set[bytes] = set()
+        self._pending: deque[Future[list[EncodedChunk]]] = deque()
+        self.stats = WriteStats()
 
-    def collect_oldest() -> None:
-        for chunk_id, raw_len, codec, payload in pending.popleft().result():
-            chunk_ids.extend(chunk_id)
-            chunk_sizes.append(raw_len)
-            if payload is not None and not known(chunk_id):
-                added.add(chunk_id)
-                uploader.add(chunk_id, codec, payload, raw_len)
-                stats.new_chunks += 1
-                stats.new_bytes_stored += len(payload)
+    def writable(self) -> bool:
+        """Always True."""
+        return True
 
-    try:
-        for group in chunker.groups(source):
-            for data in group:
-                whole.update(data)
-                stats.bytes_in += len(data)
-            pending.append(cpu_pool.submit(_encode_group, group, known, config.compression))
-            while len(pending) > MAX_GROUPS_IN_FLIGHT:
-                collect_oldest()
-        while pending:
-            collect_oldest()
-        packs = uploader.finish()
-    except BaseException:
-        for future in pending:
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        """Add bytes to the stream."""
+        return self._chunker.write(data)
+
+    def copy_from(self, source: object) -> None:
+        """Write everything a binary file object yields until its end."""
+        read = getattr(source, "read", None)
+        if read is None:
+            raise InvalidInputError(
+                f"cannot store a {type(source).__name__}: pass bytes, a binary file or a path"
+            )
+        try:
+            while piece := read(COPY_BUFFER):
+                if not isinstance(piece, bytes | bytearray | memoryview):
+                    raise InvalidInputError("the input stream must yield bytes, not text")
+                self.write(piece)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read the input stream: {exc}") from exc
+
+    def _known(self, chunk_id: bytes) -> bool:
+        return chunk_id in self._index or chunk_id in self._added
+
+    def _submit(self, group: list[memoryview]) -> None:
+        for data in group:
+            self._whole.update(data)
+            self.stats.bytes_in += len(data)
+        self._pending.append(
+            self._cpu_pool.submit(_encode_group, group, self._known, self._compression)
+        )
+        while len(self._pending) > MAX_GROUPS_IN_FLIGHT:
+            self._collect_oldest()
+
+    def _collect_oldest(self) -> None:
+        for chunk_id, raw_len, codec, payload in self._pending.popleft().result():
+            self._chunk_ids.extend(chunk_id)
+            self._chunk_sizes.append(raw_len)
+            if payload is not None and not self._known(chunk_id):
+                self._added.add(chunk_id)
+                self._uploader.add(chunk_id, codec, payload, raw_len)
+                self.stats.new_chunks += 1
+                self.stats.new_bytes_stored += len(payload)
+
+    def commit(self) -> StreamDescriptor:
+        """Store the remaining chunks, then the index object; describe the stream."""
+        try:
+            self._chunker.finish()
+            while self._pending:
+                self._collect_oldest()
+            packs = self._uploader.finish()
+        except BaseException:
+            self.abort()
+            raise
+        if packs:
+            self._index.commit(packs)
+        self.stats.chunks = len(self._chunk_sizes)
+        self.stats.packs = [pack_id for pack_id, _ in packs]
+        super().close()
+        return StreamDescriptor(
+            self._whole.digest(),
+            self.stats.bytes_in,
+            bytes(self._chunk_ids),
+            tuple(self._chunk_sizes),
+        )
+
+    def abort(self) -> None:
+        """Give up: no index object is written, so stored packs stay unreferenced until gc."""
+        for future in self._pending:
             future.cancel()
-        uploader.abandon()
-        raise
-    if packs:
-        index.commit(packs)
-    stats.chunks = len(chunk_sizes)
-    stats.packs = [pack_id for pack_id, _ in packs]
-    descriptor = StreamDescriptor(
-        whole.digest(), stats.bytes_in, bytes(chunk_ids), tuple(chunk_sizes)
-    )
-    return descriptor, stats
+        self._uploader.abandon()
+        super().close()

@@ -103,7 +103,7 @@ def test_malformed_stream_object_is_rejected(store: castore.Store) -> None:
         {"chunks": b"x" * 31},
         {"sha256": b"short"},
         {"size": "many"},
-        {"version": 99},
+        {"version": 0},
     ],
 )
 def test_absurd_stream_object_fields_are_rejected(store: castore.Store, change: dict) -> None:
@@ -112,6 +112,14 @@ def test_absurd_stream_object_fields_are_rejected(store: castore.Store, change: 
     raw = {"version": 1, **descriptor.to_wire(), **change}
     store.backend.write(stream_object_path(digest), wire.encode(raw))
     with pytest.raises(castore.IntegrityError):
+        store.get(digest)
+
+
+def test_stream_object_of_a_newer_format_asks_for_an_upgrade(store: castore.Store) -> None:
+    digest = store.put(pattern(3000))
+    raw = {**store.stream_descriptor(digest).to_wire(), "version": 2}
+    store.backend.write(stream_object_path(digest), wire.encode(raw))
+    with pytest.raises(castore.UnsupportedFormatError, match="upgrade castore"):
         store.get(digest)
 
 

@@ -68,7 +68,7 @@ class LocalBackend:
 
     def _write_temporary(self, target: Path, data: bytes | memoryview) -> Path:
         """Write `data` to a synced temporary file beside `target` and return its path."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self._make_directories(target.parent)
         temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -83,6 +83,15 @@ class LocalBackend:
             raise
         os.close(fd)
         return temporary
+
+    def _make_directories(self, directory: Path) -> None:
+        """Create missing directories, syncing each parent so that the new entry survives."""
+        if directory.is_dir():
+            return
+        self._make_directories(directory.parent)
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir()
+            self._sync_directory(directory.parent)
 
     def _sync_directory(self, directory: Path) -> None:
         fd = os.open(directory, os.O_RDONLY)
