@@ -1,5 +1,6 @@
 """castore: a content-addressed, deduplicated, verified store for ML models and backups."""
 
+from castore.catalog import Diff, LogEntry, Version
 from castore.config import ChunkerParams, CompressionParams, StoreConfig
 from castore.errors import (
     BackendError,
@@ -11,7 +12,8 @@ from castore.errors import (
     StoreExistsError,
     UnsupportedFormatError,
 )
-from castore.store import Store, init
+from castore.serializers import IncompatibleEnvironmentError
+from castore.store import Store, init, load
 from castore.store import open_store as open
 
 __all__ = [
@@ -19,15 +21,20 @@ __all__ = [
     "CastoreError",
     "ChunkerParams",
     "CompressionParams",
+    "Diff",
+    "IncompatibleEnvironmentError",
     "IntegrityError",
     "InvalidInputError",
+    "LogEntry",
     "NotAStoreError",
     "NotFoundError",
     "Store",
     "StoreConfig",
     "StoreExistsError",
     "UnsupportedFormatError",
+    "Version",
     "init",
+    "load",
     "open",
 ]
 __version__ = "0.1.0"

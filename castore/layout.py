@@ -1,9 +1,12 @@
 """Where each kind of object lives below a store's root (docs/FORMAT.md, "Layout")."""
 
+import hashlib
+
 CONFIG = "config"
 PACKS = "packs"
 INDEX = "index"
 STREAMS = "streams"
+MANIFESTS = "manifests"
 
 
 def _fanned(folder: str, name: bytes) -> str:
@@ -19,6 +22,16 @@ def pack_path(pack_id: bytes) -> str:
 def stream_path(content_digest: bytes) -> str:
     """``streams/<hh>/<hex>`` for the stream object of a content digest."""
     return _fanned(STREAMS, content_digest)
+
+
+def manifest_path(version_digest: bytes) -> str:
+    """``manifests/<hh>/<hex>`` for a manifest named by the SHA-256 of its bytes."""
+    return _fanned(MANIFESTS, version_digest)
+
+
+def digest_of(data: bytes | bytearray | memoryview) -> bytes:
+    """The SHA-256 that names a content-addressed object."""
+    return hashlib.sha256(data).digest()
 
 
 def index_path(index_id: bytes) -> str:

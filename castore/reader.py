@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from castore import layout
 from castore.backend import Backend
+from castore.cache import LocalCache
 from castore.compression import decode_chunk
 from castore.errors import IntegrityError, ObjectNotFoundError
 from castore.index import Index
@@ -71,8 +72,21 @@ def _plan(descriptor: StreamDescriptor, index: Index) -> list[_Range]:
     return ranges
 
 
-def _fetch(backend: Backend, piece: _Range) -> list[bytes | memoryview]:
-    """Read one range and return its chunks' raw bytes, each checked against its id."""
+def _fetch(backend: Backend, piece: _Range, cache: LocalCache | None) -> list[bytes | memoryview]:
+    """One range's chunks, each checked against its id: from the cache if it has them all."""
+    if cache is not None:
+        cached = [cache.chunk(entry.chunk_id) for entry in piece.entries]
+        if all(chunk is not None for chunk in cached):
+            return cached  # type: ignore[return-value]
+    chunks = _read_range(backend, piece)
+    if cache is not None:
+        for entry, chunk in zip(piece.entries, chunks, strict=True):
+            cache.add_chunk(entry.chunk_id, chunk)
+    return chunks
+
+
+def _read_range(backend: Backend, piece: _Range) -> list[bytes | memoryview]:
+    """Read one range of a pack and decode and verify its chunks."""
     pack = f"pack {piece.pack_id.hex()}"
     try:
         data = backend.read_range(
@@ -99,7 +113,12 @@ def _fetch(backend: Backend, piece: _Range) -> list[bytes | memoryview]:
 
 
 def iter_stream(
-    descriptor: StreamDescriptor, *, backend: Backend, index: Index, pool: Executor
+    descriptor: StreamDescriptor,
+    *,
+    backend: Backend,
+    index: Index,
+    pool: Executor,
+    cache: LocalCache | None = None,
 ) -> Iterator[bytes | memoryview]:
     """Yield the stream's verified chunks in order, fetching ahead in parallel.
 
@@ -114,7 +133,9 @@ def iter_stream(
         while ranges or in_flight:
             while ranges and (not in_flight or in_flight_bytes < READ_AHEAD):
                 piece = ranges.popleft()
-                in_flight.append((pool.submit(_fetch, backend, piece), piece.end - piece.start))
+                in_flight.append(
+                    (pool.submit(_fetch, backend, piece, cache), piece.end - piece.start)
+                )
                 in_flight_bytes += piece.end - piece.start
             future, length = in_flight.popleft()
             in_flight_bytes -= length

@@ -5,16 +5,20 @@ from __future__ import annotations
 import io
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from castore import layout
+from castore import catalog, layout
 from castore.backend import Backend, open_backend
+from castore.cache import LocalCache
+from castore.catalog import Diff, LogEntry, Version
 from castore.config import StoreConfig
 from castore.digests import format_digest, parse_digest
 from castore.errors import (
+    BackendError,
+    IntegrityError,
     InvalidInputError,
     NotAStoreError,
     NotFoundError,
@@ -25,6 +29,7 @@ from castore.errors import (
 from castore.index import Index
 from castore.maintenance import VerifyReport, verify
 from castore.reader import StreamReader, iter_stream
+from castore.refs import STORE_SEPARATOR, RefStore, TagEvent, parse_reference
 from castore.streams import StreamDescriptor, decode_stream_object, encode_stream_object
 from castore.writer import StreamWriter, WriteStats
 
@@ -38,9 +43,14 @@ IO_THREADS = 16
 class Store:
     """A castore store on one backend. Thread-safe; use as a context manager or close()."""
 
-    def __init__(self, backend: Backend, config: StoreConfig) -> None:
+    def __init__(
+        self, backend: Backend, config: StoreConfig, cache: LocalCache | None = None
+    ) -> None:
         self.backend = backend
         self.config = config
+        self.cache = cache or LocalCache()
+        """Local cache: chunks of remote stores, and whole streams for mmap loads."""
+        self.refs = RefStore(backend)
         self._cpu_pool = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="castore-cpu")
         self._io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="castore-io")
         self.index = Index(backend, self._io_pool)
@@ -122,7 +132,29 @@ class Store:
 
     def iter_chunks(self, descriptor: StreamDescriptor) -> Iterator[bytes | memoryview]:
         """A stream's bytes as verified chunks, in order."""
-        return iter_stream(descriptor, backend=self.backend, index=self.index, pool=self._io_pool)
+        return iter_stream(
+            descriptor,
+            backend=self.backend,
+            index=self.index,
+            pool=self._io_pool,
+            cache=self.cache if self.backend.is_remote else None,
+        )
+
+    def open_descriptor(self, descriptor: StreamDescriptor) -> io.BufferedReader:
+        """A readable binary file over a described stream, verified as it is read."""
+        return io.BufferedReader(StreamReader(self.iter_chunks(descriptor), descriptor.size))
+
+    def materialize(self, descriptor: StreamDescriptor) -> Path:
+        """A verified local file holding the stream, kept in the cache (for mmap loads)."""
+
+        def fill(file: Any) -> None:
+            for chunk in self.iter_chunks(descriptor):
+                file.write(chunk)
+
+        try:
+            return self.cache.stream_file(descriptor.sha256, descriptor.size, fill)
+        except OSError as exc:
+            raise BackendError(f"cannot write to the cache {self.cache.root}: {exc}") from exc
 
     def contains(self, digest: str) -> bool:
         """Whether content with this digest was put into the store."""
@@ -134,8 +166,7 @@ class Store:
 
     def open_stream(self, digest: str) -> io.BufferedReader:
         """A readable binary file over the content, verified as it is read."""
-        descriptor = self.stream_descriptor(digest)
-        return io.BufferedReader(StreamReader(self.iter_chunks(descriptor), descriptor.size))
+        return self.open_descriptor(self.stream_descriptor(digest))
 
     def get_file(self, digest: str, path: str | os.PathLike[str]) -> None:
         """Write the content to `path`; the file appears only once every byte is verified."""
@@ -152,6 +183,93 @@ class Store:
         finally:
             temporary.unlink(missing_ok=True)
 
+    # -- named versions ---------------------------------------------------------------------
+
+    def save(
+        self,
+        obj: Any,
+        name: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        tags: Iterable[str] = (),
+        serializer: str = "joblib",
+        force: bool = False,
+    ) -> Version:
+        """Serialize `obj` straight into the store as the next version of `name`.
+
+        Saving the same content and metadata as the latest version returns that version
+        (with `tags` applied) unless `force` is set. Serializers: "joblib" (default),
+        "pickle", "cloudpickle" and "raw" (bytes, a binary file or a path, as they are).
+        """
+        return catalog.save(
+            self, obj, name, metadata=metadata, tags=tags, serializer=serializer, force=force
+        )
+
+    def load(self, ref: str, *, mmap_mode: str | None = None) -> Any:
+        """Load the object a reference designates; ``mmap_mode="r"`` memory-maps arrays."""
+        return catalog.load(self, ref, mmap_mode=mmap_mode)
+
+    def resolve(self, ref: str) -> str:
+        """The pinned form ``name@sha256:<hex>`` of any reference."""
+        manifest, digest = catalog.resolve(self, ref)
+        return f"{manifest.name}@{format_digest(digest)}"
+
+    def qualified(self, ref: str) -> str:
+        """``<store url>#name@sha256:<hex>``: store and content pinned in one string."""
+        return f"{self.url}{STORE_SEPARATOR}{self.resolve(ref)}"
+
+    def version(self, ref: str) -> Version:
+        """The version a reference designates."""
+        return catalog.Version.of(*catalog.resolve(self, ref))
+
+    def names(self) -> list[str]:
+        """Every name with at least one live version."""
+        return [name for name in self.refs.names() if catalog.versions(self, name)]
+
+    def versions(self, name: str) -> list[int]:
+        """The live version numbers of a name, ascending."""
+        return catalog.versions(self, name)
+
+    def tag(self, ref: str, tag: str) -> Version:
+        """Point a tag (``production``, ``candidate``...) at a version; its moves are kept."""
+        return catalog.tag(self, ref, tag)
+
+    def untag(self, name: str, tag: str) -> None:
+        """Remove a tag from a name (the removal is kept in the tag's history)."""
+        catalog.untag(self, name, tag)
+
+    def tags(self, name: str) -> dict[str, int]:
+        """A name's current tags and the version each points at."""
+        return catalog.tags(self, name)
+
+    def tag_history(self, name: str, tag: str) -> list[TagEvent]:
+        """Every move of a tag, oldest first."""
+        return catalog.tag_history(self, name, tag)
+
+    def info(self, ref: str) -> dict[str, Any]:
+        """Everything known about a version: both digests, size, serializer, metadata..."""
+        return catalog.info(self, ref)
+
+    def log(self, name: str, *, verify: bool = False) -> list[LogEntry]:
+        """A name's history, newest first; with `verify`, IntegrityError on a broken chain."""
+        if verify:
+            problems = catalog.verify_history(self, name)
+            if problems:
+                raise IntegrityError(f"the history of {name} is broken: " + "; ".join(problems))
+        return catalog.log(self, name)
+
+    def verify_history(self, name: str) -> list[str]:
+        """Problems in a name's hash chain (missing, rewritten or swapped versions)."""
+        return catalog.verify_history(self, name)
+
+    def diff(self, a: str, b: str) -> Diff:
+        """Metadata changes between two versions and the bytes they share."""
+        return catalog.diff(self, a, b)
+
+    def delete(self, ref: str) -> Version:
+        """Delete a version (its tags go with it); its data is freed by gc."""
+        return catalog.delete(self, ref)
+
     # -- health -----------------------------------------------------------------------------
 
     def verify(self, *, read_data: bool = True) -> VerifyReport:
@@ -160,9 +278,16 @@ class Store:
 
 
 def init(
-    url: str | os.PathLike[str], *, config: StoreConfig | None = None, **storage_options: Any
+    url: str | os.PathLike[str],
+    *,
+    config: StoreConfig | None = None,
+    cache: LocalCache | None = None,
+    **storage_options: Any,
 ) -> Store:
-    """Create a store at a local path or fsspec URL and return it opened."""
+    """Create a store at a local path or fsspec URL and return it opened.
+
+    Storage options (``endpoint_url``, ``key``, ``secret``...) go to fsspec.
+    """
     backend = open_backend(os.fspath(url), storage_options)
     config = config or StoreConfig()
     backend.ensure_container()
@@ -170,11 +295,13 @@ def init(
         backend.create(layout.CONFIG, config.encode())
     except ObjectExistsError as exc:
         raise StoreExistsError(f"a castore store already exists at {backend.url}") from exc
-    return Store(backend, config)
+    return Store(backend, config, cache)
 
 
-def open_store(url: str | os.PathLike[str], **storage_options: Any) -> Store:
-    """Open an existing store at a local path or fsspec URL."""
+def open_store(
+    url: str | os.PathLike[str], *, cache: LocalCache | None = None, **storage_options: Any
+) -> Store:
+    """Open an existing store at a local path or fsspec URL (options go to fsspec)."""
     backend = open_backend(os.fspath(url), storage_options)
     try:
         data = backend.read(layout.CONFIG)
@@ -183,4 +310,16 @@ def open_store(url: str | os.PathLike[str], **storage_options: Any) -> Store:
             f"{backend.url} is not a castore store (it has no config object); "
             "create one with castore.init() or 'castore init'"
         ) from exc
-    return Store(backend, StoreConfig.decode(data))
+    return Store(backend, StoreConfig.decode(data), cache)
+
+
+def load(reference: str, *, mmap_mode: str | None = None, **storage_options: Any) -> Any:
+    """Load from a store-qualified reference ``<store url>#<reference>`` in one call."""
+    parsed = parse_reference(reference)
+    if parsed.store_url is None:
+        raise InvalidInputError(
+            f"{reference!r} names no store: expected '<store url>#<reference>', "
+            "or open the store and call its load()"
+        )
+    with open_store(parsed.store_url, **storage_options) as store:
+        return store.load(reference, mmap_mode=mmap_mode)

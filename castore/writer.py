@@ -127,6 +127,7 @@ class StreamWriter(io.RawIOBase):
         self._uploader = _PackUploader(backend, io_pool, config.pack_size)
         self._added: set[bytes] = set()
         self._pending: deque[Future[list[EncodedChunk]]] = deque()
+        self._position = 0
         self.stats = WriteStats()
 
     def writable(self) -> bool:
@@ -135,7 +136,13 @@ class StreamWriter(io.RawIOBase):
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         """Add bytes to the stream."""
-        return self._chunker.write(data)
+        taken = self._chunker.write(data)
+        self._position += taken
+        return taken
+
+    def tell(self) -> int:
+        """Bytes written so far (lets joblib align arrays for memory-mapping)."""
+        return self._position
 
     def copy_from(self, source: object) -> None:
         """Write everything a binary file object yields until its end."""

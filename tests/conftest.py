@@ -25,6 +25,16 @@ from tests.servers.radosgw import S3Server, radosgw_available, running_radosgw
 BUCKET = "castore-tests"
 
 
+@pytest.fixture(autouse=True)
+def private_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test gets its own cache directory, never the user's."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("CASTORE_CACHE_DIR", str(cache))
+    return cache
+
+
 @dataclass(frozen=True)
 class Location:
     """Where a test store lives: a URL plus the storage options that reach it."""

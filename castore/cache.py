@@ -1,0 +1,134 @@
+"""The local cache: verified copies of chunks of remote stores and of whole streams for mmap.
+
+Everything in it is named by its SHA-256 and re-checked on every hit, so a damaged or
+tampered cache costs a re-fetch, never wrong bytes. It is bounded: the least recently
+used files are evicted once it grows past its size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+DEFAULT_CACHE_SIZE = 10 * 1024**3
+EVICT_TO = 0.9
+"""Eviction frees space down to this fraction of the size limit."""
+
+
+def default_cache_dir() -> Path:
+    """$CASTORE_CACHE_DIR, else $XDG_CACHE_HOME/castore, else ~/.cache/castore."""
+    explicit = os.environ.get("CASTORE_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "castore"
+
+
+class LocalCache:
+    """A bounded, verified, content-addressed cache directory shared by all stores."""
+
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_CACHE_SIZE
+    ) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._size: int | None = None
+        self.hits = 0
+        """Chunks served from the cache since this object was made."""
+
+    def _path(self, kind: str, name: bytes) -> Path:
+        hex_name = name.hex()
+        return self.root / kind / hex_name[:2] / hex_name
+
+    def _files(self) -> Iterable[Path]:
+        for kind in ("chunks", "streams"):
+            yield from (p for p in (self.root / kind).glob("*/*") if not p.name.startswith("."))
+
+    def _current_size(self) -> int:
+        if self._size is None:
+            self._size = sum(p.stat().st_size for p in self._files() if p.exists())
+        return self._size
+
+    # -- chunks -----------------------------------------------------------------------------
+
+    def chunk(self, chunk_id: bytes) -> bytes | None:
+        """The cached chunk if present and intact (a damaged copy is dropped)."""
+        path = self._path("chunks", chunk_id)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if hashlib.sha256(data).digest() != chunk_id:
+            path.unlink(missing_ok=True)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        self.hits += 1
+        return data
+
+    def add_chunk(self, chunk_id: bytes, data: bytes | memoryview) -> None:
+        """Keep a verified chunk; cache failures never fail a read."""
+        with contextlib.suppress(OSError):
+            self._write(self._path("chunks", chunk_id), lambda file: file.write(data))
+
+    # -- whole streams ----------------------------------------------------------------------
+
+    def stream_file(self, digest: bytes, size: int, fill: Callable[[object], None]) -> Path:
+        """A local file holding a stream, verified; `fill` writes it when not cached yet."""
+        path = self._path("streams", digest)
+        if path.exists() and path.stat().st_size == size and _file_digest(path) == digest:
+            os.utime(path)
+            return path
+        self._write(path, fill)
+        if _file_digest(path) != digest:
+            path.unlink(missing_ok=True)
+            raise OSError(f"cached stream sha256:{digest.hex()} did not verify")
+        return path
+
+    # -- storage ----------------------------------------------------------------------------
+
+    def _write(self, path: Path, fill: Callable[[object], object]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            with open(temporary, "wb") as file:
+                fill(file)
+            size = temporary.stat().st_size
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        with self._lock:
+            self._size = self._current_size() + size
+            if self._size > self.max_bytes:
+                self._evict()
+
+    def _evict(self) -> None:
+        """Delete least recently used files until the cache is under EVICT_TO of its size."""
+        entries = []
+        for path in self._files():
+            with contextlib.suppress(OSError):
+                stat = path.stat()
+                entries.append((stat.st_mtime, stat.st_size, path))
+        entries.sort()
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in entries:
+            if total <= self.max_bytes * EVICT_TO:
+                break
+            with contextlib.suppress(OSError):
+                path.unlink()
+                total -= size
+        self._size = total
+
+
+def _file_digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(8 * 1024 * 1024):
+            digest.update(block)
+    return digest.digest()
