@@ -1,0 +1,118 @@
+"""The castore command line, run as a user would: a subprocess per command."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Location
+from tests.helpers import pattern
+
+
+def _cli(location: Location, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    options = [f"--option={k}={v}" for k, v in location.options.items()]
+    return subprocess.run(
+        [sys.executable, "-m", "castore.cli", "--store", location.url, *options, *args],
+        input=stdin,
+        capture_output=True,
+        env={**os.environ, "CASTORE_STORE": ""},
+        timeout=120,
+    )
+
+
+def _ok(location: Location, *args: str, stdin: bytes | None = None) -> str:
+    result = _cli(location, *args, stdin=stdin)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+@pytest.mark.parametrize("new_location", ["local", "s3-moto"], indirect=True)
+def test_end_to_end_session(location: Location, tmp_path: Path) -> None:
+    data = pattern(400_000, seed=1)
+    source = tmp_path / "model.bin"
+    source.write_bytes(data)
+    assert "created castore store" in _ok(location, "init")
+
+    assert _ok(location, "put", str(source)).strip() == "sha256:" + hashlib.sha256(data).hexdigest()
+    first = json.loads(
+        _ok(
+            location,
+            "--json",
+            "put",
+            str(source),
+            "--name",
+            "team/model",
+            "--tag",
+            "candidate",
+            "--meta",
+            "auc=0.91",
+        )
+    )
+    assert first["version"] == 1 and first["metadata"] == {"auc": 0.91}
+    changed = data[:200_000] + b"retrained" + data[200_000:]
+    second = json.loads(_ok(location, "--json", "put", "-", "--name", "team/model", stdin=changed))
+    assert second["version"] == 2 and second["new_bytes_stored"] < len(changed) / 2
+
+    assert _ok(location, "resolve", "team/model:candidate").strip() == first["reference"]
+    _ok(location, "tag", "team/model:2", "production")
+    assert json.loads(_ok(location, "--json", "info", "team/model:production"))["version"] == 2
+    out = tmp_path / "restored.bin"
+    _ok(location, "get", f"team/model@{first['digest']}", "-o", str(out))
+    assert out.read_bytes() == data
+    assert _cli(location, "cat", "team/model:2").stdout == changed
+
+    listing = json.loads(_ok(location, "--json", "ls", "team/model"))
+    assert [row["version"] for row in listing] == [1, 2]
+    diff = json.loads(_ok(location, "--json", "diff", "team/model:1", "team/model:2"))
+    assert diff["shared_bytes"] > len(data) / 2 and diff["metadata_removed"] == {"auc": 0.91}
+    assert "hash chain intact" in _ok(location, "log", "team/model", "--verify")
+
+    _ok(location, "rm", "team/model:1")
+    assert [row["version"] for row in json.loads(_ok(location, "--json", "ls", "team/model"))] == [
+        2
+    ]
+    assert "no problems found" in _ok(location, "verify")
+
+
+def test_exit_codes_are_reliable(location: Location, tmp_path: Path) -> None:
+    if location.url.startswith("memory://"):
+        pytest.skip("a memory store does not outlive one process")
+    assert _cli(location, "ls").returncode == 3  # not a store yet
+    _ok(location, "init")
+    assert _cli(location, "init").returncode == 5  # already exists
+    assert _cli(location, "get", "missing/name", "-o", str(tmp_path / "x")).returncode == 3
+    assert _cli(location, "get", "Bad Name!", "-o", str(tmp_path / "x")).returncode == 2
+    assert _cli(location, "put", str(tmp_path / "absent")).returncode == 2
+    for n in range(3):
+        _ok(location, "put", "-", "--name", "chain", stdin=f"version {n}".encode())
+    assert _cli(location, "rm", "chain:2").returncode == 0
+    assert _cli(location, "log", "chain", "--verify").returncode == 0  # deletion keeps the chain
+    with location.open() as store:
+        store.backend.delete("refs/chain/@versions/2")  # a version vanishes behind our back
+    broken = _cli(location, "log", "chain", "--verify")
+    assert broken.returncode == 1 and b"chain:2: version is missing" in broken.stdout
+    bad = subprocess.run([sys.executable, "-m", "castore.cli", "frobnicate"], capture_output=True)
+    assert bad.returncode == 2 and b"invalid choice" in bad.stderr
+
+
+def test_help_lists_examples_and_exit_codes() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "castore.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "examples:" in result.stdout and "exit codes" in result.stdout
+
+
+def test_missing_store_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "castore.cli", "ls"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CASTORE_STORE": ""},
+    )
+    assert result.returncode == 2 and "--store" in result.stderr
