@@ -73,9 +73,19 @@ class LocalCache:
         return data
 
     def add_chunk(self, chunk_id: bytes, data: bytes | memoryview) -> None:
-        """Keep a verified chunk; cache failures never fail a read."""
-        with contextlib.suppress(OSError):
-            self._write(self._path("chunks", chunk_id), lambda file: file.write(data))
+        """Keep a verified chunk; cache failures never fail a read.
+
+        Written in place, without a temporary file and rename: a torn file fails its
+        digest on the next hit and is dropped, so atomicity would buy nothing here.
+        """
+        path = self._path("chunks", chunk_id)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "xb") as file:
+                file.write(data)
+        except OSError:
+            return
+        self._account(len(data))
 
     # -- whole streams ----------------------------------------------------------------------
 
@@ -103,8 +113,11 @@ class LocalCache:
             os.replace(temporary, path)
         finally:
             temporary.unlink(missing_ok=True)
+        self._account(size)
+
+    def _account(self, added: int) -> None:
         with self._lock:
-            self._size = self._current_size() + size
+            self._size = self._current_size() + added
             if self._size > self.max_bytes:
                 self._evict()
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from castore import layout
 from castore.digests import format_digest
 from castore.errors import CastoreError
-from castore.packs import parse_pack
+from castore.packs import check_pack
 from castore.streams import decode_stream_object
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def verify(store: Store, *, read_data: bool = True) -> VerifyReport:
                     raise CastoreError(f"{path} is not named by a digest")
                 data = store.backend.read(path)
                 report.bytes_read += len(data)
-                parse_pack(data, pack_id)
+                check_pack(data, pack_id)
             except CastoreError as exc:
                 report.problems.append(f"{path}: {exc}")
     for path in store.backend.list(layout.STREAMS):

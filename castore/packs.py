@@ -6,7 +6,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from castore.compression import Codec
+from castore.compression import Codec, decode_chunk
 from castore.config import MAX_CHUNK_LIMIT
 from castore.errors import IntegrityError
 
@@ -91,22 +91,25 @@ class PackBuilder:
         self._entries.append(PackEntry(chunk_id, len(self._buffer), len(payload), raw_len, codec))
         self._buffer += payload
 
-    def finish(self) -> tuple[bytearray, list[PackEntry]]:
-        """The complete pack (records, footer, trailer) and its entries."""
+    def finish(self) -> tuple[bytes, bytearray, list[PackEntry]]:
+        """The pack's id, its complete bytes (records, footer, trailer) and its entries.
+
+        A pack is named by the SHA-256 of its entry table: the table lists every chunk's
+        id, so the name commits to the content without hashing the records again.
+        """
         table = encode_entries(self._entries)
+        pack_id = hashlib.sha256(table).digest()
         self._buffer += table
-        self._buffer += TRAILER.pack(
-            len(self._entries), 0, hashlib.sha256(table).digest(), FOOTER_MAGIC
-        )
-        return self._buffer, self._entries
+        self._buffer += TRAILER.pack(len(self._entries), 0, pack_id, FOOTER_MAGIC)
+        return pack_id, self._buffer, self._entries
 
 
 def _parse_trailer(trailer: bytes, pack_size: int, what: str) -> tuple[int, bytes]:
     """Entry count and table digest from a trailer, checked against the pack's size."""
     if len(trailer) != TRAILER.size:
         raise IntegrityError(f"{what} is truncated ({pack_size} bytes)")
-    count, _, table_digest, magic = TRAILER.unpack(trailer)
-    if magic != FOOTER_MAGIC:
+    count, reserved, table_digest, magic = TRAILER.unpack(trailer)
+    if magic != FOOTER_MAGIC or reserved:
         raise IntegrityError(f"{what} has no footer: it is truncated or not a pack")
     if len(HEADER) + count * ENTRY.size + TRAILER.size > pack_size:
         raise IntegrityError(f"{what} footer claims {count} entries, more than the pack holds")
@@ -127,16 +130,22 @@ def footer_location(trailer: bytes, pack_size: int, what: str) -> tuple[int, int
     return pack_size - TRAILER.size - table_length, table_length, table_digest
 
 
-def parse_pack(data: bytes | memoryview, pack_id: bytes) -> list[PackEntry]:
-    """Check a whole pack (name, header, footer) and return its entries."""
+def check_pack(data: bytes | memoryview, pack_id: bytes) -> list[PackEntry]:
+    """Check a whole pack (header, footer against its name, every record) and list it."""
     what = f"pack {pack_id.hex()}"
-    if hashlib.sha256(data).digest() != pack_id:
-        raise IntegrityError(f"{what} does not match its name: its bytes are damaged")
     if len(data) < len(HEADER) + TRAILER.size or bytes(data[: len(PACK_MAGIC)]) != PACK_MAGIC:
         raise IntegrityError(f"{what} does not start with the pack magic")
-    if data[len(PACK_MAGIC)] > PACK_VERSION:
-        raise IntegrityError(
-            f"{what} has pack version {data[len(PACK_MAGIC)]}, newer than {PACK_VERSION}"
-        )
+    if not 1 <= data[len(PACK_MAGIC)] <= PACK_VERSION or any(data[len(PACK_MAGIC) + 1 : 16]):
+        raise IntegrityError(f"{what} has an unknown pack version or damaged header")
     start, length, digest = footer_location(bytes(data[-TRAILER.size :]), len(data), what)
-    return parse_footer(bytes(data[start : start + length]), digest, start, what)
+    if digest != pack_id:
+        raise IntegrityError(f"{what} does not match its name: its footer is damaged")
+    entries = parse_footer(bytes(data[start : start + length]), digest, start, what)
+    view = memoryview(data)
+    for entry in entries:
+        where = f"chunk {entry.chunk_id.hex()} in {what}"
+        stored = view[entry.offset : entry.offset + entry.stored_len]
+        raw = decode_chunk(entry.codec, stored, entry.raw_len, where)
+        if hashlib.sha256(raw).digest() != entry.chunk_id:
+            raise IntegrityError(f"{where} is corrupt: its bytes do not match its SHA-256")
+    return entries

@@ -119,16 +119,19 @@ def iter_stream(
     index: Index,
     pool: Executor,
     cache: LocalCache | None = None,
+    authenticated: bool = False,
 ) -> Iterator[bytes | memoryview]:
     """Yield the stream's verified chunks in order, fetching ahead in parallel.
 
-    Each chunk is checked before it is yielded; the whole-stream digest is checked after
-    the last one, so a consumer sees an IntegrityError instead of a clean end of stream.
+    Each chunk is checked against its id before it is yielded. Unless the chunk list is
+    `authenticated` (it comes from a manifest checked against its version digest), the
+    whole-stream digest is checked too, after the last chunk, so that a consumer sees an
+    IntegrityError instead of a clean end of stream.
     """
+    whole = None if authenticated else hashlib.sha256()
     ranges = deque(_plan(descriptor, index))
     in_flight: deque[tuple[Future[list[bytes | memoryview]], int]] = deque()
     in_flight_bytes = 0
-    whole = hashlib.sha256()
     try:
         while ranges or in_flight:
             while ranges and (not in_flight or in_flight_bytes < READ_AHEAD):
@@ -140,12 +143,13 @@ def iter_stream(
             future, length = in_flight.popleft()
             in_flight_bytes -= length
             for chunk in future.result():
-                whole.update(chunk)
+                if whole is not None:
+                    whole.update(chunk)
                 yield chunk
     finally:
         for future, _ in in_flight:
             future.cancel()
-    if whole.digest() != descriptor.sha256:
+    if whole is not None and whole.digest() != descriptor.sha256:
         raise IntegrityError(
             f"stream sha256:{descriptor.sha256.hex()} read back as sha256:{whole.hexdigest()}: "
             "its chunk list is damaged"

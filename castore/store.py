@@ -36,8 +36,10 @@ from castore.writer import StreamWriter, WriteStats
 Source = bytes | bytearray | memoryview | BinaryIO | os.PathLike[str]
 """What `put` accepts: bytes, a binary file object, or the path of a file."""
 
-IO_THREADS = 16
-"""Concurrent backend requests: S3 latency, not CPU, bounds them."""
+REMOTE_IO_THREADS = 16
+"""Concurrent requests to a remote backend: latency, not CPU, bounds them."""
+LOCAL_IO_THREADS = 4
+"""Concurrent local reads and writes: more only adds memory (per-thread malloc arenas)."""
 
 
 class Store:
@@ -52,7 +54,9 @@ class Store:
         """Local cache: chunks of remote stores, and whole streams for mmap loads."""
         self.refs = RefStore(backend)
         self._cpu_pool = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="castore-cpu")
-        self._io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="castore-io")
+        io_threads = REMOTE_IO_THREADS if backend.is_remote else LOCAL_IO_THREADS
+        self._io_pool = ThreadPoolExecutor(io_threads, thread_name_prefix="castore-io")
+        self._hash_pool = ThreadPoolExecutor(1, thread_name_prefix="castore-hash")
         self.index = Index(backend, self._io_pool)
         self.index.refresh()
         self.last_write: WriteStats | None = None
@@ -74,8 +78,8 @@ class Store:
 
     def close(self) -> None:
         """Release the store's worker threads."""
-        self._cpu_pool.shutdown(wait=True, cancel_futures=True)
-        self._io_pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._cpu_pool, self._io_pool, self._hash_pool):
+            pool.shutdown(wait=True, cancel_futures=True)
 
     # -- bytes in ---------------------------------------------------------------------------
 
@@ -87,6 +91,7 @@ class Store:
             index=self.index,
             cpu_pool=self._cpu_pool,
             io_pool=self._io_pool,
+            hash_pool=self._hash_pool,
         )
 
     def write_stream(self, source: Source) -> StreamDescriptor:
@@ -130,19 +135,29 @@ class Store:
             raise NotFoundError(f"no content with digest {digest} in {self.url}") from exc
         return decode_stream_object(data, raw)
 
-    def iter_chunks(self, descriptor: StreamDescriptor) -> Iterator[bytes | memoryview]:
-        """A stream's bytes as verified chunks, in order."""
+    def iter_chunks(
+        self, descriptor: StreamDescriptor, *, authenticated: bool = False
+    ) -> Iterator[bytes | memoryview]:
+        """A stream's bytes as verified chunks, in order.
+
+        `authenticated` says the chunk list was checked against a version digest, which
+        makes re-hashing the whole stream redundant (each chunk is still checked).
+        """
         return iter_stream(
             descriptor,
             backend=self.backend,
             index=self.index,
             pool=self._io_pool,
             cache=self.cache if self.backend.is_remote else None,
+            authenticated=authenticated,
         )
 
-    def open_descriptor(self, descriptor: StreamDescriptor) -> io.BufferedReader:
+    def open_descriptor(
+        self, descriptor: StreamDescriptor, *, authenticated: bool = False
+    ) -> io.BufferedReader:
         """A readable binary file over a described stream, verified as it is read."""
-        return io.BufferedReader(StreamReader(self.iter_chunks(descriptor), descriptor.size))
+        chunks = self.iter_chunks(descriptor, authenticated=authenticated)
+        return io.BufferedReader(StreamReader(chunks, descriptor.size))
 
     def materialize(self, descriptor: StreamDescriptor) -> Path:
         """A verified local file holding the stream, kept in the cache (for mmap loads)."""

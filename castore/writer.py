@@ -53,12 +53,6 @@ def _encode_group(
     return encoded
 
 
-def _store_pack(backend: Backend, data: bytearray) -> bytes:
-    pack_id = hashlib.sha256(data).digest()
-    backend.write(layout.pack_path(pack_id), data)
-    return pack_id
-
-
 class _PackUploader:
     """Fills packs to the target size and stores them in the background, a few at a time."""
 
@@ -67,7 +61,7 @@ class _PackUploader:
         self._pool = pool
         self._target_size = target_size
         self._builder = PackBuilder()
-        self._in_flight: deque[tuple[Future[bytes], list[PackEntry]]] = deque()
+        self._in_flight: deque[tuple[Future[None], bytes, list[PackEntry]]] = deque()
         self.stored: list[PackListing] = []
 
     def add(self, chunk_id: bytes, codec: Codec, payload: bytes | memoryview, raw_len: int) -> None:
@@ -76,15 +70,19 @@ class _PackUploader:
             self._seal()
 
     def _seal(self) -> None:
-        data, entries = self._builder.finish()
+        pack_id, data, entries = self._builder.finish()
         self._builder = PackBuilder()
-        self._in_flight.append((self._pool.submit(_store_pack, self._backend, data), entries))
+        path = layout.pack_path(pack_id)
+        self._in_flight.append(
+            (self._pool.submit(self._backend.write, path, data), pack_id, entries)
+        )
         while len(self._in_flight) > MAX_PACKS_IN_FLIGHT:
             self._wait_oldest()
 
     def _wait_oldest(self) -> None:
-        future, entries = self._in_flight.popleft()
-        self.stored.append((future.result(), entries))
+        future, pack_id, entries = self._in_flight.popleft()
+        future.result()
+        self.stored.append((pack_id, entries))
 
     def finish(self) -> list[PackListing]:
         """Seal the last pack and wait until every pack is stored."""
@@ -96,7 +94,7 @@ class _PackUploader:
 
     def abandon(self) -> None:
         """Wait for uploads already started so that no thread writes after a failed write."""
-        for future, _ in self._in_flight:
+        for future, _, _ in self._in_flight:
             future.exception()
 
 
@@ -115,11 +113,14 @@ class StreamWriter(io.RawIOBase):
         index: Index,
         cpu_pool: Executor,
         io_pool: Executor,
+        hash_pool: Executor,
     ) -> None:
         super().__init__()
         self._index = index
         self._compression = config.compression
         self._cpu_pool = cpu_pool
+        self._hash_pool = hash_pool
+        self._hashed: Future[None] | None = None
         self._chunker = Chunker(config.chunker, self._submit)
         self._whole = hashlib.sha256()
         self._chunk_ids = bytearray()
@@ -162,10 +163,15 @@ class StreamWriter(io.RawIOBase):
     def _known(self, chunk_id: bytes) -> bool:
         return chunk_id in self._index or chunk_id in self._added
 
-    def _submit(self, group: list[memoryview]) -> None:
+    def _hash_group(self, group: list[memoryview]) -> None:
         for data in group:
             self._whole.update(data)
-            self.stats.bytes_in += len(data)
+
+    def _submit(self, group: list[memoryview]) -> None:
+        # The whole-stream hash is sequential: a one-thread pool keeps it in order and off
+        # the thread that reads and cuts the stream.
+        self._hashed = self._hash_pool.submit(self._hash_group, group)
+        self.stats.bytes_in += sum(len(data) for data in group)
         self._pending.append(
             self._cpu_pool.submit(_encode_group, group, self._known, self._compression)
         )
@@ -189,6 +195,8 @@ class StreamWriter(io.RawIOBase):
             while self._pending:
                 self._collect_oldest()
             packs = self._uploader.finish()
+            if self._hashed is not None:
+                self._hashed.result()
         except BaseException:
             self.abort()
             raise
