@@ -279,14 +279,7 @@ def save(
     chosen = serializer_named(serializer)
     clean_metadata = normalize_metadata(metadata)
     tags = [check_tag(t) for t in tags]
-    writer = store.stream_writer()
-    try:
-        chosen.dump(obj, writer)
-    except BaseException:
-        writer.abort()
-        raise
-    stream = writer.commit()
-    store.last_write = writer.stats
+    stream = store.write_stream(lambda writer: chosen.dump(obj, writer))
     return commit_version(
         store,
         name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,7 +31,7 @@ from castore.maintenance import VerifyReport, verify
 from castore.reader import StreamReader, iter_stream
 from castore.refs import STORE_SEPARATOR, RefStore, TagEvent, parse_reference
 from castore.streams import StreamDescriptor, decode_stream_object, encode_stream_object
-from castore.writer import StreamWriter, WriteStats
+from castore.writer import StreamWriter, WriteSession, WriteStats
 
 Source = bytes | bytearray | memoryview | BinaryIO | os.PathLike[str]
 """What `put` accepts: bytes, a binary file object, or the path of a file."""
@@ -83,9 +83,9 @@ class Store:
 
     # -- bytes in ---------------------------------------------------------------------------
 
-    def stream_writer(self) -> StreamWriter:
-        """A writable file whose bytes are stored deduplicated; call its `commit()` at the end."""
-        return StreamWriter(
+    def write_session(self) -> WriteSession:
+        """A session for writing streams; commit() it before referring to them."""
+        return WriteSession(
             backend=self.backend,
             config=self.config,
             index=self.index,
@@ -94,10 +94,13 @@ class Store:
             hash_pool=self._hash_pool,
         )
 
-    def write_stream(self, source: Source) -> StreamDescriptor:
-        """Store a stream's chunks and return its descriptor (no object refers to it yet)."""
-        writer = self.stream_writer()
-        try:
+    def write_stream(self, source: Source | Callable[[StreamWriter], None]) -> StreamDescriptor:
+        """Store one stream's chunks and index; return its descriptor (nothing refers to it yet).
+
+        `source` is bytes, a binary file, a path, or a function that writes into the stream.
+        """
+        with self.write_session() as session:
+            writer = session.stream()
             if isinstance(source, bytes | bytearray | memoryview):
                 writer.write(source)
             elif isinstance(source, os.PathLike):
@@ -106,13 +109,13 @@ class Store:
                         writer.copy_from(file)
                 except OSError as exc:
                     raise InvalidInputError(f"cannot read {os.fspath(source)!r}: {exc}") from exc
+            elif callable(source) and not hasattr(source, "read"):
+                source(writer)
             else:
                 writer.copy_from(source)
-        except BaseException:
-            writer.abort()
-            raise
-        descriptor = writer.commit()
-        self.last_write = writer.stats
+            descriptor = writer.finish()
+            session.commit()
+        self.last_write = session.stats
         return descriptor
 
     def put(self, source: Source) -> str:

@@ -98,11 +98,11 @@ class _PackUploader:
             future.exception()
 
 
-class StreamWriter(io.RawIOBase):
-    """A writable binary file that stores what is written into it, deduplicated.
+class WriteSession:
+    """One operation's writes: shared packs and dedup, one index object at the end.
 
-    `commit` stores the packs and their index object and returns the stream's
-    descriptor; whatever refers to the stream is written by the caller afterwards.
+    Open streams with `stream()`; `commit()` stores the remaining packs and then the
+    index object. Only after that may anything refer to the streams' descriptors.
     """
 
     def __init__(
@@ -115,21 +115,77 @@ class StreamWriter(io.RawIOBase):
         io_pool: Executor,
         hash_pool: Executor,
     ) -> None:
+        self.config = config
+        self.index = index
+        self.cpu_pool = cpu_pool
+        self.hash_pool = hash_pool
+        self.uploader = _PackUploader(backend, io_pool, config.pack_size)
+        self.added: set[bytes] = set()
+        self.stats = WriteStats()
+        self._streams: list[StreamWriter] = []
+
+    def __enter__(self) -> WriteSession:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is not None:
+            self.abort()
+
+    def known(self, chunk_id: bytes) -> bool:
+        """Whether the store or this session already holds the chunk."""
+        return chunk_id in self.index or chunk_id in self.added
+
+    def stream(self) -> StreamWriter:
+        """A new writable stream in this session."""
+        writer = StreamWriter(self)
+        self._streams.append(writer)
+        return writer
+
+    def store_chunk(
+        self, chunk_id: bytes, codec: Codec, payload: bytes | memoryview, raw_len: int
+    ) -> None:
+        """Put a new chunk into the current pack (chunks the store has are skipped)."""
+        if payload is None or self.known(chunk_id):
+            return
+        self.added.add(chunk_id)
+        self.uploader.add(chunk_id, codec, payload, raw_len)
+        self.stats.new_chunks += 1
+        self.stats.new_bytes_stored += len(payload)
+
+    def commit(self) -> None:
+        """Store the remaining packs, then the index object that makes them visible."""
+        try:
+            for writer in self._streams:
+                writer.finish()
+            packs = self.uploader.finish()
+        except BaseException:
+            self.abort()
+            raise
+        if packs:
+            self.index.commit(packs)
+        self.stats.packs = [pack_id for pack_id, _ in packs]
+
+    def abort(self) -> None:
+        """Give up: no index object is written, so stored packs stay unreferenced until gc."""
+        for writer in self._streams:
+            writer.abandon()
+        self.uploader.abandon()
+
+
+class StreamWriter(io.RawIOBase):
+    """A writable binary file whose bytes are stored, deduplicated, in its session."""
+
+    def __init__(self, session: WriteSession) -> None:
         super().__init__()
-        self._index = index
-        self._compression = config.compression
-        self._cpu_pool = cpu_pool
-        self._hash_pool = hash_pool
-        self._hashed: Future[None] | None = None
-        self._chunker = Chunker(config.chunker, self._submit)
+        self._session = session
+        self._chunker = Chunker(session.config.chunker, self._submit)
         self._whole = hashlib.sha256()
+        self._hashed: Future[None] | None = None
         self._chunk_ids = bytearray()
         self._chunk_sizes: list[int] = []
-        self._uploader = _PackUploader(backend, io_pool, config.pack_size)
-        self._added: set[bytes] = set()
         self._pending: deque[Future[list[EncodedChunk]]] = deque()
         self._position = 0
-        self.stats = WriteStats()
+        self._descriptor: StreamDescriptor | None = None
 
     def writable(self) -> bool:
         """Always True."""
@@ -160,61 +216,45 @@ class StreamWriter(io.RawIOBase):
         except OSError as exc:
             raise InvalidInputError(f"cannot read the input stream: {exc}") from exc
 
-    def _known(self, chunk_id: bytes) -> bool:
-        return chunk_id in self._index or chunk_id in self._added
-
     def _hash_group(self, group: list[memoryview]) -> None:
         for data in group:
             self._whole.update(data)
 
     def _submit(self, group: list[memoryview]) -> None:
+        session = self._session
         # The whole-stream hash is sequential: a one-thread pool keeps it in order and off
         # the thread that reads and cuts the stream.
-        self._hashed = self._hash_pool.submit(self._hash_group, group)
-        self.stats.bytes_in += sum(len(data) for data in group)
+        self._hashed = session.hash_pool.submit(self._hash_group, group)
+        session.stats.bytes_in += sum(len(data) for data in group)
+        compression = session.config.compression
         self._pending.append(
-            self._cpu_pool.submit(_encode_group, group, self._known, self._compression)
+            session.cpu_pool.submit(_encode_group, group, session.known, compression)
         )
         while len(self._pending) > MAX_GROUPS_IN_FLIGHT:
             self._collect_oldest()
 
     def _collect_oldest(self) -> None:
-        for chunk_id, raw_len, codec, payload in self._pending.popleft().result():
-            self._chunk_ids.extend(chunk_id)
-            self._chunk_sizes.append(raw_len)
-            if payload is not None and not self._known(chunk_id):
-                self._added.add(chunk_id)
-                self._uploader.add(chunk_id, codec, payload, raw_len)
-                self.stats.new_chunks += 1
-                self.stats.new_bytes_stored += len(payload)
+        for encoded in self._pending.popleft().result():
+            self._chunk_ids.extend(encoded[0])
+            self._chunk_sizes.append(encoded[1])
+            self._session.store_chunk(encoded)
 
-    def commit(self) -> StreamDescriptor:
-        """Store the remaining chunks, then the index object; describe the stream."""
-        try:
+    def finish(self) -> StreamDescriptor:
+        """End the stream and describe it (valid once the session commits)."""
+        if self._descriptor is None:
             self._chunker.finish()
             while self._pending:
                 self._collect_oldest()
-            packs = self._uploader.finish()
             if self._hashed is not None:
                 self._hashed.result()
-        except BaseException:
-            self.abort()
-            raise
-        if packs:
-            self._index.commit(packs)
-        self.stats.chunks = len(self._chunk_sizes)
-        self.stats.packs = [pack_id for pack_id, _ in packs]
-        super().close()
-        return StreamDescriptor(
-            self._whole.digest(),
-            self.stats.bytes_in,
-            bytes(self._chunk_ids),
-            tuple(self._chunk_sizes),
-        )
+            self._session.stats.chunks += len(self._chunk_sizes)
+            ids, sizes = bytes(self._chunk_ids), tuple(self._chunk_sizes)
+            self._descriptor = StreamDescriptor(self._whole.digest(), self._position, ids, sizes)
+            super().close()
+        return self._descriptor
 
-    def abort(self) -> None:
-        """Give up: no index object is written, so stored packs stay unreferenced until gc."""
+    def abandon(self) -> None:
+        """Drop work not yet done for this stream."""
         for future in self._pending:
             future.cancel()
-        self._uploader.abandon()
         super().close()
