@@ -141,10 +141,9 @@ class WriteSession:
         self._streams.append(writer)
         return writer
 
-    def store_chunk(
-        self, chunk_id: bytes, codec: Codec, payload: bytes | memoryview, raw_len: int
-    ) -> None:
+    def store_chunk(self, encoded: EncodedChunk) -> None:
         """Put a new chunk into the current pack (chunks the store has are skipped)."""
+        chunk_id, raw_len, codec, payload = encoded
         if payload is None or self.known(chunk_id):
             return
         self.added.add(chunk_id)
