@@ -40,7 +40,7 @@ class LocalCache:
         self._lock = threading.Lock()
         self._size: int | None = None
         self.hits = 0
-        """Chunks served from the cache since this object was made."""
+        """Chunks served from the cache (without any pack read) since this object was made."""
 
     def _path(self, kind: str, name: bytes) -> Path:
         hex_name = name.hex()
@@ -69,7 +69,6 @@ class LocalCache:
             return None
         with contextlib.suppress(OSError):
             os.utime(path)
-        self.hits += 1
         return data
 
     def add_chunk(self, chunk_id: bytes, data: bytes | memoryview) -> None:

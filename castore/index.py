@@ -10,12 +10,7 @@ from dataclasses import dataclass
 
 from castore import layout, wire
 from castore.backend import Backend
-from castore.errors import (
-    CastoreError,
-    IntegrityError,
-    ObjectNotFoundError,
-    UnsupportedFormatError,
-)
+from castore.errors import CastoreError, IntegrityError, ObjectNotFoundError
 from castore.packs import PackEntry, decode_entries, encode_entries
 
 INDEX_VERSION = 1
@@ -57,6 +52,8 @@ def decode_index_object(data: bytes, what: str) -> list[PackListing]:
             or not isinstance(item[1], bytes)
         ):
             raise IntegrityError(f"{what} has a malformed pack listing")
+        if hashlib.sha256(item[1]).digest() != item[0]:
+            raise IntegrityError(f"{what} lists pack {item[0].hex()} with another pack's entries")
         packs.append((item[0], decode_entries(item[1], f"{what}, pack {item[0].hex()}")))
     return packs
 
@@ -103,9 +100,7 @@ class Index:
             return decode_index_object(data, f"index object {path}")
         except ObjectNotFoundError:
             return []  # removed since the listing (by gc): nothing to merge
-        except UnsupportedFormatError:
-            raise
-        except CastoreError as exc:
+        except CastoreError as exc:  # damaged, or written by a newer castore: reported on use
             return exc
 
     def _merge(self, packs: Iterable[PackListing]) -> None:

@@ -18,12 +18,13 @@ from typing import Any
 import msgpack
 
 from castore import wire
-from castore.errors import IntegrityError, InvalidInputError
+from castore.errors import IntegrityError, InvalidInputError, UnsupportedFormatError
+from castore.refs import check_name
 from castore.streams import StreamDescriptor
 
 MANIFEST_VERSION = 1
 MAX_METADATA_BYTES = 64 * 1024
-MAX_MANIFEST_BYTES = 512 * 1024**2
+KINDS = ("object", "file", "tree")
 TRACKED_PACKAGES = ("numpy", "scipy", "sklearn", "torch", "joblib", "cloudpickle", "pandas")
 _DISTRIBUTIONS = {"sklearn": "scikit-learn"}
 
@@ -63,10 +64,20 @@ def normalize_metadata(metadata: object) -> dict[str, Any]:
         raise InvalidInputError(
             f"metadata is {len(encoded)} bytes encoded; the limit is {MAX_METADATA_BYTES}"
         )
-    try:
-        return msgpack.unpackb(encoded, raw=False, strict_map_key=True)
-    except ValueError as exc:
-        raise InvalidInputError(f"metadata keys must be strings: {exc}") from exc
+    normalized = msgpack.unpackb(encoded, raw=False, strict_map_key=False)
+    _check_string_keys(normalized)
+    return normalized
+
+
+def _check_string_keys(value: object) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidInputError(f"metadata keys must be strings, not {key!r}")
+            _check_string_keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_string_keys(item)
 
 
 @dataclass(frozen=True)
@@ -113,13 +124,23 @@ class Manifest:
         raw = wire.decode_map(data, what)
         wire.check_version(raw, MANIFEST_VERSION, what)
         serializer = wire.field(raw, "serializer", dict, what)
-        parent = raw.get("parent")
+        if "parent" not in raw:
+            raise IntegrityError(f"{what} lacks the field 'parent'")
+        parent = raw["parent"]
         if parent is not None and (not isinstance(parent, bytes) or len(parent) != 32):
             raise IntegrityError(f"{what} has a malformed parent digest")
+        name = wire.field(raw, "name", str, what)
+        try:
+            check_name(name)
+        except InvalidInputError as exc:
+            raise IntegrityError(f"{what} holds an invalid name: {exc}") from exc
+        kind = wire.field(raw, "kind", str, what)
+        if kind not in KINDS:
+            raise UnsupportedFormatError(f"{what} has kind {kind!r}, unknown to this castore")
         return cls(
-            name=wire.field(raw, "name", str, what),
+            name=name,
             number=wire.bounded_int(raw, "number", 1, 2**62, what),
-            kind=wire.field(raw, "kind", str, what),
+            kind=kind,
             serializer=wire.field(serializer, "name", str, what),
             serializer_version=wire.field(serializer, "version", str, what),
             stream=StreamDescriptor.from_wire(wire.field(raw, "stream", dict, what), what),

@@ -77,6 +77,7 @@ def _fetch(backend: Backend, piece: _Range, cache: LocalCache | None) -> list[by
     if cache is not None:
         cached = [cache.chunk(entry.chunk_id) for entry in piece.entries]
         if all(chunk is not None for chunk in cached):
+            cache.hits += len(cached)
             return cached  # type: ignore[return-value]
     chunks = _read_range(backend, piece)
     if cache is not None:

@@ -27,6 +27,7 @@ MAX_REF_OBJECT = 4096
 _COMPONENT = r"[a-z0-9_][a-z0-9._-]*"
 _NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[a-z0-9_][a-z0-9._-]{0,127}")
+_NUMBER = re.compile(r"[1-9][0-9]{0,17}")
 STORE_SEPARATOR = "#"
 
 NAME_RULES = (
@@ -39,6 +40,8 @@ def check_name(name: object) -> str:
     """Return `name` if it is a valid name, else raise InvalidInputError saying why."""
     if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
         raise InvalidInputError(f"invalid name {name!r}: {NAME_RULES} (at most {MAX_NAME_LENGTH})")
+    if name.split("/", 1)[0] == "sha256":
+        raise InvalidInputError(f"invalid name {name!r}: 'sha256' is reserved for digests")
     return name
 
 
@@ -81,7 +84,7 @@ REFERENCE_FORMS = (
 
 
 def parse_reference(text: object) -> Reference:
-    """Parse any reference form of docs/REFERENCES.md; InvalidInputError says what was expected."""
+    """Parse any reference form (docs/FORMAT.md §10); InvalidInputError says what was expected."""
     if not isinstance(text, str) or not text:
         raise InvalidInputError(f"invalid reference {text!r}: {REFERENCE_FORMS}")
     store_url = None
@@ -99,14 +102,17 @@ def parse_reference(text: object) -> Reference:
         check_name(name)
         if not selector or selector == LATEST:
             return Reference(name, store_url=store_url)
-        if selector.isdigit():
-            version = int(selector)
-            if version < 1:
-                raise InvalidInputError("versions are numbered from 1")
-            return Reference(name, version=version, store_url=store_url)
+        if selector.isascii() and selector.isdigit():
+            if not _NUMBER.fullmatch(selector):
+                raise InvalidInputError("versions are numbered from 1, without leading zeros")
+            return Reference(name, version=int(selector), store_url=store_url)
         return Reference(name, tag=check_tag(selector), store_url=store_url)
     except InvalidInputError as exc:
         raise InvalidInputError(f"invalid reference {text!r}: {exc}; {REFERENCE_FORMS}") from exc
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _now() -> str:
@@ -158,7 +164,7 @@ class RefStore:
         numbers = []
         for path in paths:
             last = path[len(folder) + 1 :]
-            if last.isdigit() and "/" not in last:
+            if _NUMBER.fullmatch(last):
                 numbers.append(int(last))
         return sorted(numbers)
 
@@ -170,8 +176,9 @@ class RefStore:
         found = set()
         for path in self._backend.list(REFS):
             head, sep, _ = path.partition(marker)
-            if sep:
-                found.add(head[len(REFS) + 1 :])
+            name = head[len(REFS) + 1 :]
+            if sep and _NAME.fullmatch(name):  # stray objects under refs/ name nothing
+                found.add(name)
         return sorted(found)
 
     def version_numbers(self, name: str) -> list[int]:
@@ -190,7 +197,9 @@ class RefStore:
         if len(manifest) != 32:
             raise IntegrityError(f"ref object {path} holds a malformed digest")
         deleted = raw.get("deleted")
-        return VersionRef(manifest, deleted if isinstance(deleted, str) else None)
+        if deleted is not None and not isinstance(deleted, str):
+            raise IntegrityError(f"ref object {path} has a malformed deletion time")
+        return VersionRef(manifest, deleted)
 
     def create_version(self, name: str, number: int, manifest: bytes) -> None:
         """Take version `number`; raise ObjectExistsError if another writer took it first."""
@@ -222,7 +231,7 @@ class RefStore:
             raw = self._read(path)
             version = raw.get("version")
             manifest = raw.get("manifest")
-            if not (version is None or (isinstance(version, int) and version >= 1)):
+            if not (version is None or _is_positive_int(version)):
                 raise IntegrityError(f"ref object {path} has a malformed version")
             if not (manifest is None or (isinstance(manifest, bytes) and len(manifest) == 32)):
                 raise IntegrityError(f"ref object {path} has a malformed digest")

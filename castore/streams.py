@@ -1,7 +1,7 @@
 """Stream descriptors (a stream's digest, size and chunk list) and stream objects.
 
 A stream object is stored under its content digest by `put`; version manifests embed the
-same descriptor, so one encoding serves both (docs/FORMAT.md, "Streams").
+same descriptor, so one encoding serves both (docs/FORMAT.md, "Stream objects").
 """
 
 from __future__ import annotations
