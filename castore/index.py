@@ -68,6 +68,10 @@ class Index:
         self._loaded: set[str] = set()
         self.damaged: dict[str, str] = {}
         """Index objects that could not be used, with the reason."""
+        self.objects: dict[str, list[bytes]] = {}
+        """Every usable index object loaded, with the packs it lists."""
+        self.packs: dict[bytes, list[PackEntry]] = {}
+        """Every indexed pack with all its entries."""
         self._lock = threading.Lock()
 
     def __contains__(self, chunk_id: bytes) -> bool:
@@ -76,9 +80,24 @@ class Index:
     def __len__(self) -> int:
         return len(self._locations)
 
+    def locations(self) -> dict[bytes, ChunkLocation]:
+        """A snapshot of every known chunk and where it is."""
+        with self._lock:
+            return dict(self._locations)
+
     def lookup(self, chunk_id: bytes) -> ChunkLocation | None:
         """The chunk's location, or None if no loaded index object lists it."""
         return self._locations.get(chunk_id)
+
+    def reload(self) -> None:
+        """Forget everything and load the index objects that exist now (after a gc)."""
+        with self._lock:
+            self._locations = {}
+            self._loaded = set()
+            self.damaged = {}
+            self.objects = {}
+            self.packs = {}
+        self.refresh()
 
     def refresh(self) -> None:
         """Load index objects written since the last refresh (by anyone)."""
@@ -89,6 +108,7 @@ class Index:
                 if isinstance(outcome, CastoreError):
                     self.damaged[path] = str(outcome)
                 else:
+                    self.objects[path] = [pack_id for pack_id, _ in outcome]
                     self._merge(outcome)
 
     def _load_object(self, path: str) -> list[PackListing] | CastoreError:
@@ -105,14 +125,17 @@ class Index:
 
     def _merge(self, packs: Iterable[PackListing]) -> None:
         for pack_id, entries in packs:
+            self.packs[pack_id] = entries
             for entry in entries:
                 self._locations.setdefault(entry.chunk_id, ChunkLocation(pack_id, entry))
 
-    def commit(self, packs: list[PackListing]) -> None:
+    def commit(self, packs: list[PackListing]) -> str:
         """Write an index object for packs already stored, then make them visible here."""
         data = encode_index_object(packs)
         path = layout.index_path(hashlib.sha256(data).digest())
         self._backend.write(path, data)
         with self._lock:
             self._loaded.add(path)
+            self.objects[path] = [pack_id for pack_id, _ in packs]
             self._merge(packs)
+        return path

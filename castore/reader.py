@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
@@ -34,11 +35,15 @@ class _Range:
     entries: list[PackEntry] = field(default_factory=list)
 
 
-def _plan(descriptor: StreamDescriptor, index: Index) -> list[_Range]:
-    """Group the stream's chunks into ranged reads, in stream order."""
+class PackMissingError(IntegrityError):
+    """A pack the index lists is gone: damage, or a gc moved its chunks since we looked."""
+
+
+def _plan(descriptor: StreamDescriptor, index: Index, start: int = 0) -> list[_Range]:
+    """Group the stream's chunks, from chunk number `start` on, into ranged reads."""
     ranges: list[_Range] = []
     refreshed = False
-    for chunk_id, size in descriptor.chunks():
+    for chunk_id, size in itertools.islice(descriptor.chunks(), start, None):
         location = index.lookup(chunk_id)
         if location is None and not refreshed:
             index.refresh()
@@ -94,7 +99,7 @@ def _read_range(backend: Backend, piece: _Range) -> list[bytes | memoryview]:
             layout.pack_path(piece.pack_id), piece.start, piece.end - piece.start
         )
     except ObjectNotFoundError as exc:
-        raise IntegrityError(
+        raise PackMissingError(
             f"{pack} is missing; it holds chunk {piece.entries[0].chunk_id.hex()}"
         ) from exc
     if len(data) != piece.end - piece.start:
@@ -133,6 +138,8 @@ def iter_stream(
     ranges = deque(_plan(descriptor, index))
     in_flight: deque[tuple[Future[list[bytes | memoryview]], int]] = deque()
     in_flight_bytes = 0
+    yielded = 0
+    reloaded = False
     try:
         while ranges or in_flight:
             while ranges and (not in_flight or in_flight_bytes < READ_AHEAD):
@@ -143,9 +150,23 @@ def iter_stream(
                 in_flight_bytes += piece.end - piece.start
             future, length = in_flight.popleft()
             in_flight_bytes -= length
-            for chunk in future.result():
+            try:
+                chunks = future.result()
+            except PackMissingError:
+                if reloaded:
+                    raise
+                reloaded = True  # a gc may have repacked: look again, once
+                for pending, _ in in_flight:
+                    pending.cancel()
+                in_flight.clear()
+                in_flight_bytes = 0
+                index.reload()
+                ranges = deque(_plan(descriptor, index, start=yielded))
+                continue
+            for chunk in chunks:
                 if whole is not None:
                     whole.update(chunk)
+                yielded += 1
                 yield chunk
     finally:
         for future, _ in in_flight:

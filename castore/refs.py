@@ -8,6 +8,7 @@ being the tag's value. ``@`` cannot occur in names, so no name's refs hide anoth
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -140,8 +141,9 @@ class TagEvent:
 class RefStore:
     """Reads and writes the ref objects of one store."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, before_publish: Callable[[], None] | None = None) -> None:
         self._backend = backend
+        self._before_publish = before_publish or (lambda: None)
 
     # -- paths ------------------------------------------------------------------------------
 
@@ -204,6 +206,7 @@ class RefStore:
     def create_version(self, name: str, number: int, manifest: bytes) -> None:
         """Take version `number`; raise ObjectExistsError if another writer took it first."""
         path = f"{self._versions_folder(name)}/{number}"
+        self._before_publish()
         self._backend.create(path, wire.encode({"manifest": manifest, "created": _now()}))
 
     def mark_deleted(self, name: str, number: int, manifest: bytes) -> None:

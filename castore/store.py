@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from castore import catalog, layout
+from castore import catalog, layout, maintenance
 from castore.backend import Backend, open_backend
 from castore.cache import LocalCache
 from castore.catalog import Diff, LogEntry, Version
@@ -26,8 +26,10 @@ from castore.errors import (
     ObjectNotFoundError,
     StoreExistsError,
 )
+from castore.gc import DEFAULT_REPACK_THRESHOLD, GcReport, gc
 from castore.index import Index
-from castore.maintenance import VerifyReport, verify
+from castore.leases import WriterLease
+from castore.maintenance import RepairReport, StoreStats, VerifyReport
 from castore.reader import StreamReader, iter_stream
 from castore.refs import STORE_SEPARATOR, RefStore, TagEvent, parse_reference
 from castore.streams import StreamDescriptor, decode_stream_object, encode_stream_object
@@ -52,7 +54,9 @@ class Store:
         self.config = config
         self.cache = cache or LocalCache()
         """Local cache: chunks of remote stores, and whole streams for mmap loads."""
-        self.refs = RefStore(backend)
+        self.refs = RefStore(backend, before_publish=self._check_lease)
+        self.lease = WriterLease(backend)
+        """This Store's writer lease, held during every write operation (docs/FORMAT.md)."""
         self._cpu_pool = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="castore-cpu")
         io_threads = REMOTE_IO_THREADS if backend.is_remote else LOCAL_IO_THREADS
         self._io_pool = ThreadPoolExecutor(io_threads, thread_name_prefix="castore-io")
@@ -83,9 +87,10 @@ class Store:
 
     # -- bytes in ---------------------------------------------------------------------------
 
-    def write_session(self) -> WriteSession:
+    def write_session(self, *, rewrite: bool = False) -> WriteSession:
         """A session for writing streams; commit() it before referring to them."""
         return WriteSession(
+            rewrite=rewrite,
             backend=self.backend,
             config=self.config,
             index=self.index,
@@ -118,13 +123,19 @@ class Store:
         self.last_write = session.stats
         return descriptor
 
+    def _check_lease(self) -> None:
+        self.lease.check()
+
     def put(self, source: Source) -> str:
         """Store bytes, a binary file object or a file; return ``sha256:<hex>`` of the bytes.
 
         The digest equals what ``sha256sum`` prints for the same bytes.
         """
-        descriptor = self.write_stream(source)
-        self.backend.write(layout.stream_path(descriptor.sha256), encode_stream_object(descriptor))
+        with self.lease.held():
+            descriptor = self.write_stream(source)
+            self.lease.check()
+            path = layout.stream_path(descriptor.sha256)
+            self.backend.write(path, encode_stream_object(descriptor))
         return format_digest(descriptor.sha256)
 
     # -- bytes out --------------------------------------------------------------------------
@@ -219,9 +230,10 @@ class Store:
         (with `tags` applied) unless `force` is set. Serializers: "joblib" (default),
         "pickle", "cloudpickle" and "raw" (bytes, a binary file or a path, as they are).
         """
-        return catalog.save(
-            self, obj, name, metadata=metadata, tags=tags, serializer=serializer, force=force
-        )
+        with self.lease.held():
+            return catalog.save(
+                self, obj, name, metadata=metadata, tags=tags, serializer=serializer, force=force
+            )
 
     def load(self, ref: str, *, mmap_mode: str | None = None) -> Any:
         """Load the object a reference designates; ``mmap_mode="r"`` memory-maps arrays."""
@@ -290,9 +302,28 @@ class Store:
 
     # -- health -----------------------------------------------------------------------------
 
-    def verify(self, *, read_data: bool = True) -> VerifyReport:
-        """Check that every stored stream resolves, and with `read_data` reads back exactly."""
-        return verify(self, read_data=read_data)
+    def verify(self, *, read_data: bool = True, subset: str | None = None) -> VerifyReport:
+        """Check refs, manifests, hash chains and chunk locations; with `read_data`, re-read
+        and re-hash every pack (or a `subset`: "10%" at random, or "n/t" by name)."""
+        return maintenance.verify(self, read_data=read_data, subset=subset)
+
+    def stats(self) -> StoreStats:
+        """Logical and stored bytes, dedup and compression ratios, object counts."""
+        return maintenance.stats(self)
+
+    def repair(self) -> RepairReport:
+        """Rebuild lost or damaged index objects from pack footers; report what is lost."""
+        return maintenance.repair(self)
+
+    def gc(
+        self, *, dry_run: bool = False, repack_threshold: float = DEFAULT_REPACK_THRESHOLD
+    ) -> GcReport:
+        """Delete data no version or put stream reaches; repack mostly-garbage packs.
+
+        Safe while other processes and machines read; it waits for no one: while writers
+        hold fresh leases it raises StoreBusyError (retry later).
+        """
+        return gc(self, dry_run=dry_run, repack_threshold=repack_threshold)
 
 
 def init(

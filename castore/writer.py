@@ -114,14 +114,18 @@ class WriteSession:
         cpu_pool: Executor,
         io_pool: Executor,
         hash_pool: Executor,
+        rewrite: bool = False,
     ) -> None:
         self.config = config
+        self._rewrite = rewrite
         self.index = index
         self.cpu_pool = cpu_pool
         self.hash_pool = hash_pool
         self.uploader = _PackUploader(backend, io_pool, config.pack_size)
         self.added: set[bytes] = set()
         self.stats = WriteStats()
+        self.index_object: str | None = None
+        """The index object commit() wrote, if any."""
         self._streams: list[StreamWriter] = []
 
     def __enter__(self) -> WriteSession:
@@ -132,8 +136,11 @@ class WriteSession:
             self.abort()
 
     def known(self, chunk_id: bytes) -> bool:
-        """Whether the store or this session already holds the chunk."""
-        return chunk_id in self.index or chunk_id in self.added
+        """Whether the store or this session already holds the chunk.
+
+        A rewriting session (gc's repacking) stores chunks even if the index lists them.
+        """
+        return chunk_id in self.added or (not self._rewrite and chunk_id in self.index)
 
     def stream(self) -> StreamWriter:
         """A new writable stream in this session."""
@@ -161,7 +168,7 @@ class WriteSession:
             self.abort()
             raise
         if packs:
-            self.index.commit(packs)
+            self.index_object = self.index.commit(packs)
         self.stats.packs = [pack_id for pack_id, _ in packs]
 
     def abort(self) -> None:

@@ -68,14 +68,15 @@ def test_deleted_pack_is_reported(store: castore.Store, tmp_path: Path) -> None:
 
 
 def test_absurd_footer_count_is_rejected_by_verify(store: castore.Store) -> None:
-    store.put(pattern(5000))
+    digest = store.put(pattern(5000))
     pack = _only_pack(store)
     data = bytearray(store.backend.read(pack))
     count_at = len(data) - TRAILER.size
     data[count_at : count_at + 4] = (2**32 - 1).to_bytes(4, "little")
     store.backend.write(pack, bytes(data))
-    problems = store.verify().problems
-    assert len(problems) == 1 and "more than the pack holds" in problems[0]
+    report = store.verify()
+    assert "more than the pack holds" in report.problems[0]
+    assert report.affected == [digest]
 
 
 def test_damaged_index_object_is_skipped_and_reported(location: Location, tmp_path: Path) -> None:

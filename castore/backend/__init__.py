@@ -44,6 +44,11 @@ class Backend(Protocol):
         """Whether an object is stored under `path`."""
         ...
 
+    def modified(self, path: str) -> float:
+        """When the object was last written, in seconds since the epoch, by the storage's
+        own clock (so that times of objects in one store compare without clock skew)."""
+        ...
+
     def list(self, prefix: str) -> list[str]:
         """Every object path below the folder `prefix`, recursively, sorted."""
         ...

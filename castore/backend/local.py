@@ -125,6 +125,15 @@ class LocalBackend:
         except OSError as exc:
             raise BackendError(f"cannot create {path} in {self.url}: {exc}") from exc
 
+    def modified(self, path: str) -> float:
+        """The file's modification time."""
+        try:
+            return self._full(path).stat().st_mtime
+        except FileNotFoundError as exc:
+            raise ObjectNotFoundError(f"{path} not found in {self.url}") from exc
+        except OSError as exc:
+            raise BackendError(f"cannot stat {path} in {self.url}: {exc}") from exc
+
     def exists(self, path: str) -> bool:
         """Whether a file is stored under `path`."""
         return self._full(path).is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import fsspec
@@ -94,6 +95,18 @@ class FsspecBackend:
             if _error_code(exc) in _CONDITIONAL_CONFLICT_CODES:
                 raise ObjectExistsError(f"{path} already exists in {self.url}") from exc
             raise BackendError(f"cannot create {path} in {self.url}: {exc}") from exc
+
+    def modified(self, path: str) -> float:
+        """LastModified (S3) or the creation time fsspec reports, as epoch seconds."""
+        full = self._full(path)
+        self.fs.invalidate_cache(full)
+        info = self._call("stat", path, lambda: self.fs.info(full))
+        stamp = info.get("LastModified") or info.get("mtime") or info.get("created")
+        if isinstance(stamp, datetime):
+            return stamp.timestamp()
+        if isinstance(stamp, int | float):
+            return float(stamp)
+        raise BackendError(f"{self.url} reports no modification time for {path}")
 
     def exists(self, path: str) -> bool:
         """Whether an object is stored under `path`."""
