@@ -78,7 +78,7 @@ def gc(
                 if e.chunk_id in reach.chunks and locations[e.chunk_id].pack_id == pack_id
             ]
             size = _pack_size(entries)
-            garbage = size - sum(e.stored_len for e in live)
+            garbage = sum(e.stored_len for e in entries) - sum(e.stored_len for e in live)
             if not live:
                 dead.append(pack_id)
                 report.bytes_freed += size
@@ -94,15 +94,15 @@ def gc(
         report.packs_repacked = len(repack)
         if dry_run:
             return report
-        new_index = _repack(store, repack) if repack else None
-        old_objects = [p for p in store.index.objects if p != new_index]
-        if old_objects:
-            if survivors:
-                store.index.commit(survivors)
-            for path in old_objects:
-                store.backend.delete(path)
-            report.index_objects_replaced = len(old_objects)
-        for pack_id in [*dead, *repack, *orphans]:
+        new_index, new_packs = _repack(store, repack) if repack else (None, set())
+        written = {new_index, store.index.commit(survivors) if survivors else None}
+        # Index objects are content-addressed: an unchanged store rewrites the very same
+        # object, which must of course survive the deletion of the old ones.
+        old_objects = [p for p in store.index.objects if p not in written]
+        for path in old_objects:
+            store.backend.delete(path)
+        report.index_objects_replaced = len(old_objects)
+        for pack_id in {*dead, *repack, *orphans} - new_packs:  # a repack can recreate a pack
             store.backend.delete(layout.pack_path(pack_id))
         report.manifests_deleted = _delete_unreferenced_manifests(
             store, reach.live_manifests, marker_time
@@ -111,8 +111,8 @@ def gc(
     return report
 
 
-def _repack(store: Store, repack: dict[bytes, list[PackEntry]]) -> str | None:
-    """Copy the live chunks of `repack` into new packs; return the new index object's path."""
+def _repack(store: Store, repack: dict[bytes, list[PackEntry]]) -> tuple[str | None, set[bytes]]:
+    """Copy the live chunks of `repack` into new packs; return the new index object and packs."""
     session = store.write_session(rewrite=True)
     for pack_id, live in repack.items():
         data = store.backend.read(layout.pack_path(pack_id))
@@ -121,7 +121,7 @@ def _repack(store: Store, repack: dict[bytes, list[PackEntry]]) -> str | None:
             payload = data[entry.offset : entry.offset + entry.stored_len]
             session.store_chunk((entry.chunk_id, entry.raw_len, entry.codec, payload))
     session.commit()
-    return session.index_object
+    return session.index_object, set(session.stats.packs)
 
 
 def _orphan_packs(store: Store, marker_time: float) -> list[bytes]:

@@ -92,17 +92,22 @@ class Index:
     def reload(self) -> None:
         """Forget everything and load the index objects that exist now (after a gc)."""
         with self._lock:
-            self._locations = {}
-            self._loaded = set()
-            self.damaged = {}
-            self.objects = {}
-            self.packs = {}
+            self._locations, self._loaded, self.damaged = {}, set(), {}
+            self.objects, self.packs = {}, {}
         self.refresh()
 
     def refresh(self) -> None:
-        """Load index objects written since the last refresh (by anyone)."""
+        """Load index objects written since the last refresh (by anyone).
+
+        If an index object we loaded is gone, a gc has rewritten the index and may have
+        deleted packs: everything is reloaded, so that no stale location survives.
+        """
         with self._lock:
-            paths = [p for p in self._backend.list(layout.INDEX) if p not in self._loaded]
+            listed = self._backend.list(layout.INDEX)
+            if not self._loaded.issubset(listed):
+                self._locations, self._loaded, self.damaged = {}, set(), {}
+                self.objects, self.packs = {}, {}
+            paths = [p for p in listed if p not in self._loaded]
             for path, outcome in zip(paths, self._pool.map(self._load_object, paths), strict=True):
                 self._loaded.add(path)
                 if isinstance(outcome, CastoreError):

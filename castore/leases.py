@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import threading
 import time
@@ -129,7 +130,7 @@ class WriterLease:
                 raise StoreBusyError(
                     f"a gc is running on {self._backend.url}; retry when it has finished"
                 )
-            time.sleep(1.0)
+            time.sleep(random.uniform(0.1, 0.5))  # jitter: writers must not march in step
 
     def _release(self) -> None:
         if self._refresher is not None:

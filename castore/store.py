@@ -7,6 +7,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -126,12 +127,23 @@ class Store:
     def _check_lease(self) -> None:
         self.lease.check()
 
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the writer lease for one write operation, with an index no gc has outdated.
+
+        Deduplicating against an index loaded before a gc could reference chunks that gc
+        deleted; once the lease is held no gc can start, so one refresh suffices.
+        """
+        with self.lease.held():
+            self.index.refresh()
+            yield
+
     def put(self, source: Source) -> str:
         """Store bytes, a binary file object or a file; return ``sha256:<hex>`` of the bytes.
 
         The digest equals what ``sha256sum`` prints for the same bytes.
         """
-        with self.lease.held():
+        with self.writing():
             descriptor = self.write_stream(source)
             self.lease.check()
             path = layout.stream_path(descriptor.sha256)
@@ -230,7 +242,7 @@ class Store:
         (with `tags` applied) unless `force` is set. Serializers: "joblib" (default),
         "pickle", "cloudpickle" and "raw" (bytes, a binary file or a path, as they are).
         """
-        with self.lease.held():
+        with self.writing():
             return catalog.save(
                 self, obj, name, metadata=metadata, tags=tags, serializer=serializer, force=force
             )

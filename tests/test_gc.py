@@ -1,0 +1,181 @@
+"""gc: frees what deleted versions used, never what a committed version needs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import castore
+from castore import leases
+from castore.leases import GcMarker, LeaseExpiredError, StoreBusyError
+from tests.conftest import SMALL_PACKS, Location
+from tests.helpers import pack_paths, pattern
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _all_objects(store: castore.Store) -> list[str]:
+    folders = ["packs", "index", "manifests", "refs", "streams", "locks"]
+    return [path for folder in folders for path in store.backend.list(folder)]
+
+
+def test_gc_frees_what_only_deleted_versions_used(location: Location) -> None:
+    with location.init(config=SMALL_PACKS) as store:
+        shared = pattern(200_000, seed=99)
+        versions = [
+            store.save(shared + pattern(300_000, seed=n), "m", serializer="raw") for n in range(6)
+        ]
+        before = store.stats()
+        for version in versions[::2]:
+            store.delete(f"m:{version.version}")
+        garbage = store.stats().garbage_bytes
+        assert garbage > 0.4 * before.stored_bytes  # half the unique data became garbage
+        report = store.gc()
+        after = store.stats()
+        freed = before.stored_bytes - after.stored_bytes
+        assert freed >= 0.9 * garbage
+        assert report.bytes_freed >= 0.9 * garbage
+        assert after.garbage_bytes <= 0.1 * garbage
+        assert after.versions == 3 and after.logical_bytes == 3 * len(shared + pattern(300_000))
+        for version in versions[1::2]:
+            assert store.load(version.reference)[: len(shared)] == shared
+        assert store.verify().ok
+
+
+def test_dry_run_says_what_would_go_and_changes_nothing(store: castore.Store) -> None:
+    store.save(pattern(300_000, seed=1), "m", serializer="raw")
+    store.save(pattern(300_000, seed=2), "m", serializer="raw")
+    store.delete("m:1")
+    objects = _all_objects(store)
+    report = store.gc(dry_run=True)
+    assert report.dry_run and report.packs_deleted == 1 and report.bytes_freed > 300_000 * 0.9
+    assert _all_objects(store) == objects
+
+
+def test_gc_refuses_while_a_writer_holds_a_fresh_lease(location: Location) -> None:
+    with location.init() as writer, location.open() as collector:
+        with writer.lease.held(), pytest.raises(StoreBusyError, match="fresh leases"):
+            collector.gc()
+        collector.gc()  # the lease is gone once the write ended
+
+
+def test_a_writer_steps_back_while_gc_runs(
+    location: Location, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(leases, "WRITER_WAIT", 0.5)
+    with location.init() as collector, location.open() as writer:
+        with GcMarker(collector.backend), pytest.raises(StoreBusyError, match="gc is running"):
+            writer.put(b"blocked")
+        assert writer.put(b"after gc") == castore.digests.format_digest(
+            __import__("hashlib").sha256(b"after gc").digest()
+        )
+
+
+def test_a_writer_whose_lease_went_stale_publishes_nothing(store: castore.Store) -> None:
+    with store.lease.held():
+        store.lease._refresher.last_sent -= 10 * leases.lease_ttl()  # as if suspended
+        with pytest.raises(LeaseExpiredError, match="nothing was published"):
+            store.save({"a": 1}, "m")
+    assert store.names() == []
+    store.save({"a": 1}, "m")  # a fresh lease works again
+
+
+def test_a_reader_survives_a_repack_under_it(location: Location) -> None:
+    with location.init(config=SMALL_PACKS) as writer:
+        keep = writer.save(pattern(300_000, seed=1), "keep", serializer="raw")
+        writer.save(pattern(300_000, seed=2), "drop", serializer="raw")
+        with location.open() as reader:  # loads the index as it is before gc
+            writer.delete("drop:1")
+            report = writer.gc(repack_threshold=0.0)
+            assert report.index_objects_replaced >= 1
+            assert reader.load(keep.reference) == pattern(300_000, seed=1)
+
+
+def test_gc_deletes_nothing_while_an_index_object_is_damaged(store: castore.Store) -> None:
+    store.save(pattern(100_000), "m", serializer="raw")
+    (index_path,) = store.backend.list("index")
+    store.backend.write(index_path, b"garbage")
+    packs = pack_paths(store)
+    report = store.gc()
+    assert any("castore repair" in p for p in report.problems)
+    assert pack_paths(store) == packs
+
+
+def _spawn(role: str, location: Location, seed: int, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.gc_workers",
+            role,
+            location.url,
+            json.dumps(location.options),
+            str(seed),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+
+
+def _check_committed(location: Location, outputs: list[str]) -> None:
+    saved, deleted = {}, set()
+    for line in "\n".join(outputs).splitlines():
+        kind, *what = line.split() or [""]
+        if kind == "saved" and len(what) == 2:
+            saved[what[0]] = what[1]
+        elif kind == "deleted" and what:
+            deleted.add(what[0])
+    assert len(saved) >= 5, "the writers never got going"
+    with location.open() as store:
+        live = [reference for version, reference in saved.items() if version not in deleted]
+        for reference in live:
+            assert store.load(reference)  # every committed, undeleted version reads back
+        report = store.verify()
+        assert report.ok, report.problems
+
+
+@pytest.mark.parametrize("new_location", ["local", "s3-moto", "s3-radosgw"], indirect=True)
+def test_writers_and_gc_in_parallel_processes_lose_nothing(location: Location) -> None:
+    location.init(config=SMALL_PACKS).close()
+    workers = [_spawn("writer", location, seed, {}) for seed in range(3)]
+    workers.append(_spawn("gc", location, 7, {}))
+    time.sleep(12)
+    outputs = []
+    for worker in workers:
+        worker.terminate()
+        outputs.append(worker.communicate(timeout=60)[0])
+    assert "gc " in outputs[-1], f"gc never found a quiet moment: {outputs[-1][-300:]}"
+    _check_committed(location, outputs[:-1])
+
+
+@pytest.mark.parametrize("new_location", ["local", "s3-moto"], indirect=True)
+def test_gc_and_writers_killed_at_random_points_lose_nothing(location: Location) -> None:
+    ttl = {"CASTORE_LEASE_TTL": "3"}
+    location.init(config=SMALL_PACKS).close()
+    rng = random.Random(5)
+    outputs = []
+    for round_number in range(4):
+        workers = [_spawn("writer", location, 10 * round_number + s, ttl) for s in range(2)]
+        workers.append(_spawn("gc", location, round_number, ttl))
+        time.sleep(rng.uniform(1.5, 4.0))
+        for worker in workers:
+            worker.send_signal(signal.SIGKILL)
+            outputs.append(worker.communicate(timeout=60)[0])
+    time.sleep(3.5)  # let the leases of the killed writers and gc go stale
+    os.environ["CASTORE_LEASE_TTL"] = "3"
+    try:
+        with location.open() as store:
+            store.gc()  # takes over the dead gc's marker, cleans up
+    finally:
+        del os.environ["CASTORE_LEASE_TTL"]
+    _check_committed(location, [o for o in outputs if "saved" in o or "deleted" in o])
