@@ -26,6 +26,7 @@ from castore.errors import (
     InvalidInputError,
     NotFoundError,
 )
+from castore.gc import DEFAULT_REPACK_THRESHOLD
 
 EXIT_CODES: list[tuple[type[CastoreError], int]] = [
     (IntegrityError, 1),
@@ -407,25 +408,108 @@ def cmd_rm(command: Command) -> int:
 
 
 def cmd_verify(command: Command) -> int:
-    """castore verify [--no-read-data]."""
-    report = command.store.verify(read_data=not command.args.no_read_data)
+    """castore verify [--read-data | --read-data-subset S]."""
+    args = command.args
+    subset = args.read_data_subset
+    report = command.store.verify(read_data=args.read_data or subset is not None, subset=subset)
     command.emit(
         {
             "ok": report.ok,
-            "packs_checked": report.packs_checked,
+            "versions_checked": report.versions_checked,
             "streams_checked": report.streams_checked,
+            "packs_checked": report.packs_checked,
             "bytes_read": report.bytes_read,
             "problems": report.problems,
+            "affected": report.affected,
         },
         lambda: "\n".join(
             [
-                f"checked {report.packs_checked} packs, {report.streams_checked} streams, "
-                f"{_human_size(report.bytes_read)} read"
+                f"checked {report.versions_checked} versions, {report.streams_checked} put "
+                f"streams, {report.packs_checked} packs ({_human_size(report.bytes_read)} read)"
             ]
             + (["no problems found"] if report.ok else [f"PROBLEM: {p}" for p in report.problems])
+            + ([f"affected: {', '.join(report.affected)}"] if report.affected else [])
         ),
     )
     return 0 if report.ok else 1
+
+
+def cmd_gc(command: Command) -> int:
+    """castore gc [--dry-run] [--repack-threshold F]."""
+    args = command.args
+    report = command.store.gc(dry_run=args.dry_run, repack_threshold=args.repack_threshold)
+    verb = "would free" if report.dry_run else "freed"
+    command.emit(
+        vars(report),
+        lambda: "\n".join(
+            [
+                f"{verb} {_human_size(report.bytes_freed)}: {report.packs_deleted} packs deleted, "
+                f"{report.packs_repacked} repacked ({_human_size(report.bytes_rewritten)} "
+                f"rewritten), {report.orphan_packs} orphan packs, "
+                f"{report.manifests_deleted} manifests"
+            ]
+            + [f"PROBLEM: {p}" for p in report.problems]
+        ),
+    )
+    return 1 if report.problems else 0
+
+
+def cmd_stats(command: Command) -> int:
+    """castore stats."""
+    stats = command.store.stats()
+    data = {
+        **vars(stats),
+        "dedup_ratio": stats.dedup_ratio,
+        "compression_ratio": stats.compression_ratio,
+        "garbage_bytes": stats.garbage_bytes,
+    }
+    command.emit(
+        data,
+        lambda: "\n".join(
+            [
+                f"names {stats.names}, versions {stats.versions} "
+                f"({stats.deleted_versions} deleted), put streams {stats.put_streams}",
+                f"manifests {stats.manifests}, packs {stats.packs}, chunks {stats.chunks} "
+                f"({stats.referenced_chunks} referenced)",
+                f"logical {_human_size(stats.logical_bytes)}, unique "
+                f"{_human_size(stats.unique_bytes)}, stored {_human_size(stats.stored_bytes)} "
+                f"(garbage {_human_size(stats.garbage_bytes)})",
+                f"dedup {stats.dedup_ratio:.2f}x, compression {stats.compression_ratio:.2f}x",
+            ]
+        ),
+    )
+    return 0
+
+
+def cmd_repair(command: Command) -> int:
+    """castore repair."""
+    report = command.store.repair()
+    command.emit(
+        vars(report),
+        lambda: "\n".join(
+            [
+                f"re-indexed {report.packs_reindexed} packs, removed "
+                f"{report.index_objects_removed} damaged index objects",
+                f"{report.lost_chunks} chunks are lost"
+                + (f"; affected: {', '.join(report.affected)}" if report.affected else ""),
+            ]
+            + [f"unreadable: {p}" for p in report.unreadable_packs]
+        ),
+    )
+    return 1 if report.lost_chunks or report.unreadable_packs else 0
+
+
+def cmd_copy(command: Command) -> int:
+    """castore copy REF DEST [--dest-option K=V]."""
+    args = command.args
+    options = _parse_pairs(args.dest_option, "--dest-option")
+    with castore.open(args.dest, **options) as dest:
+        copied = command.store.copy(args.ref, dest)
+    command.emit(
+        [_version_json(v) for v in copied],
+        lambda: "\n".join(f"copied {v.name}:{v.version}  {v.reference}" for v in copied),
+    )
+    return 0
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -497,8 +581,37 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("a")
     diff.add_argument("b")
     add("rm", cmd_rm, "delete a version (data is freed by gc)").add_argument("ref")
-    verify = add("verify", cmd_verify, "check the store; re-reads every byte by default")
-    verify.add_argument("--no-read-data", action="store_true", help="structure only")
+    verify = add(
+        "verify", cmd_verify, "check refs, hash chains and chunk locations (exit 1 on problems)"
+    )
+    verify.add_argument(
+        "--read-data", action="store_true", help="also re-read and re-hash every pack"
+    )
+    verify.add_argument(
+        "--read-data-subset",
+        metavar="S",
+        help="re-read a share of the packs: 10%% at random, or n/t",
+    )
+    gc = add("gc", cmd_gc, "delete data no version reaches; repack mostly-garbage packs")
+    gc.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
+    gc.add_argument(
+        "--repack-threshold",
+        type=float,
+        default=DEFAULT_REPACK_THRESHOLD,
+        help="repack packs with more than this share of garbage (default 0.2)",
+    )
+    add("stats", cmd_stats, "sizes, counts, dedup and compression ratios")
+    add("repair", cmd_repair, "rebuild lost or damaged index objects from pack footers")
+    copy = add("copy", cmd_copy, "copy a version, or all versions of a name, to another store")
+    copy.add_argument("ref", help="NAME (every version), or a version reference")
+    copy.add_argument("dest", help="destination store URL")
+    copy.add_argument(
+        "--dest-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="storage option for the destination",
+    )
     return parser
 
 

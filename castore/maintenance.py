@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 from castore import catalog, layout
 from castore.digests import format_digest
 from castore.errors import CastoreError, InvalidInputError, ObjectNotFoundError
-from castore.packs import TRAILER, PackEntry, check_pack, footer_location, parse_footer
+from castore.packs import (
+    ENTRY,
+    HEADER,
+    TRAILER,
+    PackEntry,
+    check_pack,
+    footer_location,
+    parse_footer,
+)
 from castore.reachability import walk
 from castore.streams import decode_stream_object
 
@@ -141,6 +149,8 @@ class StoreStats:
     """What those chunks take in packs (after compression)."""
     stored_bytes: int
     """Size of all packs, garbage included."""
+    overhead_bytes: int
+    """Pack headers, footers and trailers."""
 
     @property
     def dedup_ratio(self) -> float:
@@ -155,8 +165,8 @@ class StoreStats:
 
     @property
     def garbage_bytes(self) -> int:
-        """Pack bytes no root reaches (what gc can free)."""
-        return self.stored_bytes - self.referenced_stored_bytes
+        """Chunk bytes in packs that no root reaches (what gc can free)."""
+        return self.stored_bytes - self.referenced_stored_bytes - self.overhead_bytes
 
 
 def stats(store: Store) -> StoreStats:
@@ -180,6 +190,10 @@ def stats(store: Store) -> StoreStats:
             locations[c].entry.stored_len for c in reach.chunks if c in locations
         ),
         stored_bytes=stored,
+        overhead_bytes=sum(
+            len(HEADER) + TRAILER.size + len(entries) * ENTRY.size
+            for entries in store.index.packs.values()
+        ),
     )
 
 
@@ -229,7 +243,12 @@ def repair(store: Store) -> RepairReport:
             report.index_objects_removed += 1
     store.index.reload()
     reach = walk(store, track_users=True)
-    lost = [c for c in reach.chunks if store.index.lookup(c) is None]
+    present = {layout.name_of(p) for p in store.backend.list(layout.PACKS)}
+    lost = [
+        c
+        for c in reach.chunks
+        if (location := store.index.lookup(c)) is None or location.pack_id not in present
+    ]
     report.lost_chunks = len(lost)
     report.affected = sorted({user for c in lost for user in reach.users.get(c, [])})
     return report

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from castore import catalog, layout, maintenance
+from castore import catalog, layout, maintenance, transfer
 from castore.backend import Backend, open_backend
 from castore.cache import LocalCache
 from castore.catalog import Diff, LogEntry, Version
@@ -322,6 +322,16 @@ class Store:
     def stats(self) -> StoreStats:
         """Logical and stored bytes, dedup and compression ratios, object counts."""
         return maintenance.stats(self)
+
+    def copy(self, ref: str, dest: Store) -> list[Version]:
+        """Copy a version, or every version of a name, into another store.
+
+        Only chunks `dest` lacks are transferred, every chunk is verified on the way, and
+        version digests stay the same, so pinned references work in both stores.
+        """
+        if parse_reference(ref).name is not None and ":" not in ref and "@" not in ref:
+            return transfer.copy_name(self, ref, dest)
+        return [transfer.copy_version(self, ref, dest)]
 
     def repair(self) -> RepairReport:
         """Rebuild lost or damaged index objects from pack footers; report what is lost."""

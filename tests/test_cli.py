@@ -116,3 +116,25 @@ def test_missing_store_is_a_usage_error() -> None:
         env={**os.environ, "CASTORE_STORE": ""},
     )
     assert result.returncode == 2 and "--store" in result.stderr
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_maintenance_commands(location: Location, tmp_path: Path) -> None:
+    _ok(location, "init")
+    for seed in range(3):
+        _ok(location, "put", "-", "--name", "m", stdin=pattern(300_000, seed=seed))
+    _ok(location, "rm", "m:2")
+    preview = json.loads(_ok(location, "--json", "gc", "--dry-run"))
+    assert preview["dry_run"] and preview["bytes_freed"] > 250_000
+    assert json.loads(_ok(location, "--json", "gc"))["bytes_freed"] == preview["bytes_freed"]
+    stats = json.loads(_ok(location, "--json", "stats"))
+    assert stats["versions"] == 2 and stats["garbage_bytes"] == 0
+    assert "no problems found" in _ok(location, "verify", "--read-data")
+    assert json.loads(_ok(location, "--json", "verify", "--read-data-subset", "1/2"))["ok"]
+    assert json.loads(_ok(location, "--json", "repair"))["lost_chunks"] == 0
+    dest = tmp_path / "copy"
+    subprocess.run([sys.executable, "-m", "castore.cli", "--store", str(dest), "init"], check=True)
+    copied = json.loads(_ok(location, "--json", "copy", "m", str(dest)))
+    assert [v["version"] for v in copied] == [1, 3]
+    bad = _cli(location, "verify", "--read-data-subset", "lots")
+    assert bad.returncode == 2 and b"expected a percentage" in bad.stderr
