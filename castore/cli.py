@@ -411,7 +411,7 @@ def cmd_verify(command: Command) -> int:
     """castore verify [--read-data | --read-data-subset S]."""
     args = command.args
     subset = args.read_data_subset
-    report = command.store.verify(read_data=args.read_data or subset is not None, subset=subset)
+    report = command.store.verify(read_data=args.read_data, subset=subset)
     command.emit(
         {
             "ok": report.ok,

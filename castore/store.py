@@ -314,10 +314,10 @@ class Store:
 
     # -- health -----------------------------------------------------------------------------
 
-    def verify(self, *, read_data: bool = True, subset: str | None = None) -> VerifyReport:
+    def verify(self, *, read_data: bool = False, subset: str | None = None) -> VerifyReport:
         """Check refs, manifests, hash chains and chunk locations; with `read_data`, re-read
         and re-hash every pack (or a `subset`: "10%" at random, or "n/t" by name)."""
-        return maintenance.verify(self, read_data=read_data, subset=subset)
+        return maintenance.verify(self, read_data=read_data or subset is not None, subset=subset)
 
     def stats(self) -> StoreStats:
         """Logical and stored bytes, dedup and compression ratios, object counts."""

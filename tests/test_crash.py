@@ -49,7 +49,7 @@ def test_writers_killed_at_random_points_lose_nothing_committed(location: Locati
         committed += _run_and_kill(location, seed=round_number, delay=rng.uniform(0.6, 2.0))
     assert len(committed) >= 3, "the writers never got far enough to commit anything"
     with location.open() as store:
-        report = store.verify()
+        report = store.verify(read_data=True)
         assert report.ok, report.problems
         assert report.streams_checked >= len(set(committed)) + 1
         assert store.get(before) == b"committed before any crash"

@@ -26,7 +26,7 @@ def _packs_of(store: castore.Store, version: castore.Version) -> set[bytes]:
 def test_healthy_store_verifies_with_and_without_data(small_store: castore.Store) -> None:
     _three_versions(small_store)
     small_store.put(pattern(50_000, seed=9))
-    for report in (small_store.verify(read_data=False), small_store.verify()):
+    for report in (small_store.verify(), small_store.verify(read_data=True)):
         assert report.ok and report.versions_checked == 3 and report.streams_checked == 1
     parts = [small_store.verify(subset=f"{n}/3").packs_checked for n in (1, 2, 3)]
     assert sum(parts) == len(pack_paths(small_store))
@@ -36,7 +36,7 @@ def test_deleted_pack_names_exactly_the_affected_version(small_store: castore.St
     versions = _three_versions(small_store)
     victim = sorted(_packs_of(small_store, versions[1]))[0]
     small_store.backend.delete(layout.pack_path(victim))
-    report = small_store.verify(read_data=False)
+    report = small_store.verify()
     assert report.affected == ["m:2"]
     assert small_store.repair().affected == ["m:2"]
 
@@ -45,8 +45,8 @@ def test_flipped_bit_names_exactly_the_affected_version(small_store: castore.Sto
     versions = _three_versions(small_store)
     victim = sorted(_packs_of(small_store, versions[2]))[0]
     flip_byte(small_store, layout.pack_path(victim), 100)
-    assert small_store.verify(read_data=False).ok  # structure is intact...
-    assert small_store.verify().affected == ["m:3"]  # ...the bytes are not
+    assert small_store.verify().ok  # structure is intact...
+    assert small_store.verify(read_data=True).affected == ["m:3"]  # ...the bytes are not
 
 
 def test_deleted_index_object_is_rebuilt_from_pack_footers(location: Location) -> None:
@@ -58,7 +58,7 @@ def test_deleted_index_object_is_rebuilt_from_pack_footers(location: Location) -
         assert not store.verify(read_data=False).ok
         report = store.repair()
         assert report.packs_reindexed >= 1 and report.lost_chunks == 0 and report.affected == []
-        assert store.verify().ok
+        assert store.verify(read_data=True).ok
         for version in versions:
             assert store.load(version.reference) == pattern(150_000, seed=version.version - 1)
 
@@ -70,7 +70,7 @@ def test_damaged_index_object_is_replaced_by_repair(location: Location) -> None:
     with location.open() as store:
         report = store.repair()
         assert report.index_objects_removed == 1 and report.lost_chunks == 0
-        assert store.verify().ok
+        assert store.verify(read_data=True).ok
 
 
 def test_truncated_manifest_and_dangling_ref_are_named(small_store: castore.Store) -> None:
@@ -78,7 +78,7 @@ def test_truncated_manifest_and_dangling_ref_are_named(small_store: castore.Stor
     manifest = layout.manifest_path(bytes.fromhex(versions[0].digest[7:]))
     small_store.backend.write(manifest, small_store.backend.read(manifest)[:40])
     small_store.refs.create_version("other", 1, bytes(32))  # points at no manifest
-    affected = small_store.verify(read_data=False).affected
+    affected = small_store.verify().affected
     assert affected == ["m:1", "other:1"]
 
 
