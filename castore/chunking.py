@@ -12,6 +12,21 @@ BLOCK_SIZE = 8 * 1024 * 1024
 """Bytes buffered before cutting; every group of chunks emitted shares one block's buffer."""
 
 
+def fastcdc(params: ChunkerParams) -> FastCDC:
+    """pyfastcdc's FastCDC 2020 cutter for the store's chunker parameters."""
+    return FastCDC(
+        params.avg_size,
+        min_size=params.min_size,
+        max_size=params.max_size,
+        normalized_chunking=params.normalization,
+    )
+
+
+def cut_whole(data: bytes | memoryview, params: ChunkerParams) -> list[memoryview]:
+    """The chunks of a complete stream held in memory: the same cuts a Chunker makes."""
+    return [chunk.data for chunk in fastcdc(params).cut_buf(data)]
+
+
 class Chunker:
     """Cuts a stream written to it into chunks; cuts depend only on the bytes.
 
@@ -26,16 +41,11 @@ class Chunker:
         emit: Callable[[list[memoryview]], None],
         block_size: int = BLOCK_SIZE,
     ) -> None:
-        self._cdc = FastCDC(
-            params.avg_size,
-            min_size=params.min_size,
-            max_size=params.max_size,
-            normalized_chunking=params.normalization,
-        )
+        self._cdc = fastcdc(params)
         self._max_size = params.max_size
         self._block_size = max(block_size, 2 * params.max_size)
         self._emit = emit
-        self._buffer = bytearray(self._block_size)
+        self._buffer: bytearray | None = None  # allocated on first write, dropped at the end
         self._filled = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -43,6 +53,8 @@ class Chunker:
         view = memoryview(data).cast("B")
         taken = len(view)
         while view:
+            if self._buffer is None:
+                self._buffer = bytearray(self._block_size)
             count = min(len(self._buffer) - self._filled, len(view))
             self._buffer[self._filled : self._filled + count] = view[:count]
             self._filled += count
@@ -56,12 +68,17 @@ class Chunker:
         self._cut(eof=True)
 
     def _cut(self, eof: bool) -> None:
+        if self._buffer is None:
+            return
         view = memoryview(self._buffer)[: self._filled]
         chunks, consumed = self._final_chunks(view, eof)
         carry = view[consumed:]
-        self._buffer = bytearray(self._block_size)
-        self._buffer[: len(carry)] = carry
-        self._filled = len(carry)
+        if eof:
+            self._buffer, self._filled = None, 0
+        else:
+            self._buffer = bytearray(self._block_size)
+            self._buffer[: len(carry)] = carry
+            self._filled = len(carry)
         if chunks:
             self._emit(chunks)
 

@@ -48,6 +48,10 @@ examples:
   castore get churn/onnx@sha256:<hex> -o model.onnx
   castore diff churn/onnx:2 churn/onnx:3
   castore --json info churn/onnx:latest
+  castore backup runs/exp-42 --name backups/exp-42 --exclude '*.tmp'
+  castore ls backups/exp-42:1 checkpoints; castore diff backups/exp-42:1 backups/exp-42:2
+  castore restore backups/exp-42:1 out/ checkpoints/best.pt
+  castore forget backups/exp-42 --keep-last 3 --keep-daily 7 --dry-run
 
 The store is --store URL or $CASTORE_STORE (a path, file://, s3://bucket/prefix...).
 S3 settings come from the usual AWS variables, or --option endpoint_url=http://... .
@@ -246,9 +250,42 @@ def cmd_cat(command: Command) -> int:
     return 0
 
 
+def _is_snapshot(store: castore.Store, ref: str) -> bool:
+    return castore.catalog.resolve(store, ref)[0].kind == "tree"
+
+
+def _entry_json(entry: Any) -> dict[str, Any]:
+    return {
+        "path": entry.path_str,
+        "type": entry.type,
+        "mode": oct(entry.mode),
+        "size": entry.size,
+        "mtime_ns": entry.mtime_ns,
+        **({"target": os.fsdecode(entry.target)} if entry.type == "symlink" else {}),
+        **({"reason": entry.reason} if entry.reason else {}),
+    }
+
+
+def _list_snapshot(command: Command, ref: str, path: str | None) -> int:
+    entries = [_entry_json(e) for e in command.store.snapshot_entries(ref, path)]
+    command.emit(
+        entries,
+        lambda: "\n".join(
+            f"{e['type']:<8} {e['mode']:>7} {_human_size(e['size']):>10}  {e['path']}"
+            + (f" -> {e['target']}" if "target" in e else "")
+            + (f"  (skipped: {e['reason']})" if "reason" in e else "")
+            for e in entries
+        ),
+    )
+    return 0
+
+
 def cmd_ls(command: Command) -> int:
-    """castore ls [NAME]."""
+    """castore ls [NAME | SNAPSHOT [PATH]]."""
     store = command.store
+    selected = command.args.name is not None and any(c in command.args.name for c in ":@")
+    if selected and _is_snapshot(store, command.args.name):
+        return _list_snapshot(command, command.args.name, command.args.path)
     if command.args.name is None:
         rows = []
         for name in store.names():
@@ -365,9 +402,28 @@ def cmd_resolve(command: Command) -> int:
     return 0
 
 
+def _diff_snapshots(command: Command) -> int:
+    changes = list(command.store.snapshot_diff(command.args.a, command.args.b))
+    marks = {"added": "+", "removed": "-", "changed": "M"}
+    command.emit(
+        [{"kind": c.kind, "path": c.path_str, "what": list(c.what)} for c in changes],
+        lambda: (
+            "\n".join(
+                f"{marks[c.kind]} {c.path_str}" + (f"  ({', '.join(c.what)})" if c.what else "")
+                for c in changes
+            )
+            or "no differences"
+        ),
+    )
+    return 0
+
+
 def cmd_diff(command: Command) -> int:
     """castore diff A B."""
-    result = command.store.diff(command.args.a, command.args.b)
+    store = command.store
+    if _is_snapshot(store, command.args.a) and _is_snapshot(store, command.args.b):
+        return _diff_snapshots(command)
+    result = store.diff(command.args.a, command.args.b)
     share = result.shared_bytes / result.b.size if result.b.size else 1.0
     data = {
         "a": result.a.reference,
@@ -394,6 +450,88 @@ def cmd_diff(command: Command) -> int:
         return "\n".join(lines)
 
     command.emit(data, text)
+    return 0
+
+
+def _progress_callback(bar: tqdm) -> Callable[[Any], None]:
+    def update(progress: Any) -> None:
+        bar.update(progress.bytes - bar.n)
+        bar.set_postfix(files=progress.files, skipped=progress.skipped, refresh=False)
+
+    return update
+
+
+def cmd_backup(command: Command) -> int:
+    """castore backup PATH --name NAME."""
+    args = command.args
+    with command.progress(None, "backup") as bar:
+        snapshot = command.store.backup(
+            args.path,
+            args.name,
+            exclude=args.exclude,
+            tags=args.tag,
+            progress=_progress_callback(bar),
+        )
+    stats = snapshot.stats
+    command.emit(
+        {**_version_json(snapshot), "stats": vars(stats)},
+        f"{snapshot.name}:{snapshot.version}  {snapshot.reference}\n"
+        f"{stats.files} files ({_human_size(stats.bytes)}), {stats.files_read} read, "
+        f"{stats.files_reused} unchanged, {stats.skipped} skipped; "
+        f"{_human_size(stats.new_bytes_stored)} new",
+    )
+    return 0
+
+
+def cmd_restore(command: Command) -> int:
+    """castore restore REF TARGET [PATH...]."""
+    args = command.args
+    with command.progress(None, "restore") as bar:
+        stats = command.store.restore(
+            args.ref, args.target, args.paths, progress=_progress_callback(bar)
+        )
+    command.emit(
+        vars(stats),
+        f"restored {stats.files_written} files ({_human_size(stats.bytes_written)}), "
+        f"{stats.files_unchanged} already up to date, {stats.dirs} directories, "
+        f"{stats.symlinks} symlinks into {args.target}",
+    )
+    return 0
+
+
+def cmd_forget(command: Command) -> int:
+    """castore forget NAME --keep-* N [--dry-run]."""
+    args = command.args
+    policy = {
+        key: getattr(args, key)
+        for key in (
+            "keep_last",
+            "keep_hourly",
+            "keep_daily",
+            "keep_weekly",
+            "keep_monthly",
+            "keep_yearly",
+        )
+    }
+    result = command.store.forget(args.name, dry_run=args.dry_run, **policy)
+    verb = "would remove" if result.dry_run else "removed"
+    command.emit(
+        {
+            "dry_run": result.dry_run,
+            "kept": [
+                {"version": k.version.version, "reasons": list(k.reasons)} for k in result.kept
+            ],
+            "removed": [v.version for v in result.removed],
+        },
+        lambda: "\n".join(
+            [
+                f"keep   {args.name}:{k.version.version}  {k.version.created[:19]}  "
+                f"({', '.join(k.reasons)})"
+                for k in result.kept
+            ]
+            + [f"{verb} {args.name}:{v.version}  {v.created[:19]}" for v in result.removed]
+        ),
+    )
     return 0
 
 
@@ -561,7 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("cat", cmd_cat, "write a content digest's or a version's bytes to stdout").add_argument(
         "ref"
     )
-    add("ls", cmd_ls, "list names, or the versions of NAME").add_argument("name", nargs="?")
+    ls = add("ls", cmd_ls, "list names, the versions of NAME, or the files of a snapshot")
+    ls.add_argument("name", nargs="?", help="NAME, or a snapshot NAME:version")
+    ls.add_argument("path", nargs="?", help="a directory inside the snapshot")
     log = add("log", cmd_log, "history of a name, newest first")
     log.add_argument("name")
     log.add_argument(
@@ -581,6 +721,34 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("a")
     diff.add_argument("b")
     add("rm", cmd_rm, "delete a version (data is freed by gc)").add_argument("ref")
+    backup = add("backup", cmd_backup, "snapshot a directory as the next version of --name")
+    backup.add_argument("path")
+    backup.add_argument("--name", required=True, help="the snapshot's name")
+    backup.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="gitignore-style pattern (repeatable)",
+    )
+    backup.add_argument("--tag", action="append", default=[], help="tag the snapshot")
+    restore = add("restore", cmd_restore, "restore a snapshot, or some paths of it, under TARGET")
+    restore.add_argument("ref", help="NAME[:version]")
+    restore.add_argument("target")
+    restore.add_argument("paths", nargs="*", help="only these paths of the snapshot")
+    forget = add("forget", cmd_forget, "delete the snapshots a retention policy does not keep")
+    forget.add_argument("name")
+    for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        forget.add_argument(
+            f"--keep-{unit}",
+            type=int,
+            default=0,
+            metavar="N",
+            help=f"keep the {unit} N snapshots (-1: all)"
+            if unit != "last"
+            else "keep the N newest snapshots",
+        )
+    forget.add_argument("--dry-run", action="store_true", help="say what would go")
     verify = add(
         "verify", cmd_verify, "check refs, hash chains and chunk locations (exit 1 on problems)"
     )

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from castore import backup as backups
 from castore import catalog, layout, maintenance, transfer
 from castore.backend import Backend, open_backend
 from castore.cache import LocalCache
@@ -34,6 +35,7 @@ from castore.maintenance import RepairReport, StoreStats, VerifyReport
 from castore.reader import StreamReader, iter_stream
 from castore.refs import STORE_SEPARATOR, RefStore, TagEvent, parse_reference
 from castore.streams import StreamDescriptor, decode_stream_object, encode_stream_object
+from castore.tree import Entry
 from castore.writer import StreamWriter, WriteSession, WriteStats
 
 Source = bytes | bytearray | memoryview | BinaryIO | os.PathLike[str]
@@ -311,6 +313,48 @@ class Store:
     def delete(self, ref: str) -> Version:
         """Delete a version (its tags go with it); its data is freed by gc."""
         return catalog.delete(self, ref)
+
+    # -- directory backups ------------------------------------------------------------------
+
+    def backup(
+        self,
+        path: str | os.PathLike[str],
+        name: str,
+        *,
+        exclude: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        progress: backups.ProgressCallback | None = None,
+    ) -> backups.Snapshot:
+        """Snapshot a directory as the next version of `name`, deduplicated against
+        everything in the store; files unchanged since the last snapshot are not read.
+        `exclude` takes gitignore-style patterns; unreadable files are skipped and listed."""
+        with self.writing():
+            return backups.backup(self, path, name, exclude=exclude, tags=tags, progress=progress)
+
+    def restore(
+        self,
+        ref: str,
+        target: str | os.PathLike[str],
+        paths: Iterable[str] = (),
+        *,
+        progress: backups.ProgressCallback | None = None,
+    ) -> backups.RestoreStats:
+        """Restore a snapshot (or some of its `paths`) under `target`, verified, never
+        writing outside it; files already identical are left alone."""
+        return backups.restore(self, ref, target, paths, progress=progress)
+
+    def snapshot_entries(self, ref: str, path: str | None = None) -> Iterator[Entry]:
+        """The entries of a snapshot, or of one directory of it."""
+        return backups.list_snapshot(self, ref, path)
+
+    def snapshot_diff(self, a: str, b: str) -> Iterator[backups.Change]:
+        """Files added, removed and changed between two snapshots."""
+        return backups.diff_snapshots(self, a, b)
+
+    def forget(self, name: str, **policy: Any) -> backups.ForgetResult:
+        """Delete the snapshots (versions) of `name` that a restic-style policy does not keep:
+        keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, dry_run."""
+        return backups.forget(self, name, **policy)
 
     # -- health -----------------------------------------------------------------------------
 

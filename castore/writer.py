@@ -38,7 +38,7 @@ class WriteStats:
     packs: list[bytes] = field(default_factory=list)
 
 
-def _encode_group(
+def encode_group(
     group: list[memoryview], known: Callable[[bytes], bool], params: CompressionParams
 ) -> list[EncodedChunk]:
     """Hash every chunk of a group and compress those the store does not have yet."""
@@ -234,7 +234,7 @@ class StreamWriter(io.RawIOBase):
         session.stats.bytes_in += sum(len(data) for data in group)
         compression = session.config.compression
         self._pending.append(
-            session.cpu_pool.submit(_encode_group, group, session.known, compression)
+            session.cpu_pool.submit(encode_group, group, session.known, compression)
         )
         while len(self._pending) > MAX_GROUPS_IN_FLIGHT:
             self._collect_oldest()

@@ -138,3 +138,34 @@ def test_maintenance_commands(location: Location, tmp_path: Path) -> None:
     assert [v["version"] for v in copied] == [1, 3]
     bad = _cli(location, "verify", "--read-data-subset", "lots")
     assert bad.returncode == 2 and b"expected a percentage" in bad.stderr
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_backup_commands(location: Location, tmp_path: Path) -> None:
+    source = tmp_path / "run"
+    (source / "checkpoints").mkdir(parents=True)
+    (source / "checkpoints" / "best.pt").write_bytes(pattern(200_000, seed=1))
+    (source / "log.txt").write_text("epoch 1\n")
+    (source / "scratch.tmp").write_text("junk")
+    _ok(location, "init")
+    first = json.loads(
+        _ok(location, "--json", "backup", str(source), "--name", "runs/exp", "--exclude", "*.tmp")
+    )
+    assert first["stats"]["files"] == 2 and first["stats"]["files_read"] == 2
+    (source / "log.txt").write_text("epoch 1\nepoch 2\n")
+    second = json.loads(_ok(location, "--json", "backup", str(source), "--name", "runs/exp"))
+    assert second["stats"]["files_reused"] >= 1
+    listing = json.loads(_ok(location, "--json", "ls", "runs/exp:1", "checkpoints"))
+    assert [e["path"] for e in listing] == ["checkpoints", "checkpoints/best.pt"]
+    changes = json.loads(_ok(location, "--json", "diff", "runs/exp:1", "runs/exp:2"))
+    assert {(c["kind"], c["path"]) for c in changes} >= {("changed", "log.txt")}
+    target = tmp_path / "restored"
+    _ok(location, "restore", "runs/exp:1", str(target), "checkpoints/best.pt")
+    assert (target / "checkpoints" / "best.pt").read_bytes() == pattern(200_000, seed=1)
+    assert not (target / "log.txt").exists()
+    plan = json.loads(
+        _ok(location, "--json", "forget", "runs/exp", "--keep-last", "1", "--dry-run")
+    )
+    assert plan["removed"] == [1] and plan["dry_run"]
+    _ok(location, "forget", "runs/exp", "--keep-last", "1")
+    assert [row["version"] for row in json.loads(_ok(location, "--json", "ls", "runs/exp"))] == [2]

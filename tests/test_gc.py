@@ -179,3 +179,17 @@ def test_gc_and_writers_killed_at_random_points_lose_nothing(location: Location)
     finally:
         del os.environ["CASTORE_LEASE_TTL"]
     _check_committed(location, [o for o in outputs if "saved" in o or "deleted" in o])
+
+
+def test_gc_keeps_the_files_of_snapshots(store: castore.Store, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "weights.bin").write_bytes(pattern(300_000, seed=1))
+    store.backup(source, "backups/run")
+    store.save(pattern(100_000, seed=2), "m", serializer="raw")
+    store.delete("m:1")
+    report = store.gc(repack_threshold=0.0)
+    assert report.packs_deleted >= 1
+    store.restore("backups/run:1", tmp_path / "restored")
+    assert (tmp_path / "restored" / "weights.bin").read_bytes() == pattern(300_000, seed=1)
+    assert store.verify(read_data=True).ok
