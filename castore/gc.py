@@ -127,12 +127,9 @@ def _repack(store: Store, repack: dict[bytes, list[PackEntry]]) -> tuple[str | N
 def _orphan_packs(store: Store, marker_time: float) -> list[bytes]:
     """Packs no index object lists, old enough that no writer can still be committing them."""
     orphans = []
-    for path in store.backend.list(layout.PACKS):
-        pack_id = layout.name_of(path)
-        if pack_id is None or pack_id in store.index.packs:
-            continue
+    for pack_id in store.index.unindexed_packs():
         try:
-            if marker_time - store.backend.modified(path) > lease_ttl():
+            if marker_time - store.backend.modified(layout.pack_path(pack_id)) > lease_ttl():
                 orphans.append(pack_id)
         except ObjectNotFoundError:
             continue

@@ -80,6 +80,15 @@ class Index:
     def __len__(self) -> int:
         return len(self._locations)
 
+    def unindexed_packs(self) -> list[bytes]:
+        """Packs in storage that no loaded index object lists (crashed writes, lost index)."""
+        found = []
+        for path in self._backend.list(layout.PACKS):
+            pack_id = layout.name_of(path)
+            if pack_id is not None and pack_id not in self.packs:
+                found.append(pack_id)
+        return found
+
     def locations(self) -> dict[bytes, ChunkLocation]:
         """A snapshot of every known chunk and where it is."""
         with self._lock:

@@ -226,14 +226,11 @@ def repair(store: Store) -> RepairReport:
     report = RepairReport()
     store.index.reload()
     recovered = []
-    for path in store.backend.list(layout.PACKS):
-        pack_id = layout.name_of(path)
-        if pack_id is None or pack_id in store.index.packs:
-            continue
+    for pack_id in store.index.unindexed_packs():
         try:
             recovered.append((pack_id, read_footer(store, pack_id)))
         except CastoreError as exc:
-            report.unreadable_packs.append(f"{path}: {exc}")
+            report.unreadable_packs.append(f"{layout.pack_path(pack_id)}: {exc}")
     with store.lease.held():
         if recovered:
             store.index.commit(recovered)

@@ -31,7 +31,7 @@ def writer(store: castore.Store, seed: int) -> None:
         except StoreBusyError:
             pass
         number += 1
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.2, 1.0))
 
 
 def collector(store: castore.Store, seed: int) -> None:

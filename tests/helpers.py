@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import castore
 from castore import layout
@@ -40,3 +45,22 @@ def flip_byte(store: castore.Store, path: str, offset: int) -> None:
     data = bytearray(store.backend.read(path))
     data[offset] ^= 0xFF
     store.backend.write(path, bytes(data))
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spawn(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Run ``python -m tests.<module> ARGS`` from the repository, its stdout piped as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", f"tests.{module}", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def location_args(location: object) -> list[str]:
+    """A Location as command-line arguments: its URL and its storage options as JSON."""
+    return [location.url, json.dumps(location.options)]  # type: ignore[attr-defined]

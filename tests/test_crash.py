@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import random
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import SMALL_PACKS, Location
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import location_args, spawn
 
 
 def _run_and_kill(location: Location, seed: int, delay: float) -> list[str]:
     """Start a writer, SIGKILL it after `delay` seconds, return the digests it committed."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.crash_writer",
-            location.url,
-            json.dumps(location.options),
-            str(seed),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    process = spawn("crash_writer", *location_args(location), str(seed))
     time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     output, _ = process.communicate()

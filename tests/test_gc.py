@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,9 +15,7 @@ import castore
 from castore import leases
 from castore.leases import GcMarker, LeaseExpiredError, StoreBusyError
 from tests.conftest import SMALL_PACKS, Location
-from tests.helpers import pack_paths, pattern
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import location_args, pack_paths, pattern, spawn
 
 
 def _all_objects(store: castore.Store) -> list[str]:
@@ -110,21 +106,7 @@ def test_gc_deletes_nothing_while_an_index_object_is_damaged(store: castore.Stor
 
 
 def _spawn(role: str, location: Location, seed: int, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.gc_workers",
-            role,
-            location.url,
-            json.dumps(location.options),
-            str(seed),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **env},
-    )
+    return spawn("gc_workers", role, *location_args(location), str(seed), env=env)
 
 
 def _check_committed(location: Location, outputs: list[str]) -> None:
@@ -149,7 +131,7 @@ def test_writers_and_gc_in_parallel_processes_lose_nothing(location: Location) -
     location.init(config=SMALL_PACKS).close()
     workers = [_spawn("writer", location, seed, {}) for seed in range(3)]
     workers.append(_spawn("gc", location, 7, {}))
-    time.sleep(12)
+    time.sleep(15)
     outputs = []
     for worker in workers:
         worker.terminate()

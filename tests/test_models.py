@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,9 +12,7 @@ import pytest
 import castore
 from castore import catalog, layout
 from tests.conftest import Location
-from tests.helpers import pack_paths
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import location_args, pack_paths, spawn
 
 
 def _weights(seed: int, count: int = 4, size: int = 50_000) -> dict[str, np.ndarray]:
@@ -138,21 +133,7 @@ def test_concurrent_savers_in_processes_get_distinct_versions(location: Location
     location.init().close()
     start = time.time() + 2.0
     workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.save_worker",
-                location.url,
-                json.dumps(location.options),
-                "shared/name",
-                str(n),
-                str(start),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        spawn("save_worker", *location_args(location), "shared/name", str(n), str(start))
         for n in range(6)
     ]
     outputs = [w.communicate(timeout=120)[0].split() for w in workers]

@@ -57,14 +57,17 @@ class LocalBackend:
         finally:
             os.close(fd)
 
-    def size(self, path: str) -> int:
-        """Return the object's size in bytes."""
+    def _stat(self, path: str) -> os.stat_result:
         try:
-            return self._full(path).stat().st_size
+            return self._full(path).stat()
         except FileNotFoundError as exc:
             raise ObjectNotFoundError(f"{path} not found in {self.url}") from exc
         except OSError as exc:
             raise BackendError(f"cannot stat {path} in {self.url}: {exc}") from exc
+
+    def size(self, path: str) -> int:
+        """Return the object's size in bytes."""
+        return self._stat(path).st_size
 
     def _write_temporary(self, target: Path, data: bytes | memoryview) -> Path:
         """Write `data` to a synced temporary file beside `target` and return its path."""
@@ -127,12 +130,7 @@ class LocalBackend:
 
     def modified(self, path: str) -> float:
         """The file's modification time."""
-        try:
-            return self._full(path).stat().st_mtime
-        except FileNotFoundError as exc:
-            raise ObjectNotFoundError(f"{path} not found in {self.url}") from exc
-        except OSError as exc:
-            raise BackendError(f"cannot stat {path} in {self.url}: {exc}") from exc
+        return self._stat(path).st_mtime
 
     def exists(self, path: str) -> bool:
         """Whether a file is stored under `path`."""
