@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from benchmarks import maintenance, sequence_report
 from benchmarks.local_disk import LocalResults
-from benchmarks.measure import Measurement, MiB, Series
+from benchmarks.markdown import Target, mib, table, verdict
+from benchmarks.measure import Measurement, Series
 from benchmarks.memory_probe import FIGURES, LABELS, OPERATIONS, MemoryResults
 from benchmarks.s3_moto import S3Results
+from benchmarks.sequence import SequenceResults
 
 PUT_VS_COMPRESSED_DUMP = 10.0
 GET_VS_LOAD = 0.7
@@ -27,36 +30,16 @@ class Run:
     local: LocalResults
     s3: S3Results | None
     memory: MemoryResults | None
+    sequence: SequenceResults | None
+    maintenance: list[maintenance.MaintenanceFigures] | None
+    maintenance_bytes: int
     elapsed_seconds: float
     notes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Target:
-    """A goal from issue 2 and whether this run met it."""
-
-    goal: str
-    measured: str
-    passed: bool
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    lines = [f"| {' | '.join(header)} |", f"| {' | '.join('---' for _ in header)} |"]
-    lines.extend(f"| {' | '.join(row)} |" for row in rows)
-    return [*lines, ""]
 
 
 def _ratio(numerator: Measurement, denominator: Measurement) -> float:
     """Ratio of median throughputs."""
     return numerator.rates.median / denominator.rates.median
-
-
-def _mib(nbytes: float) -> str:
-    return f"{nbytes / MiB:,.1f} MiB"
-
-
-def _pass(passed: bool) -> str:
-    return "**PASS**" if passed else "**FAIL**"
 
 
 def _throughput_rows(measurements: Iterable[Measurement]) -> list[list[str]]:
@@ -75,7 +58,7 @@ def _throughput_rows(measurements: Iterable[Measurement]) -> list[list[str]]:
 
 def _throughput_table(measurements: Iterable[Measurement]) -> list[str]:
     header = ["Operation", "median MB/s", "min MB/s", "max MB/s", "median s", "runs"]
-    return _table(header, _throughput_rows(measurements))
+    return table(header, _throughput_rows(measurements))
 
 
 def _ratio_rows(pairs: Iterable[tuple[Measurement, Measurement]]) -> list[list[str]]:
@@ -83,7 +66,7 @@ def _ratio_rows(pairs: Iterable[tuple[Measurement, Measurement]]) -> list[list[s
 
 
 def targets(run: Run) -> list[Target]:
-    """Every target of issue 2 that this run measured, with its outcome."""
+    """Every target of issues 2 and 3 that this run measured, with its outcome."""
     t = run.local.throughput
     put_vs_z3 = _ratio(t["put"], t["dump_z3"])
     get_vs_load = _ratio(t["get"], t["load_plain"])
@@ -118,7 +101,7 @@ def targets(run: Run) -> list[Target]:
         ),
     ]
     if run.memory is not None:
-        size = _mib(run.memory.stream_bytes)
+        size = mib(run.memory.stream_bytes)
         found.extend(
             Target(
                 f"peak RSS above baseline < {RSS_LIMIT_MIB:g} MiB: {LABELS[op]} of {size}",
@@ -127,12 +110,14 @@ def targets(run: Run) -> list[Target]:
             )
             for op in OPERATIONS
         )
+    if run.sequence is not None:
+        found.extend(sequence_report.targets(run.sequence))
     return found
 
 
 def _targets_section(run: Run) -> list[str]:
-    rows = [[t.goal, t.measured, _pass(t.passed)] for t in targets(run)]
-    return ["## Targets (issue 2)", "", *_table(["Target", "Measured", "Result"], rows)]
+    rows = [[str(t.issue), t.goal, t.measured, verdict(t.passed)] for t in targets(run)]
+    return ["## Targets", "", *table(["Issue", "Target", "Measured", "Result"], rows)]
 
 
 def _local_section(local: LocalResults) -> list[str]:
@@ -148,13 +133,13 @@ def _local_section(local: LocalResults) -> list[str]:
     return [
         "## Local disk: throughput",
         "",
-        f"Every operation moves the same {_mib(local.stream_bytes)} stream "
+        f"Every operation moves the same {mib(local.stream_bytes)} stream "
         f"({local.stream_bytes:,} bytes); MB/s = 10^6 bytes per second.",
         "",
         *_throughput_table(t.values()),
         "Ratios of median throughputs:",
         "",
-        *_table(["Ratio", "value"], _ratio_rows(pairs)),
+        *table(["Ratio", "value"], _ratio_rows(pairs)),
     ]
 
 
@@ -163,7 +148,7 @@ def _dedup_and_storage_section(local: LocalResults) -> list[str]:
     first, second = local.first_put, local.second_put
     usage, growth = local.store_usage, local.second_put_growth
     rows = [
-        ["Stream size", f"{size:,} B ({_mib(size)})"],
+        ["Stream size", f"{size:,} B ({mib(size)})"],
         ["First put: chunks / new chunks", f"{first.chunks:,} / {first.new_chunks:,}"],
         ["First put: payload bytes stored (WriteStats)", f"{first.new_bytes_stored:,} B"],
         ["Store after first put, du -s (allocated)", f"{usage.allocated:,} B"],
@@ -184,7 +169,7 @@ def _dedup_and_storage_section(local: LocalResults) -> list[str]:
             f"{growth.apparent:,} B ({growth.apparent / size:.4%} of stream)",
         ],
     ]
-    return ["## Local disk: deduplication and storage", "", *_table(["Figure", "value"], rows)]
+    return ["## Local disk: deduplication and storage", "", *table(["Figure", "value"], rows)]
 
 
 def _series_row(label: str, series: Series, unit: str) -> list[str]:
@@ -196,13 +181,13 @@ def _memory_tables(memory: MemoryResults) -> list[str]:
     lines: list[str] = []
     for figure, description in FIGURES.items():
         rows = [_series_row(LABELS[op], memory.mib[figure][op], "MiB") for op in OPERATIONS]
-        lines += [f"{description}:", "", *_table(header, rows)]
+        lines += [f"{description}:", "", *table(header, rows)]
     return lines
 
 
 def _memory_section(memory: MemoryResults) -> list[str]:
     return [
-        f"## Peak memory on a {_mib(memory.stream_bytes)} stream",
+        f"## Peak memory on a {mib(memory.stream_bytes)} stream",
         "",
         "Each operation runs in a fresh Python process: it imports castore, creates or opens "
         "the store, records its RSS (VmRSS) as the baseline, runs the operation, and reports "
@@ -229,13 +214,13 @@ def _s3_section(s3: S3Results) -> list[str]:
     return [
         "## S3 (local moto server)",
         "",
-        f"The same {_mib(s3.stream_bytes)} stream; castore stores it in a fresh store per put "
+        f"The same {mib(s3.stream_bytes)} stream; castore stores it in a fresh store per put "
         f"run, and s3fs moves it as one object (pipe_file uploads it in concurrent 50 MiB "
         f"multipart parts). The reference castore store holds {s3.stored_bytes:,} bytes "
         f"(stream / stored = {s3.stream_bytes / s3.stored_bytes:.3f}).",
         "",
         *_throughput_table(t.values()),
-        *_table(["Ratio", "value"], _ratio_rows(pairs)),
+        *table(["Ratio", "value"], _ratio_rows(pairs)),
     ]
 
 
@@ -254,15 +239,19 @@ def render(run: Run) -> str:
         "",
         "## Machine",
         "",
-        *_table(["", ""], ([key, value] for key, value in run.machine.items())),
+        *table(["", ""], ([key, value] for key, value in run.machine.items())),
         *_targets_section(run),
         *_local_section(run.local),
         *_dedup_and_storage_section(run.local),
     ]
+    if run.sequence is not None:
+        lines += sequence_report.render(run.sequence)
     if run.memory is not None:
         lines += _memory_section(run.memory)
     if run.s3 is not None:
         lines += _s3_section(run.s3)
+    if run.maintenance is not None:
+        lines += [maintenance.markdown(run.maintenance, run.maintenance_bytes)]
     lines += ["## Notes", "", *(f"- {note}" for note in run.notes)]
     lines += ["", f"The whole suite took {run.elapsed_seconds / 60:.1f} minutes.", ""]
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Run castore's benchmarks and write benchmarks/RESULTS.md.
 
-Usage: ``.venv/bin/python benchmarks/run.py [--quick] [--size-mib N] [--runs N]``
+Usage: ``.venv/bin/python benchmarks/run.py [--quick] [--size-mib N] [--runs N] [--skip-sequence]``
 (``--help`` lists every option).
 """
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import local_disk, memory_probe, report, s3_moto
+from benchmarks import local_disk, maintenance, memory_probe, report, s3_moto, sequence
 from benchmarks.machine import describe
 from benchmarks.measure import MiB
 from benchmarks.workload import dump, make_tensors, write_normal_file
@@ -22,6 +22,8 @@ WORK_DIR = BENCH_DIR / ".work"
 CACHE_DIR = WORK_DIR / "cache"
 """castore's local cache (CASTORE_CACHE_DIR) during the run, so that ~/.cache is untouched."""
 SEED = 20240601
+EXPERIMENT_MAX_RUNS = 3
+"""Rounds of the chunking experiment at most, to keep the whole suite under ~25 minutes."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class Settings:
     quick: bool
     skip_s3: bool
     skip_memory: bool
+    skip_sequence: bool
+    skip_maintenance: bool
+    maintenance_mib: int
+    sequence: sequence.SequenceSettings
     output: Path
 
 
@@ -48,6 +54,26 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument("--runs", type=int, default=5, help="timed runs of each operation")
     parser.add_argument("--skip-s3", action="store_true", help="leave out the moto S3 part")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the RSS probes")
+    parser.add_argument(
+        "--skip-sequence", action="store_true", help="leave out the model-sequence benchmark"
+    )
+    parser.add_argument(
+        "--skip-maintenance", action="store_true", help="leave out the verify/gc benchmark"
+    )
+    parser.add_argument(
+        "--tensor-mib", type=int, help="model-sequence tensor size, 32 of them (default 16)"
+    )
+    parser.add_argument(
+        "--experiment-tensor-mib",
+        type=int,
+        help="tensor size of the chunking experiment (default: --tensor-mib)",
+    )
+    parser.add_argument(
+        "--sequence-runs",
+        type=int,
+        help=f"rounds of the model sequence (default: --runs); the chunking experiment "
+        f"runs at most {EXPERIMENT_MAX_RUNS}",
+    )
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "RESULTS.md")
     args = parser.parse_args(argv)
 
@@ -55,6 +81,9 @@ def parse_args(argv: list[str]) -> Settings:
         return value if value is not None else (quick if args.quick else full)
 
     size = chosen(args.size_mib, 512, 32)
+    tensor_mib = chosen(args.tensor_mib, 16, 1)
+    sequence_runs = chosen(args.sequence_runs, args.runs, 1)
+    experiment_mib = chosen(args.experiment_tensor_mib, tensor_mib, tensor_mib)
     settings = Settings(
         size_mib=size,
         large_mib=chosen(args.large_mib, 2048, 128),
@@ -63,10 +92,21 @@ def parse_args(argv: list[str]) -> Settings:
         quick=args.quick,
         skip_s3=args.skip_s3,
         skip_memory=args.skip_memory,
+        skip_sequence=args.skip_sequence,
+        skip_maintenance=args.skip_maintenance,
+        maintenance_mib=chosen(None, 256, 16),
+        sequence=sequence.SequenceSettings(
+            tensor_bytes=tensor_mib * MiB,
+            experiment_tensor_bytes=experiment_mib * MiB,
+            runs=sequence_runs,
+            experiment_runs=min(sequence_runs, EXPERIMENT_MAX_RUNS),
+            seed=SEED + 2,
+        ),
         output=args.output,
     )
-    if min(settings.size_mib, settings.large_mib, settings.s3_size_mib, settings.runs) < 1:
-        parser.error("sizes and --runs must be positive")
+    sizes = (settings.size_mib, settings.large_mib, settings.s3_size_mib, settings.runs)
+    if min(*sizes, tensor_mib, experiment_mib, sequence_runs) < 1:
+        parser.error("sizes, --runs and --sequence-runs must be positive")
     return settings
 
 
@@ -165,6 +205,13 @@ def main(argv: list[str]) -> int:
         del workload  # frees the tensors before the S3 and memory parts
         s3 = None if settings.skip_s3 else _run_s3(settings, source)
         memory = None if settings.skip_memory else _run_memory(settings)
+        models = None
+        if not settings.skip_sequence:
+            models = sequence.run(settings.sequence, WORK_DIR / "sequence", log)
+        upkeep = None
+        if not settings.skip_maintenance:
+            log("maintenance: verify and gc, local and S3")
+            upkeep = maintenance.run_maintenance(WORK_DIR, settings.maintenance_mib * MiB)
     finally:
         shutil.rmtree(WORK_DIR, ignore_errors=True)
     results = report.Run(
@@ -174,11 +221,14 @@ def main(argv: list[str]) -> int:
         local=local,
         s3=s3,
         memory=memory,
+        sequence=models,
+        maintenance=upkeep,
+        maintenance_bytes=settings.maintenance_mib * MiB,
         elapsed_seconds=time.perf_counter() - started,
         notes=_notes(settings),
     )
     settings.output.write_text(report.render(results))
     for target in report.targets(results):
-        log(f"{'PASS' if target.passed else 'FAIL'}  {target.goal}: {target.measured}")
+        log(f"{report.verdict(target.passed).strip('*')}  {target.goal}: {target.measured}")
     log(f"wrote {settings.output}")
     return 0
