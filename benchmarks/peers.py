@@ -105,6 +105,15 @@ def _run(command: list[str], env: dict[str, str], cwd: Path | None = None) -> st
     return completed.stdout
 
 
+def restic_summary(output: str) -> dict[str, Any]:
+    """The summary message of ``restic backup --json`` output."""
+    messages = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    summary = [m for m in messages if m.get("message_type") == "summary"]
+    if not summary:
+        raise RuntimeError("restic backup printed no summary")
+    return summary[-1]
+
+
 class CastorePeer:
     """castore ``store.save`` / ``store.load`` of the objects into one local store."""
 
@@ -320,11 +329,7 @@ class ResticPeer(_ArchiverPeer):
             self.env,
             cwd=version.plain.parent,
         )
-        messages = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-        summary = [m for m in messages if m.get("message_type") == "summary"]
-        if not summary:
-            raise RuntimeError("restic backup printed no summary")
-        self.snapshots[version.number] = summary[-1]["snapshot_id"]
+        self.snapshots[version.number] = restic_summary(output)["snapshot_id"]
 
     def load(self, version: StagedVersion) -> None:
         """``restic restore <snapshot> --target <empty dir>``."""

@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from benchmarks import maintenance, sequence_report
+from benchmarks import backup_tree, maintenance, sequence_report
 from benchmarks.local_disk import LocalResults
 from benchmarks.markdown import Target, mib, table, verdict
 from benchmarks.measure import Measurement, Series
@@ -33,6 +33,7 @@ class Run:
     sequence: SequenceResults | None
     maintenance: list[maintenance.MaintenanceFigures] | None
     maintenance_bytes: int
+    backup: backup_tree.BackupResults | None
     elapsed_seconds: float
     notes: tuple[str, ...]
 
@@ -66,7 +67,7 @@ def _ratio_rows(pairs: Iterable[tuple[Measurement, Measurement]]) -> list[list[s
 
 
 def targets(run: Run) -> list[Target]:
-    """Every target of issues 2 and 3 that this run measured, with its outcome."""
+    """Every target of issues 2, 3 and 4 that this run measured, with its outcome."""
     t = run.local.throughput
     put_vs_z3 = _ratio(t["put"], t["dump_z3"])
     get_vs_load = _ratio(t["get"], t["load_plain"])
@@ -112,6 +113,8 @@ def targets(run: Run) -> list[Target]:
         )
     if run.sequence is not None:
         found.extend(sequence_report.targets(run.sequence))
+    if run.backup is not None:
+        found.extend(backup_tree.targets(run.backup))
     return found
 
 
@@ -246,6 +249,8 @@ def render(run: Run) -> str:
     ]
     if run.sequence is not None:
         lines += sequence_report.render(run.sequence)
+    if run.backup is not None:
+        lines += backup_tree.render(run.backup)
     if run.memory is not None:
         lines += _memory_section(run.memory)
     if run.s3 is not None:

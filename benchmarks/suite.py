@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import local_disk, maintenance, memory_probe, report, s3_moto, sequence
+from benchmarks import backup_tree, local_disk, maintenance, memory_probe, report, s3_moto, sequence
 from benchmarks.machine import describe
 from benchmarks.measure import MiB
 from benchmarks.workload import dump, make_tensors, write_normal_file
@@ -39,6 +39,8 @@ class Settings:
     skip_memory: bool
     skip_sequence: bool
     skip_maintenance: bool
+    skip_backup: bool
+    backup_runs: int
     maintenance_mib: int
     sequence: sequence.SequenceSettings
     output: Path
@@ -59,6 +61,14 @@ def parse_args(argv: list[str]) -> Settings:
     )
     parser.add_argument(
         "--skip-maintenance", action="store_true", help="leave out the verify/gc benchmark"
+    )
+    parser.add_argument(
+        "--skip-backup", action="store_true", help="leave out the site-packages backup benchmark"
+    )
+    parser.add_argument(
+        "--backup-runs",
+        type=int,
+        help="rounds of the backup benchmark (default: 3, or --runs if smaller)",
     )
     parser.add_argument(
         "--tensor-mib", type=int, help="model-sequence tensor size, 32 of them (default 16)"
@@ -94,6 +104,8 @@ def parse_args(argv: list[str]) -> Settings:
         skip_memory=args.skip_memory,
         skip_sequence=args.skip_sequence,
         skip_maintenance=args.skip_maintenance,
+        skip_backup=args.skip_backup,
+        backup_runs=chosen(args.backup_runs, min(args.runs, 3), 1),
         maintenance_mib=chosen(None, 256, 16),
         sequence=sequence.SequenceSettings(
             tensor_bytes=tensor_mib * MiB,
@@ -105,7 +117,7 @@ def parse_args(argv: list[str]) -> Settings:
         output=args.output,
     )
     sizes = (settings.size_mib, settings.large_mib, settings.s3_size_mib, settings.runs)
-    if min(*sizes, tensor_mib, experiment_mib, sequence_runs) < 1:
+    if min(*sizes, tensor_mib, experiment_mib, sequence_runs, settings.backup_runs) < 1:
         parser.error("sizes, --runs and --sequence-runs must be positive")
     return settings
 
@@ -212,6 +224,14 @@ def main(argv: list[str]) -> int:
         if not settings.skip_maintenance:
             log("maintenance: verify and gc, local and S3")
             upkeep = maintenance.run_maintenance(WORK_DIR, settings.maintenance_mib * MiB)
+        backups = None
+        if not settings.skip_backup:
+            log(f"backup of site-packages: castore, restic, borg; {settings.backup_runs} rounds")
+            backups = backup_tree.run(
+                backup_tree.BackupSettings(settings.backup_runs, settings.quick),
+                WORK_DIR / "backup",
+                log,
+            )
     finally:
         shutil.rmtree(WORK_DIR, ignore_errors=True)
     results = report.Run(
@@ -223,6 +243,7 @@ def main(argv: list[str]) -> int:
         memory=memory,
         sequence=models,
         maintenance=upkeep,
+        backup=backups,
         maintenance_bytes=settings.maintenance_mib * MiB,
         elapsed_seconds=time.perf_counter() - started,
         notes=_notes(settings),
