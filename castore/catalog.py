@@ -293,19 +293,48 @@ def save(
     )
 
 
-def load(store: Store, ref: str, *, mmap_mode: str | None = None) -> Any:
-    """Deserialize a version; every chunk is verified against the authenticated chunk list."""
-    manifest, _ = resolve(store, ref)
+def load(
+    store: Store,
+    ref: str,
+    *,
+    mmap_mode: str | None = None,
+    trusted: Iterable[Any] = (),
+    allow_unsafe: bool = False,
+    require_signature: bool = False,
+    policy: Any = None,
+) -> Any:
+    """Deserialize a version; every chunk is verified against the authenticated chunk list.
+
+    Pickle-based streams are unpickled with the restricted unpickler: only the built-in
+    allowlist, the user's ``trusted_globals`` and `trusted` patterns are admitted. A version
+    signed by a key of the trust `policy` (default: the user's ``trusted_keys``) loads with
+    the plain unpickler, as does any version with `allow_unsafe`. With `require_signature`,
+    a version no trusted key signed is refused (castore.signing.UntrustedVersionError).
+    """
+    from castore import safety, signing
+    from castore.serializers import LoadOptions
+
+    manifest, digest = resolve(store, ref)
     chosen = serializer_named(manifest.serializer)
-    where = f"version {manifest.number} of {manifest.name}"
+    where = f"version {manifest.number} of {manifest.name} ({format_digest(digest)})"
+    trust = policy if policy is not None else signing.TrustPolicy.from_config()
+    signers = signing.trusted_signers(store, digest, trust, where=where, require=require_signature)
     check_loadable(manifest.serializer, str(manifest.environment.get("python", "")), where)
-    if mmap_mode is not None:
-        path = store.materialize(manifest.stream)
+    path = store.materialize(manifest.stream) if mmap_mode is not None else None
+    options = LoadOptions(
+        path=None if path is None else str(path),
+        mmap_mode=mmap_mode,
+        size=manifest.stream.size,
+        allowlist=None if allow_unsafe or signers else safety.Allowlist.from_config(trusted),
+        unsafe=allow_unsafe or bool(signers),
+        where=where,
+    )
+    if path is not None:
         with open(path, "rb") as file:
-            return chosen.load(file, path=str(path), mmap_mode=mmap_mode)
+            return chosen.load(file, options)
     # The manifest was checked against its version digest, so its chunk list is authentic.
     with store.open_descriptor(manifest.stream, authenticated=True) as file:
-        obj = chosen.load(file)
+        obj = chosen.load(file, options)
         if file.read(1):
             raise IntegrityError(f"{where} has bytes after its serialized object")
     return obj

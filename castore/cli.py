@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 import castore
+import castore.signing
 from castore.digests import PREFIX
 from castore.errors import (
     BackendError,
@@ -535,6 +536,28 @@ def cmd_forget(command: Command) -> int:
     return 0
 
 
+def cmd_key(command: Command) -> int:
+    """castore key generate [PATH]."""
+    public = castore.signing.generate_key(command.args.path)
+    command.emit(
+        {"key_id": public.key_id, "public_key": public.to_openssh()},
+        f"wrote a new Ed25519 key pair (key id {public.key_id}); to trust it, add this line "
+        f"to {castore.signing.trusted_keys_path()}:\n{public.to_openssh()}",
+    )
+    return 0
+
+
+def cmd_sign(command: Command) -> int:
+    """castore sign REF [--key PATH]."""
+    key = castore.signing.load_private_key(command.args.key)
+    signature = command.store.sign(command.args.ref, key)
+    command.emit(
+        {"reference": command.args.ref, "key_id": signature.key_id},
+        f"signed {command.store.resolve(command.args.ref)} with key {signature.key_id}",
+    )
+    return 0
+
+
 def cmd_rm(command: Command) -> int:
     """castore rm REF."""
     version = command.store.delete(command.args.ref)
@@ -721,6 +744,12 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("a")
     diff.add_argument("b")
     add("rm", cmd_rm, "delete a version (data is freed by gc)").add_argument("ref")
+    key = add("key", cmd_key, "manage signing keys: 'key generate [PATH]'")
+    key.add_argument("action", choices=["generate"])
+    key.add_argument("path", nargs="?", help="private key file (default: the user's key)")
+    sign = add("sign", cmd_sign, "sign a version with your Ed25519 key")
+    sign.add_argument("ref")
+    sign.add_argument("--key", help="private key file (default: the user's key)")
     backup = add("backup", cmd_backup, "snapshot a directory as the next version of --name")
     backup.add_argument("path")
     backup.add_argument("--name", required=True, help="the snapshot's name")

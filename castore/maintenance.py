@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from castore import catalog, layout
+from castore import catalog, layout, signing
 from castore.digests import format_digest
 from castore.errors import CastoreError, InvalidInputError, ObjectNotFoundError
 from castore.packs import (
@@ -101,6 +101,7 @@ def verify(store: Store, *, read_data: bool = True, subset: str | None = None) -
                     bad_chunks.setdefault(entry.chunk_id, f"is in damaged pack {pack_id.hex()}")
     if read_data and subset is None:
         _check_put_streams(store, report)
+    report.problems.extend(signing.verify_signatures(store).problems)
     affected = set(report.affected)
     for chunk_id, why in bad_chunks.items():
         users = reach.users.get(chunk_id, [])

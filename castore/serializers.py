@@ -5,14 +5,41 @@ from __future__ import annotations
 import os
 import pickle
 import platform
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from typing import IO, Any, Protocol
 
+from castore import safety
 from castore.errors import CastoreError, InvalidInputError
 
 
 class IncompatibleEnvironmentError(CastoreError):
     """The version cannot load in this Python (cloudpickle's output is version-bound)."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a serializer reads a stream back."""
+
+    path: str | None = None
+    """A verified local copy of the stream, for memory-mapped loads."""
+    mmap_mode: str | None = None
+    """numpy's memory-map mode for arrays (joblib only), or None to read them."""
+    size: int | None = None
+    """The stream's length, which bounds every length field read from it."""
+    allowlist: safety.Allowlist | None = None
+    """What the restricted unpickler admits; None means the built-in rules only."""
+    unsafe: bool = False
+    """Unpickle with Python's plain unpickler: only for streams from a trusted author."""
+    where: str = "the stream"
+    """How errors name the stream, e.g. "version 3 of churn/model"."""
+
+    def restrictions(self) -> safety.Allowlist:
+        """The allowlist to enforce."""
+        return self.allowlist or safety.Allowlist()
+
+
+DEFAULT_LOAD = LoadOptions()
 
 
 class Serializer(Protocol):
@@ -29,10 +56,8 @@ class Serializer(Protocol):
         """Write the object's serialized bytes to `file`."""
         ...
 
-    def load(
-        self, file: IO[bytes], *, path: str | None = None, mmap_mode: str | None = None
-    ) -> Any:
-        """Read an object back; `path` is a local copy of the stream, given for mmap loads."""
+    def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
+        """Read an object back from `file`, as `options` say."""
         ...
 
 
@@ -59,15 +84,22 @@ class JoblibSerializer:
 
         joblib.dump(obj, file)
 
-    def load(
-        self, file: IO[bytes], *, path: str | None = None, mmap_mode: str | None = None
-    ) -> Any:
-        """joblib.load, from the local copy when memory-mapping."""
-        import joblib
+    def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
+        """joblib's format, restricted unless `unsafe`; mmap loads map the local copy."""
+        if options.unsafe:
+            import joblib
 
-        if mmap_mode is not None:
-            return joblib.load(path, mmap_mode=mmap_mode)
-        return joblib.load(file)
+            if options.mmap_mode is not None:
+                return joblib.load(options.path, mmap_mode=options.mmap_mode)
+            return joblib.load(file)
+        return safety.load_joblib(
+            file,
+            options.restrictions(),
+            size=options.size,
+            path=options.path,
+            mmap_mode=options.mmap_mode,
+            where=options.where,
+        )
 
 
 class PickleSerializer:
@@ -84,11 +116,13 @@ class PickleSerializer:
         """pickle.dump with protocol 5."""
         pickle.dump(obj, file, protocol=5)
 
-    def load(
-        self, file: IO[bytes], *, path: str | None = None, mmap_mode: str | None = None
-    ) -> Any:
-        """pickle.load."""
-        return pickle.load(file)
+    def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
+        """pickle.load if `unsafe`, else the restricted unpickler (cloudpickle streams too)."""
+        if options.unsafe:
+            return pickle.load(file)
+        return safety.load_pickle(
+            file, options.restrictions(), size=options.size, where=options.where
+        )
 
 
 class CloudpickleSerializer(PickleSerializer):
@@ -136,10 +170,8 @@ class RawSerializer:
                 f"serializer 'raw' takes bytes, a binary file or a path, not {type(obj).__name__}"
             )
 
-    def load(
-        self, file: IO[bytes], *, path: str | None = None, mmap_mode: str | None = None
-    ) -> Any:
-        """The stored bytes."""
+    def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
+        """The stored bytes: nothing is interpreted, so no policy applies."""
         return file.read()
 
 

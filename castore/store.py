@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from castore import backup as backups
-from castore import catalog, layout, maintenance, transfer
+from castore import catalog, layout, maintenance, signing, transfer
 from castore.backend import Backend, open_backend
 from castore.cache import LocalCache
 from castore.catalog import Diff, LogEntry, Version
@@ -237,6 +237,7 @@ class Store:
         tags: Iterable[str] = (),
         serializer: str = "joblib",
         force: bool = False,
+        sign_with: signing.PrivateKey | None = None,
     ) -> Version:
         """Serialize `obj` straight into the store as the next version of `name`.
 
@@ -245,13 +246,48 @@ class Store:
         "pickle", "cloudpickle" and "raw" (bytes, a binary file or a path, as they are).
         """
         with self.writing():
-            return catalog.save(
+            version = catalog.save(
                 self, obj, name, metadata=metadata, tags=tags, serializer=serializer, force=force
             )
+        if sign_with is not None:
+            signing.sign(self, version.reference, sign_with)
+        return version
 
-    def load(self, ref: str, *, mmap_mode: str | None = None) -> Any:
-        """Load the object a reference designates; ``mmap_mode="r"`` memory-maps arrays."""
-        return catalog.load(self, ref, mmap_mode=mmap_mode)
+    def load(
+        self,
+        ref: str,
+        *,
+        mmap_mode: str | None = None,
+        trusted: Iterable[Any] = (),
+        allow_unsafe: bool = False,
+        require_signature: bool = False,
+        policy: signing.TrustPolicy | None = None,
+    ) -> Any:
+        """Load the object a reference designates; ``mmap_mode="r"`` memory-maps arrays.
+
+        Pickle-based streams are unpickled against an allowlist (numpy, scipy,
+        scikit-learn, standard containers, plus `trusted` and the user's config): anything
+        else is refused before it runs. Versions signed by a key of the trust `policy`
+        (default: the user's trusted keys) load unrestricted, as does `allow_unsafe`.
+        `require_signature` refuses versions no trusted key signed. See docs/SECURITY.md.
+        """
+        return catalog.load(
+            self,
+            ref,
+            mmap_mode=mmap_mode,
+            trusted=trusted,
+            allow_unsafe=allow_unsafe,
+            require_signature=require_signature,
+            policy=policy,
+        )
+
+    def sign(self, ref: str, key: signing.PrivateKey) -> signing.Signature:
+        """Sign a version (its version digest) with an Ed25519 key; several may sign."""
+        return signing.sign(self, ref, key)
+
+    def signatures(self, ref: str) -> list[signing.SignatureCheck]:
+        """Every signature of a version, each checked."""
+        return signing.signatures(self, ref)
 
     def resolve(self, ref: str) -> str:
         """The pinned form ``name@sha256:<hex>`` of any reference."""

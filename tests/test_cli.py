@@ -169,3 +169,18 @@ def test_backup_commands(location: Location, tmp_path: Path) -> None:
     assert plan["removed"] == [1] and plan["dry_run"]
     _ok(location, "forget", "runs/exp", "--keep-last", "1")
     assert [row["version"] for row in json.loads(_ok(location, "--json", "ls", "runs/exp"))] == [2]
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_key_and_sign_commands(location: Location, tmp_path: Path) -> None:
+    _ok(location, "init")
+    _ok(location, "put", "-", "--name", "m", stdin=b"model bytes")
+    key = tmp_path / "key"
+    generated = json.loads(_ok(location, "--json", "key", "generate", str(key)))
+    assert generated["public_key"].startswith("ssh-ed25519 ")
+    signed = json.loads(_ok(location, "--json", "sign", "m:1", "--key", str(key)))
+    assert signed["key_id"] == generated["key_id"]
+    with location.open() as store:
+        (check,) = store.signatures("m:1")
+        assert check.valid
+    assert "no problems found" in _ok(location, "verify")

@@ -1,0 +1,275 @@
+"""Signed versions: keys, signature objects, trust policies and require_signature."""
+
+from __future__ import annotations
+
+import dataclasses
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import castore
+from castore import catalog, layout, safety, signing, wire
+from castore.signing import PrivateKey, Signature, TrustPolicy, UntrustedVersionError
+
+RFC8032_SECRET = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
+EXAMPLE_VERSION = "e022946d0363e403655003d9a6b47ea3cd3ff5090496ed50a1090d25dd0131e9"
+EXAMPLE_OBJECT = (  # docs/FORMAT-signatures.md, appendix
+    "86a776657273696f6e01a9616c676f726974686da765643235353139a86d616e"
+    "6966657374c420e022946d0363e403655003d9a6b47ea3cd3ff5090496ed50a1"
+    "090d25dd0131e9a36b6579c420d75a980182b10ab7d54bfed3c964073a0ee172"
+    "f3daa62325af021a68f707511aa97369676e6174757265c440abbac848a79616"
+    "5de9c0c07a768d85e1701b4ce83755c6961d96a13bbbfe55c6c4e48e81d3b215"
+    "5548fc04ba7fe269fb619822c26ba764d01cc96ee33c3d6d0da7637265617465"
+    "64b9323032352d30312d33315431323a30303a30302b30303a3030"
+)
+
+
+@pytest.fixture(autouse=True)
+def private_config(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test gets its own (empty) user configuration, never the user's."""
+    folder = tmp_path_factory.mktemp("config")
+    monkeypatch.setenv(safety.CONFIG_DIR_VARIABLE, str(folder))
+    return folder
+
+
+@pytest.fixture
+def alice() -> PrivateKey:
+    """The key whose signatures are trusted."""
+    return PrivateKey.generate("alice@example")
+
+
+@pytest.fixture
+def mallory() -> PrivateKey:
+    """Someone else's key."""
+    return PrivateKey.generate("mallory")
+
+
+def test_the_specified_example_signature_object_is_what_castore_writes() -> None:
+    key = PrivateKey(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(RFC8032_SECRET)))
+    digest = bytes.fromhex(EXAMPLE_VERSION)
+    made = Signature(
+        digest,
+        key.public_key,
+        key.sign(signing.signing_message(digest)),
+        "2025-01-31T12:00:00+00:00",
+    )
+    assert made.encode().hex() == EXAMPLE_OBJECT
+    assert key.public_key.key_id == (
+        "21fe31dfa154a261626bf854046fd2271b7bed4b6abe45aa58877ef47f9721b9"
+    )
+    assert made.path == f"signatures/e0/{EXAMPLE_VERSION}/{key.public_key.key_id}"
+    decoded = Signature.decode(bytes.fromhex(EXAMPLE_OBJECT), digest, key.public_key.key_id)
+    assert decoded == made and decoded.is_valid()
+
+
+def test_generated_keys_are_private_never_overwritten_and_load_back(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "castore_key"
+    public = signing.generate_key(path, comment="ci@example")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert (tmp_path / "keys" / "castore_key.pub").read_text().startswith("ssh-ed25519 AAAA")
+    loaded = signing.load_private_key(path)
+    assert loaded.public_key == public and loaded.public_key.comment == "ci@example"
+    assert signing.load_public_key(tmp_path / "keys" / "castore_key.pub") == public
+    with pytest.raises(castore.InvalidInputError, match="never overwrites"):
+        signing.generate_key(path)
+    path.chmod(0o644)
+    with pytest.raises(castore.InvalidInputError, match="chmod 600"):
+        signing.load_private_key(path)
+
+
+def test_the_default_key_lives_in_the_user_config(private_config: Path) -> None:
+    public = signing.generate_key()
+    assert signing.default_key_path() == private_config / signing.SIGNING_KEY_FILE
+    assert signing.load_private_key().public_key == public
+
+
+def test_trusted_keys_come_from_the_user_config_or_the_caller(
+    private_config: Path, alice: PrivateKey, mallory: PrivateKey, tmp_path: Path
+) -> None:
+    assert TrustPolicy.from_config().keys == ()
+    signing.trusted_keys_path().write_text(
+        f"# the release team\n{alice.public_key.to_openssh()}\n\n"
+    )
+    policy = TrustPolicy.from_config()
+    assert policy.trusts(alice.public_key.key_id) and not policy.trusts(mallory.public_key.key_id)
+    assert policy.keys[0].comment == "alice@example"
+    pub = tmp_path / "mallory.pub"
+    pub.write_text(mallory.public_key.to_openssh())
+    both = TrustPolicy.of([alice.public_key, pub, mallory.public_key.to_openssh()])
+    assert [k.key_id for k in both.keys] == [
+        alice.public_key.key_id,
+        mallory.public_key.key_id,
+        mallory.public_key.key_id,
+    ]
+    signing.trusted_keys_path().write_text("ssh-ed25519 AAAA\nssh-rsa AAAAB3Nza x\n")
+    with pytest.raises(castore.InvalidInputError, match="line 1"):
+        TrustPolicy.from_config()
+
+
+def test_a_signed_version_loads_under_require_signature(
+    store: castore.Store, alice: PrivateKey
+) -> None:
+    version = store.save({"weights": [1, 2, 3]}, "m")
+    signature = signing.sign(store, "m:1", alice)
+    assert signature.version_digest.hex() == version.digest[7:] and signature.is_valid()
+    policy = TrustPolicy.of([alice.public_key])
+    loaded = catalog.load(store, "m:latest", require_signature=True, policy=policy)
+    assert loaded == {"weights": [1, 2, 3]}
+    assert signing.check(store, version.digest, policy) == [alice.public_key.key_id]
+    assert [c.valid for c in signing.signatures(store, "m")] == [True]
+    # Signing again keeps the signature; a second key adds one.
+    assert signing.sign(store, version.reference, alice) == signature
+    signing.sign(store, version.reference, PrivateKey.generate())
+    assert len(signing.signatures(store, "m")) == 2
+    # The user's own config is the default policy.
+    signing.trusted_keys_path().write_text(alice.public_key.to_openssh() + "\n")
+    assert catalog.load(store, "m", require_signature=True) == {"weights": [1, 2, 3]}
+
+
+def test_unsigned_or_wrongly_signed_versions_are_refused_naming_the_signers(
+    store: castore.Store, alice: PrivateKey, mallory: PrivateKey
+) -> None:
+    policy = TrustPolicy.of([alice.public_key])
+    store.save({"v": 1}, "m")
+    with pytest.raises(UntrustedVersionError, match=r"version 1 of m .*Signed by: no key") as error:
+        catalog.load(store, "m", require_signature=True, policy=policy)
+    assert alice.public_key.key_id in str(error.value)  # the trusted keys are listed too
+    assert isinstance(error.value, castore.IntegrityError)
+
+    signing.sign(store, "m:1", mallory)
+    with pytest.raises(UntrustedVersionError) as error:
+        catalog.load(store, "m", require_signature=True, policy=policy)
+    assert f"{mallory.public_key.key_id} (valid, but not a trusted key)" in str(error.value)
+
+    signing.sign(store, "m:1", alice)
+    _tamper(store, signing.signature_path(_digest(store, "m:1"), alice.public_key.key_id))
+    with pytest.raises(UntrustedVersionError, match="invalid: the signature is forged"):
+        catalog.load(store, "m", require_signature=True, policy=policy)
+    # Without require_signature the version still loads (through the restricted unpickler).
+    assert catalog.load(store, "m", policy=policy) == {"v": 1}
+
+
+def test_a_signature_of_another_version_does_not_count(
+    store: castore.Store, alice: PrivateKey
+) -> None:
+    policy = TrustPolicy.of([alice.public_key])
+    store.save({"v": 1}, "m")
+    store.save({"v": 2}, "m")
+    signature = signing.sign(store, "m:1", alice)
+    moved = signing.signature_path(_digest(store, "m:2"), alice.public_key.key_id)
+    store.backend.write(moved, store.backend.read(signature.path))
+    with pytest.raises(UntrustedVersionError, match="signs another version"):
+        catalog.load(store, "m:2", require_signature=True, policy=policy)
+    assert catalog.load(store, "m:1", require_signature=True, policy=policy) == {"v": 1}
+
+
+def test_a_manifest_swapped_under_a_signed_ref_is_caught(
+    store: castore.Store, alice: PrivateKey
+) -> None:
+    policy = TrustPolicy.of([alice.public_key])
+    store.save({"approved": True}, "m")
+    store.save({"other": True}, "n")
+    signing.sign(store, "m:1", alice)
+    signing.sign(store, "n:1", alice)
+    ref_path = "refs/m/@versions/1"
+    original = store.backend.read(ref_path)
+    # Another name's (signed) manifest under m's ref: the manifest names n, not m.
+    store.backend.write(ref_path, original.replace(_digest(store, "m:1"), _digest(store, "n:1")))
+    with pytest.raises(castore.IntegrityError, match="swapped"):
+        catalog.load(store, "m:1", require_signature=True, policy=policy)
+    # A forged manifest for m:1 itself (same name and number): only the signature can tell.
+    digest = _digest_of_ref(original)
+    forged = dataclasses.replace(
+        catalog.read_manifest(store, digest), metadata={"approved": "forged"}
+    )
+    data = forged.encode()
+    store.backend.write(layout.manifest_path(layout.digest_of(data)), data)
+    store.backend.write(ref_path, original.replace(digest, layout.digest_of(data)))
+    assert store.load("m:1") == {"approved": True}  # same stream; the manifest differs
+    with pytest.raises(UntrustedVersionError, match=r"version 1 of m \(sha256:"):
+        catalog.load(store, "m:1", require_signature=True, policy=policy)
+
+
+def test_a_trusted_signature_lets_the_plain_unpickler_load(
+    store: castore.Store, alice: PrivateKey, mallory: PrivateKey
+) -> None:
+    version = store.save(lambda x: x + 1, "f", serializer="cloudpickle")
+    with pytest.raises(safety.UnsafeObjectError):
+        store.load(version.reference)
+    signing.sign(store, version.reference, mallory)
+    with pytest.raises(safety.UnsafeObjectError):
+        catalog.load(store, version.reference, policy=TrustPolicy.of([alice.public_key]))
+    signing.sign(store, version.reference, alice)
+    increment = catalog.load(store, version.reference, policy=TrustPolicy.of([alice.public_key]))
+    assert increment(1) == 2
+    assert catalog.load(store, version.reference, allow_unsafe=True)(2) == 3
+
+
+def test_verify_signatures_reports_every_bad_object(
+    store: castore.Store, alice: PrivateKey
+) -> None:
+    store.save({"v": 1}, "m")
+    store.save({"v": 2}, "m")
+    good = signing.sign(store, "m:1", alice)
+    assert signing.verify_signatures(store) == signing.SignatureAudit(checked=1, valid=1)
+    tampered = signing.sign(store, "m:2", alice)
+    _tamper(store, tampered.path)
+    missing = bytes(32)
+    orphan = Signature(missing, alice.public_key, alice.sign(signing.signing_message(missing)))
+    store.backend.write(orphan.path, orphan.encode())
+    store.backend.write(f"{signing.signature_folder(missing)}/not-a-key-id", b"junk")
+    store.backend.write("signatures/zz/junk", b"junk")
+    audit = signing.verify_signatures(store)
+    assert (audit.checked, audit.valid) == (5, 1)
+    problems = "\n".join(audit.problems)
+    assert good.path not in problems
+    assert f"{tampered.path}: the signature is forged" in problems
+    assert f"{orphan.path}: signs sha256:{'0' * 64}, a missing version" in problems
+    assert "not-a-key-id: not a signature object path" in problems
+    assert "signatures/zz/junk: not a signature object path" in problems
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda raw: raw.update(version=2), "format version 2"),
+        (lambda raw: raw.update(algorithm="rsa"), "unknown algorithm"),
+        (lambda raw: raw.update(key=bytes(31)), "'key' is 31 bytes"),
+        (lambda raw: raw.update(key=bytes(32)), "holds the key"),
+        (lambda raw: raw.update(signature="text"), "should be bytes"),
+        (lambda raw: raw.update(created="x" * 100), "overlong"),
+        (lambda raw: raw.pop("manifest"), "lacks the field"),
+        (lambda raw: raw.update(padding="x" * 2000), "more than 1024"),
+    ],
+)
+def test_malformed_signature_objects_are_castore_errors(
+    change: Callable[[dict[str, Any]], object], message: str
+) -> None:
+    key = PrivateKey.generate()
+    digest = bytes(range(32))
+    good = Signature(digest, key.public_key, key.sign(signing.signing_message(digest)))
+    raw = wire.decode_map(good.encode(), "test")
+    change(raw)
+    with pytest.raises(castore.CastoreError, match=message):
+        Signature.decode(wire.encode(raw), digest, key.public_key.key_id)
+
+
+def _digest(store: castore.Store, ref: str) -> bytes:
+    return catalog.resolve(store, ref)[1]
+
+
+def _digest_of_ref(ref_object: bytes) -> bytes:
+    return wire.decode_map(ref_object, "ref")["manifest"]
+
+
+def _tamper(store: castore.Store, path: str) -> None:
+    """Flip one bit of the signature bytes inside a signature object."""
+    raw = wire.decode_map(store.backend.read(path), path)
+    raw["signature"] = bytes([raw["signature"][0] ^ 1]) + raw["signature"][1:]
+    store.backend.write(path, wire.encode(raw))
