@@ -25,6 +25,8 @@ from castore.streams import StreamDescriptor
 MANIFEST_VERSION = 1
 MAX_METADATA_BYTES = 64 * 1024
 KINDS = ("object", "file", "tree")
+MAX_METADATA_DEPTH = wire.MAX_DEPTH - 2
+"""Metadata sits two levels down in a manifest, whose whole nesting is bounded."""
 TRACKED_PACKAGES = ("numpy", "scipy", "sklearn", "torch", "joblib", "cloudpickle", "pandas")
 _DISTRIBUTIONS = {"sklearn": "scikit-learn"}
 
@@ -65,6 +67,8 @@ def normalize_metadata(metadata: object) -> dict[str, Any]:
             f"metadata is {len(encoded)} bytes encoded; the limit is {MAX_METADATA_BYTES}"
         )
     normalized = msgpack.unpackb(encoded, raw=False, strict_map_key=False)
+    if wire.depth_of(normalized) > MAX_METADATA_DEPTH:
+        raise InvalidInputError(f"metadata nests more than {MAX_METADATA_DEPTH} levels deep")
     _check_string_keys(normalized)
     return normalized
 

@@ -28,7 +28,33 @@ def decode_map(data: bytes, what: str) -> dict[str, Any]:
         raise IntegrityError(f"{what} is not valid msgpack: {exc}") from exc
     if not isinstance(value, dict):
         raise IntegrityError(f"{what} is not a msgpack map")
+    deepest = depth_of(value)
+    if deepest > MAX_DEPTH:
+        raise IntegrityError(f"{what} nests more than {MAX_DEPTH} levels deep")
     return value
+
+
+MAX_DEPTH = 32
+"""Deepest nesting of maps and lists a stored structure may have."""
+
+
+def depth_of(value: Any) -> int:
+    """How deeply maps and lists nest in `value` (iteratively: absurd input cannot recurse).
+
+    Absurdly nested data is refused, because repr, json and comparisons of it recurse.
+    """
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def field(mapping: dict[str, Any], key: str, kind: type[T], what: str) -> T:

@@ -544,12 +544,6 @@ def test_restricted_joblib_loader(data: bytes) -> None:
     survive("safety.load_joblib", load, len(data))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="castore/wire.py decode_map does not bound nesting depth: a manifest whose "
-    "metadata nests ~1000 lists decodes, then repr(), json.dumps (castore info --json) and "
-    "deep comparisons raise RecursionError",
-)
 def test_deeply_nested_manifest_metadata_is_refused() -> None:
     fields = msgpack.unpackb(MANIFESTS[0], raw=False)
     fields["metadata"] = {}

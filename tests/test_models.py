@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -241,7 +242,14 @@ def test_unknown_names_and_versions_say_what_exists(store: castore.Store) -> Non
 
 
 @pytest.mark.parametrize(
-    "metadata", [{"when": object()}, {1: "int key"}, {"big": "x" * 70_000}, ["not", "a", "dict"]]
+    "metadata",
+    [
+        {"when": object()},
+        {1: "int key"},
+        {"big": "x" * 70_000},
+        ["not", "a", "dict"],
+        {"deep": functools.reduce(lambda inner, _: [inner], range(40), 1)},
+    ],
 )
 def test_bad_metadata_is_refused_before_anything_is_written(store: castore.Store, metadata) -> None:
     with pytest.raises(castore.InvalidInputError):
