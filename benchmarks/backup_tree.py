@@ -23,7 +23,7 @@ import castore
 from benchmarks.markdown import Target, mib, table
 from benchmarks.measure import du_bytes, timed
 from benchmarks.peers import BorgPeer, PeerStatus, ResticPeer, _run, find_archivers, restic_summary
-from castore.backup import BackupStats, Snapshot
+from castore.snapshots.backup import BackupStats, Snapshot
 
 ISSUE = 4
 TREE_NAME = "tree"

@@ -13,7 +13,7 @@ import numpy as np
 import castore
 from benchmarks.measure import Case, Measurement, du_bytes, run_rounds, timed
 from benchmarks.workload import dump
-from castore.writer import WriteStats
+from castore.engine.writer import WriteStats
 
 
 @dataclass(frozen=True)

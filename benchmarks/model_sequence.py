@@ -23,8 +23,8 @@ import joblib
 import numpy as np
 import zstandard
 
-from castore.chunking import Chunker
-from castore.config import ChunkerParams
+from castore.engine.chunking import Chunker
+from castore.format.config import ChunkerParams
 
 TENSOR_COUNT = 32
 CHANGED_TENSORS = (3, 14, 27)

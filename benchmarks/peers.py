@@ -22,7 +22,7 @@ import joblib
 
 import castore
 from benchmarks.measure import du_bytes
-from castore.writer import WriteStats
+from castore.engine.writer import WriteStats
 
 MODEL_NAME = "model"
 PLAIN_FILE = "model.pkl"

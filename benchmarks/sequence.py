@@ -39,7 +39,7 @@ from benchmarks.peers import (
     StagedVersion,
     find_archivers,
 )
-from castore.writer import WriteStats
+from castore.engine.writer import WriteStats
 
 Log = Callable[[str], None]
 CHUNK_SIZES_KIB = (16, 32, 64, 128)

@@ -1,10 +1,9 @@
 """castore: a content-addressed, deduplicated, verified store for ML models and backups."""
 
-from castore.catalog import Diff, LogEntry, Version
-from castore.config import ChunkerParams, CompressionParams, StoreConfig
 from castore.errors import (
     BackendError,
     CastoreError,
+    IncompatibleEnvironmentError,
     IntegrityError,
     InvalidInputError,
     NotAStoreError,
@@ -12,9 +11,10 @@ from castore.errors import (
     StoreExistsError,
     UnsupportedFormatError,
 )
-from castore.serializers import IncompatibleEnvironmentError
+from castore.format.config import ChunkerParams, CompressionParams, StoreConfig
 from castore.store import Store, init, load
 from castore.store import open_store as open
+from castore.versions.catalog import Diff, LogEntry, Version
 
 __all__ = [
     "BackendError",

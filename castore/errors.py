@@ -39,3 +39,36 @@ class ObjectExistsError(CastoreError):
 
 class ObjectNotFoundError(NotFoundError):
     """The backend holds no object under the requested path."""
+
+
+class UnsafeObjectError(CastoreError):
+    """A serialized object needs a global (or a call) that the load policy does not allow."""
+
+    def __init__(self, message: str, global_name: str | None = None) -> None:
+        super().__init__(message)
+        self.global_name = global_name
+        """The refused global, as ``module.qualified_name``; None for a refused operation."""
+
+
+class DeserializationError(CastoreError):
+    """A serialized stream is malformed, or rebuilding an allowed object from it failed."""
+
+
+class StoreBusyError(CastoreError):
+    """gc and writers exclude each other, and the other side is active."""
+
+
+class LeaseExpiredError(CastoreError):
+    """The writer could not keep its lease fresh, so it must not publish what it wrote."""
+
+
+class UntrustedVersionError(IntegrityError):
+    """A version that must be signed carries no valid signature by a trusted key."""
+
+
+class IncompatibleEnvironmentError(CastoreError):
+    """The version cannot load in this Python (cloudpickle's output is version-bound)."""
+
+
+class ConflictError(CastoreError):
+    """Concurrent writers kept taking what this operation needed; retrying may succeed."""

@@ -11,13 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from castore import backup as backups
-from castore import catalog, layout, maintenance, signing, transfer
 from castore.backend import Backend, open_backend
-from castore.cache import LocalCache
-from castore.catalog import Diff, LogEntry, Version
-from castore.config import StoreConfig
-from castore.digests import format_digest, parse_digest
+from castore.engine.cache import LocalCache
+from castore.engine.index import Index
+from castore.engine.leases import WriterLease
+from castore.engine.reader import StreamReader, iter_stream
+from castore.engine.refs import RefStore, TagEvent
+from castore.engine.writer import StreamWriter, WriteSession, WriteStats
 from castore.errors import (
     BackendError,
     IntegrityError,
@@ -28,15 +28,20 @@ from castore.errors import (
     ObjectNotFoundError,
     StoreExistsError,
 )
-from castore.gc import DEFAULT_REPACK_THRESHOLD, GcReport, gc
-from castore.index import Index
-from castore.leases import WriterLease
-from castore.maintenance import RepairReport, StoreStats, VerifyReport
-from castore.reader import StreamReader, iter_stream
-from castore.refs import STORE_SEPARATOR, RefStore, TagEvent, parse_reference
-from castore.streams import StreamDescriptor, decode_stream_object, encode_stream_object
-from castore.tree import Entry
-from castore.writer import StreamWriter, WriteSession, WriteStats
+from castore.format import layout
+from castore.format.config import StoreConfig
+from castore.format.digests import format_digest, parse_digest
+from castore.format.names import STORE_SEPARATOR, parse_reference
+from castore.format.streams import StreamDescriptor, decode_stream_object, encode_stream_object
+from castore.format.tree import Entry
+from castore.maintenance import copy as transfer
+from castore.maintenance import verify as maintenance
+from castore.maintenance.gc import DEFAULT_REPACK_THRESHOLD, GcReport, gc
+from castore.maintenance.verify import RepairReport, StoreStats, VerifyReport
+from castore.snapshots import backup as backups
+from castore.trust import signatures as signing
+from castore.versions import catalog
+from castore.versions.catalog import Diff, LogEntry, Version
 
 Source = bytes | bytearray | memoryview | BinaryIO | os.PathLike[str]
 """What `put` accepts: bytes, a binary file object, or the path of a file."""

@@ -8,7 +8,7 @@ import sys
 import time
 
 import castore
-from castore.leases import StoreBusyError
+from castore.errors import StoreBusyError
 from tests.helpers import pattern
 
 

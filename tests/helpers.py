@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import castore
-from castore import layout
-from castore.digests import parse_digest
-from castore.streams import StreamDescriptor
+from castore.format import layout
+from castore.format.digests import parse_digest
+from castore.format.streams import StreamDescriptor
 
 
 def pattern(size: int, seed: int = 0) -> bytes:

@@ -27,11 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import castore
-import castore.manifest
-from castore import backup as bk
-from castore.catalog import commit_version
-from castore.ignore import IgnoreRules
-from castore.tree import (
+import castore.format.manifest
+from castore.format.tree import (
     DIR,
     EMPTY_SHA256,
     FILE,
@@ -45,6 +42,9 @@ from castore.tree import (
     read_tree,
     sort_key,
 )
+from castore.snapshots import backup as bk
+from castore.snapshots.ignore import IgnoreRules
+from castore.versions.catalog import commit_version
 from tests.conftest import Location
 from tests.helpers import pattern
 
@@ -309,7 +309,7 @@ def test_special_and_vanished_files_are_skipped_and_recorded(
 UNREADABLE_SCRIPT = """
 import json, sys
 import castore
-from castore import backup as bk
+from castore.snapshots import backup as bk
 url, options, src = json.loads(sys.argv[1])
 with castore.init(url, **options) as store:
     snap = bk.backup(store, src, "backups/denied")
@@ -576,7 +576,7 @@ def test_forget_applies_restic_policies_to_snapshot_times(
     store: castore.Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "f").write_bytes(b"f")
-    monkeypatch.setattr(castore.manifest, "datetime", _Clock)
+    monkeypatch.setattr(castore.format.manifest, "datetime", _Clock)
     for when in FORGET_TIMES:
         _Clock.current = when
         bk.backup(store, tmp_path, "backups/daily")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from castore.chunking import Chunker
-from castore.config import ChunkerParams
+from castore.engine.chunking import Chunker
+from castore.format.config import ChunkerParams
 from tests.helpers import pattern
 
 PARAMS = ChunkerParams(min_size=256, avg_size=1024, max_size=4096)

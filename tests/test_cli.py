@@ -18,7 +18,7 @@ from tests.helpers import pattern
 def _cli(location: Location, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     options = [f"--option={k}={v}" for k, v in location.options.items()]
     return subprocess.run(
-        [sys.executable, "-m", "castore.cli", "--store", location.url, *options, *args],
+        [sys.executable, "-m", "castore", "--store", location.url, *options, *args],
         input=stdin,
         capture_output=True,
         env={**os.environ, "CASTORE_STORE": ""},
@@ -97,20 +97,20 @@ def test_exit_codes_are_reliable(location: Location, tmp_path: Path) -> None:
         store.backend.delete("refs/chain/@versions/2")  # a version vanishes behind our back
     broken = _cli(location, "log", "chain", "--verify")
     assert broken.returncode == 1 and b"chain:2: version is missing" in broken.stdout
-    bad = subprocess.run([sys.executable, "-m", "castore.cli", "frobnicate"], capture_output=True)
+    bad = subprocess.run([sys.executable, "-m", "castore", "frobnicate"], capture_output=True)
     assert bad.returncode == 2 and b"invalid choice" in bad.stderr
 
 
 def test_help_lists_examples_and_exit_codes() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "castore.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "castore", "--help"], capture_output=True, text=True, check=True
     )
     assert "examples:" in result.stdout and "exit codes" in result.stdout
 
 
 def test_missing_store_is_a_usage_error() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "castore.cli", "ls"],
+        [sys.executable, "-m", "castore", "ls"],
         capture_output=True,
         text=True,
         env={**os.environ, "CASTORE_STORE": ""},
@@ -133,7 +133,7 @@ def test_maintenance_commands(location: Location, tmp_path: Path) -> None:
     assert json.loads(_ok(location, "--json", "verify", "--read-data-subset", "1/2"))["ok"]
     assert json.loads(_ok(location, "--json", "repair"))["lost_chunks"] == 0
     dest = tmp_path / "copy"
-    subprocess.run([sys.executable, "-m", "castore.cli", "--store", str(dest), "init"], check=True)
+    subprocess.run([sys.executable, "-m", "castore", "--store", str(dest), "init"], check=True)
     copied = json.loads(_ok(location, "--json", "copy", "m", str(dest)))
     assert [v["version"] for v in copied] == [1, 3]
     bad = _cli(location, "verify", "--read-data-subset", "lots")

@@ -36,14 +36,16 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
-from castore import safety, signing, tree
 from castore.backend import open_backend
-from castore.compression import Codec, decode_chunk, encode_chunk
-from castore.config import ChunkerParams, CompressionParams, StoreConfig
+from castore.engine.refs import RefStore
 from castore.errors import CastoreError
-from castore.index import decode_index_object, encode_index_object
-from castore.manifest import Manifest
-from castore.packs import (
+from castore.format import tree
+from castore.format.compression import Codec, decode_chunk, encode_chunk
+from castore.format.config import ChunkerParams, CompressionParams, StoreConfig
+from castore.format.index import decode_index_object, encode_index_object
+from castore.format.manifest import Manifest
+from castore.format.names import parse_reference
+from castore.format.packs import (
     ENTRY,
     HEADER,
     TRAILER,
@@ -52,9 +54,10 @@ from castore.packs import (
     decode_entries,
     footer_location,
 )
-from castore.refs import RefStore, parse_reference
-from castore.streams import StreamDescriptor, decode_stream_object, encode_stream_object
-from castore.tree import Entry, read_tree
+from castore.format.streams import StreamDescriptor, decode_stream_object, encode_stream_object
+from castore.format.tree import Entry, read_tree
+from castore.safety import unpickler as safety
+from castore.trust import signatures as signing
 from tests.helpers import pattern
 
 EXAMPLES = int(os.environ.get("CASTORE_FUZZ_EXAMPLES", "100"))

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 import castore
-from castore import leases
-from castore.leases import GcMarker, LeaseExpiredError, StoreBusyError
+from castore.engine import leases
+from castore.engine.leases import GcMarker
+from castore.errors import LeaseExpiredError, StoreBusyError
 from tests.conftest import SMALL_PACKS, Location
 from tests.helpers import location_args, pack_paths, pattern, spawn
 
@@ -71,7 +72,7 @@ def test_a_writer_steps_back_while_gc_runs(
     with location.init() as collector, location.open() as writer:
         with GcMarker(collector.backend), pytest.raises(StoreBusyError, match="gc is running"):
             writer.put(b"blocked")
-        assert writer.put(b"after gc") == castore.digests.format_digest(
+        assert writer.put(b"after gc") == castore.format.digests.format_digest(
             __import__("hashlib").sha256(b"after gc").digest()
         )
 

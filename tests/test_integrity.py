@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 import castore
-from castore import layout, wire
-from castore.config import StoreConfig
-from castore.packs import ENTRY, HEADER, TRAILER
-from castore.streams import StreamDescriptor, encode_stream_object
+from castore.format import layout, wire
+from castore.format.config import StoreConfig
+from castore.format.packs import ENTRY, HEADER, TRAILER
+from castore.format.streams import StreamDescriptor, encode_stream_object
 from tests.conftest import Location
 from tests.helpers import flip_byte, pack_paths, pattern, stream_object_path
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import castore
-from castore import catalog, layout
+from castore.format import layout
+from castore.versions import catalog
 from tests.conftest import SMALL_PACKS, Location
 from tests.helpers import flip_byte, pack_paths, pattern
 

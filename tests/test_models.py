@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import castore
-from castore import catalog, layout
+from castore.format import layout
+from castore.versions import catalog
 from tests.conftest import Location
 from tests.helpers import location_args, pack_paths, spawn
 

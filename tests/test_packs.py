@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from castore.compression import Codec
 from castore.errors import IntegrityError
-from castore.packs import (
+from castore.format.compression import Codec
+from castore.format.packs import (
     ENTRY,
     TRAILER,
     PackBuilder,

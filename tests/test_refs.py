@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import castore
-from castore.refs import Reference, check_name, parse_reference
+from castore.format.names import Reference, check_name, parse_reference
 
 component = st.from_regex(r"[a-z0-9_][a-z0-9._-]{0,12}", fullmatch=True).filter(
     lambda c: c != "sha256"

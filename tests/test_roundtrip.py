@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import castore
-from castore import layout
+from castore.format import layout
 from tests.conftest import SMALL_PACKS, Location
 from tests.helpers import pattern
 

@@ -28,8 +28,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import castore
-from castore import catalog, safety
-from castore.safety import Allowlist, DeserializationError, UnsafeObjectError
+import castore.errors
+from castore.errors import DeserializationError, UnsafeObjectError
+from castore.safety import unpickler as safety
+from castore.safety.unpickler import Allowlist
+from castore.trust import userconfig
+from castore.versions import catalog
 
 SERIALIZERS = ["joblib", "pickle", "cloudpickle"]
 
@@ -40,7 +44,7 @@ def private_config(
 ) -> Path:
     """Each test gets its own (empty) user configuration, never the user's."""
     folder = tmp_path_factory.mktemp("config")
-    monkeypatch.setenv(safety.CONFIG_DIR_VARIABLE, str(folder))
+    monkeypatch.setenv(userconfig.CONFIG_DIR_VARIABLE, str(folder))
     return folder
 
 

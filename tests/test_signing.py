@@ -12,8 +12,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import castore
-from castore import catalog, layout, safety, signing, wire
-from castore.signing import PrivateKey, Signature, TrustPolicy, UntrustedVersionError
+import castore.errors
+from castore.errors import UntrustedVersionError
+from castore.format import layout, wire
+from castore.trust import signatures as signing
+from castore.trust import userconfig
+from castore.trust.signatures import PrivateKey, Signature, TrustPolicy
+from castore.versions import catalog
 
 RFC8032_SECRET = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
 EXAMPLE_VERSION = "e022946d0363e403655003d9a6b47ea3cd3ff5090496ed50a1090d25dd0131e9"
@@ -34,7 +39,7 @@ def private_config(
 ) -> Path:
     """Each test gets its own (empty) user configuration, never the user's."""
     folder = tmp_path_factory.mktemp("config")
-    monkeypatch.setenv(safety.CONFIG_DIR_VARIABLE, str(folder))
+    monkeypatch.setenv(userconfig.CONFIG_DIR_VARIABLE, str(folder))
     return folder
 
 
@@ -148,7 +153,7 @@ def test_unsigned_or_wrongly_signed_versions_are_refused_naming_the_signers(
     assert f"{mallory.public_key.key_id} (valid, but not a trusted key)" in str(error.value)
 
     signing.sign(store, "m:1", alice)
-    _tamper(store, signing.signature_path(_digest(store, "m:1"), alice.public_key.key_id))
+    _tamper(store, layout.signature_path(_digest(store, "m:1"), alice.public_key.key_id))
     with pytest.raises(UntrustedVersionError, match="invalid: the signature is forged"):
         catalog.load(store, "m", require_signature=True, policy=policy)
     # Without require_signature the version still loads (through the restricted unpickler).
@@ -162,7 +167,7 @@ def test_a_signature_of_another_version_does_not_count(
     store.save({"v": 1}, "m")
     store.save({"v": 2}, "m")
     signature = signing.sign(store, "m:1", alice)
-    moved = signing.signature_path(_digest(store, "m:2"), alice.public_key.key_id)
+    moved = layout.signature_path(_digest(store, "m:2"), alice.public_key.key_id)
     store.backend.write(moved, store.backend.read(signature.path))
     with pytest.raises(UntrustedVersionError, match="signs another version"):
         catalog.load(store, "m:2", require_signature=True, policy=policy)
@@ -200,10 +205,10 @@ def test_a_trusted_signature_lets_the_plain_unpickler_load(
     store: castore.Store, alice: PrivateKey, mallory: PrivateKey
 ) -> None:
     version = store.save(lambda x: x + 1, "f", serializer="cloudpickle")
-    with pytest.raises(safety.UnsafeObjectError):
+    with pytest.raises(castore.errors.UnsafeObjectError):
         store.load(version.reference)
     signing.sign(store, version.reference, mallory)
-    with pytest.raises(safety.UnsafeObjectError):
+    with pytest.raises(castore.errors.UnsafeObjectError):
         catalog.load(store, version.reference, policy=TrustPolicy.of([alice.public_key]))
     signing.sign(store, version.reference, alice)
     increment = catalog.load(store, version.reference, policy=TrustPolicy.of([alice.public_key]))
@@ -223,7 +228,7 @@ def test_verify_signatures_reports_every_bad_object(
     missing = bytes(32)
     orphan = Signature(missing, alice.public_key, alice.sign(signing.signing_message(missing)))
     store.backend.write(orphan.path, orphan.encode())
-    store.backend.write(f"{signing.signature_folder(missing)}/not-a-key-id", b"junk")
+    store.backend.write(f"{layout.signature_folder(missing)}/not-a-key-id", b"junk")
     store.backend.write("signatures/zz/junk", b"junk")
     audit = signing.verify_signatures(store)
     assert (audit.checked, audit.valid) == (5, 1)

@@ -1,0 +1,1 @@
+"""The ``castore`` command, built on the public API only."""

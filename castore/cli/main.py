@@ -1,0 +1,831 @@
+"""The ``castore`` command line: the Python API for shells and scripts.
+
+Exit codes: 0 success; 1 integrity problem or failed verification; 2 invalid input or
+usage; 3 not found; 4 storage backend failure; 5 any other castore error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+import castore
+from castore.errors import (
+    BackendError,
+    CastoreError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+)
+from castore.format.digests import PREFIX
+from castore.maintenance.gc import DEFAULT_REPACK_THRESHOLD
+from castore.trust import signatures
+from castore.versions import catalog
+
+EXIT_CODES: list[tuple[type[CastoreError], int]] = [
+    (IntegrityError, 1),
+    (InvalidInputError, 2),
+    (NotFoundError, 3),
+    (BackendError, 4),
+    (CastoreError, 5),
+]
+
+EPILOG = """\
+examples:
+  castore --store ./models init
+  castore put weights.bin                     # -> sha256:<content digest>
+  castore put model.onnx --name churn/onnx --tag candidate --meta auc=0.91
+  castore ls                                  # names, latest versions, tags
+  castore log churn/onnx --verify             # history, hash chain checked
+  castore tag churn/onnx:3 production
+  castore resolve churn/onnx:production       # -> churn/onnx@sha256:<version digest>
+  castore get churn/onnx@sha256:<hex> -o model.onnx
+  castore diff churn/onnx:2 churn/onnx:3
+  castore --json info churn/onnx:latest
+  castore backup runs/exp-42 --name backups/exp-42 --exclude '*.tmp'
+  castore ls backups/exp-42:1 checkpoints; castore diff backups/exp-42:1 backups/exp-42:2
+  castore restore backups/exp-42:1 out/ checkpoints/best.pt
+  castore forget backups/exp-42 --keep-last 3 --keep-daily 7 --dry-run
+
+The store is --store URL or $CASTORE_STORE (a path, file://, s3://bucket/prefix...).
+S3 settings come from the usual AWS variables, or --option endpoint_url=http://... .
+exit codes: 0 ok, 1 integrity problem, 2 invalid input, 3 not found, 4 backend error,
+5 other castore error.
+"""
+
+PROGRESS_DELAY = 1.0
+"""Seconds before a progress bar appears: quick transfers stay quiet."""
+
+
+def _parse_pairs(pairs: list[str], what: str) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"{what} must look like key=value, got {pair!r}")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+class Command:
+    """One invocation: parsed arguments, the opened store, and output helpers."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self._store: castore.Store | None = None
+
+    @property
+    def store(self) -> castore.Store:
+        """The store named by --store or $CASTORE_STORE, opened on first use."""
+        if self._store is None:
+            url = self.args.store or os.environ.get("CASTORE_STORE")
+            if not url:
+                raise InvalidInputError("no store given: use --store URL or set CASTORE_STORE")
+            options = _parse_pairs(self.args.option, "--option")
+            opener = castore.init if self.args.command == "init" else castore.open
+            self._store = opener(url, **options)
+        return self._store
+
+    def close(self) -> None:
+        """Release the store."""
+        if self._store is not None:
+            self._store.close()
+
+    def emit(self, data: Any, text: str | Callable[[], str]) -> None:
+        """Print JSON with --json, else human-readable text."""
+        if self.args.json:
+            print(json.dumps(data, indent=2, default=str))
+        else:
+            print(text() if callable(text) else text)
+
+    @contextmanager
+    def progress(self, total: int | None, description: str) -> Iterator[tqdm]:
+        """A byte progress bar on stderr that shows up only for transfers over a moment."""
+        with tqdm(
+            total=total,
+            desc=description,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            delay=PROGRESS_DELAY,
+            disable=self.args.json or not sys.stderr.isatty(),
+            file=sys.stderr,
+        ) as bar:
+            yield bar
+
+
+def _version_json(version: castore.Version) -> dict[str, Any]:
+    return {
+        "name": version.name,
+        "version": version.version,
+        "digest": version.digest,
+        "reference": version.reference,
+        "content_digest": version.content_digest,
+        "size": version.size,
+        "serializer": version.serializer,
+        "created": version.created,
+        "metadata": version.metadata,
+    }
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+class _ProgressReader:
+    """A binary file wrapper that reports bytes read to a progress bar."""
+
+    def __init__(self, file: Any, bar: tqdm) -> None:
+        self._file = file
+        self._bar = bar
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        self._bar.update(len(data))
+        return data
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_init(command: Command) -> int:
+    """castore init."""
+    store = command.store
+    command.emit(
+        {"store": store.url, "store_id": store.config.store_id},
+        f"created castore store {store.url}",
+    )
+    return 0
+
+
+def cmd_put(command: Command) -> int:
+    """castore put FILE|- [--name NAME]."""
+    args = command.args
+    source = sys.stdin.buffer if args.file == "-" else Path(args.file)
+    if isinstance(source, Path) and not source.is_file():
+        raise InvalidInputError(f"{args.file} is not a readable file")
+    total = source.stat().st_size if isinstance(source, Path) else None
+    with command.progress(total, "put") as bar:
+        file = open(source, "rb") if isinstance(source, Path) else source  # noqa: SIM115
+        try:
+            reader = _ProgressReader(file, bar)
+            if args.name:
+                metadata = _parse_pairs(args.meta, "--meta")
+                version = command.store.save(
+                    reader,
+                    args.name,
+                    serializer="raw",
+                    metadata=metadata,
+                    tags=args.tag,
+                    force=args.force,
+                )
+            else:
+                digest = command.store.put(reader)
+        finally:
+            if isinstance(source, Path):
+                file.close()
+    stats = command.store.last_write
+    new_bytes = stats.new_bytes_stored if stats else 0
+    if args.name:
+        command.emit(
+            {**_version_json(version), "new_bytes_stored": new_bytes},
+            f"{version.name}:{version.version}  {version.reference}  "
+            f"({_human_size(version.size)}, {_human_size(new_bytes)} new)",
+        )
+    else:
+        command.emit({"digest": digest, "new_bytes_stored": new_bytes}, digest)
+    return 0
+
+
+def _open_bytes(command: Command, ref: str) -> tuple[Any, int]:
+    """A verified readable stream for a content digest or a version reference."""
+    store = command.store
+    if ref.startswith(PREFIX) and store.contains(ref):
+        descriptor = store.stream_descriptor(ref)
+    else:
+        descriptor = catalog.resolve(store, ref)[0].stream
+    return store.open_descriptor(descriptor), descriptor.size
+
+
+def cmd_get(command: Command) -> int:
+    """castore get REF -o PATH."""
+    stream, size = _open_bytes(command, command.args.ref)
+    target = Path(command.args.output)
+    temporary = target.with_name(f".{target.name}.castore-tmp")
+    try:
+        with stream, open(temporary, "wb") as out, command.progress(size, "get") as bar:
+            while block := stream.read(4 * 1024 * 1024):
+                out.write(block)
+                bar.update(len(block))
+        os.replace(temporary, target)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write {target}: {exc}") from exc
+    finally:
+        temporary.unlink(missing_ok=True)
+    command.emit({"path": str(target), "size": size}, f"wrote {target} ({_human_size(size)})")
+    return 0
+
+
+def cmd_cat(command: Command) -> int:
+    """castore cat REF: the bytes to standard output."""
+    stream, _ = _open_bytes(command, command.args.ref)
+    with stream:
+        while block := stream.read(1024 * 1024):
+            sys.stdout.buffer.write(block)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _is_snapshot(store: castore.Store, ref: str) -> bool:
+    return catalog.resolve(store, ref)[0].kind == "tree"
+
+
+def _entry_json(entry: Any) -> dict[str, Any]:
+    return {
+        "path": entry.path_str,
+        "type": entry.type,
+        "mode": oct(entry.mode),
+        "size": entry.size,
+        "mtime_ns": entry.mtime_ns,
+        **({"target": os.fsdecode(entry.target)} if entry.type == "symlink" else {}),
+        **({"reason": entry.reason} if entry.reason else {}),
+    }
+
+
+def _list_snapshot(command: Command, ref: str, path: str | None) -> int:
+    entries = [_entry_json(e) for e in command.store.snapshot_entries(ref, path)]
+    command.emit(
+        entries,
+        lambda: "\n".join(
+            f"{e['type']:<8} {e['mode']:>7} {_human_size(e['size']):>10}  {e['path']}"
+            + (f" -> {e['target']}" if "target" in e else "")
+            + (f"  (skipped: {e['reason']})" if "reason" in e else "")
+            for e in entries
+        ),
+    )
+    return 0
+
+
+def cmd_ls(command: Command) -> int:
+    """castore ls [NAME | SNAPSHOT [PATH]]."""
+    store = command.store
+    selected = command.args.name is not None and any(c in command.args.name for c in ":@")
+    if selected and _is_snapshot(store, command.args.name):
+        return _list_snapshot(command, command.args.name, command.args.path)
+    if command.args.name is None:
+        rows = []
+        for name in store.names():
+            latest = store.version(name)
+            rows.append({**_version_json(latest), "tags": store.tags(name)})
+        command.emit(
+            rows,
+            lambda: (
+                "\n".join(
+                    f"{r['name']:<40} latest {r['version']:<5} {_human_size(r['size']):>10}  "
+                    + " ".join(f"{t}={v}" for t, v in sorted(r["tags"].items()))
+                    for r in rows
+                )
+                or "(no names)"
+            ),
+        )
+        return 0
+    name = command.args.name
+    tags = store.tags(name)
+    entries = [store.version(f"{name}:{n}") for n in store.versions(name)]
+    command.emit(
+        [
+            {**_version_json(v), "tags": sorted(t for t, n in tags.items() if n == v.version)}
+            for v in entries
+        ],
+        lambda: "\n".join(
+            f"{v.version:<5} {v.digest[:19]}  {_human_size(v.size):>10}  {v.created[:19]}  "
+            + " ".join(sorted(t for t, n in tags.items() if n == v.version))
+            for v in entries
+        ),
+    )
+    return 0
+
+
+def cmd_log(command: Command) -> int:
+    """castore log NAME [--verify]."""
+    store = command.store
+    name = command.args.name
+    problems = store.verify_history(name) if command.args.verify else []
+    entries = store.log(name)
+    data = {
+        "name": name,
+        "verified": command.args.verify and not problems,
+        "problems": problems,
+        "versions": [
+            {
+                "version": e.version,
+                "digest": e.digest,
+                "deleted": e.deleted,
+                **(
+                    {"created": e.details.created, "metadata": e.details.metadata}
+                    if e.details
+                    else {}
+                ),
+            }
+            for e in entries
+        ],
+    }
+
+    def text() -> str:
+        lines = []
+        for e in entries:
+            if e.details is None:
+                lines.append(f"{name}:{e.version}  {e.digest}  (deleted {e.deleted})")
+            else:
+                meta = json.dumps(e.details.metadata) if e.details.metadata else ""
+                lines.append(f"{name}:{e.version}  {e.digest}  {e.details.created[:19]}  {meta}")
+        if command.args.verify:
+            lines.append("history verified: hash chain intact" if not problems else "BROKEN:")
+            lines.extend(f"  {p}" for p in problems)
+        return "\n".join(lines)
+
+    command.emit(data, text)
+    return 1 if problems else 0
+
+
+def cmd_info(command: Command) -> int:
+    """castore info REF."""
+    info = command.store.info(command.args.ref)
+    command.emit(info, lambda: json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def cmd_tag(command: Command) -> int:
+    """castore tag REF TAG | --delete NAME TAG | --history NAME TAG."""
+    store = command.store
+    args = command.args
+    if args.delete:
+        store.untag(args.ref, args.tag)
+        command.emit({"name": args.ref, "tag": args.tag, "removed": True}, f"removed {args.tag}")
+    elif args.history:
+        events = store.tag_history(args.ref, args.tag)
+        command.emit(
+            [vars(e) | {"manifest": e.manifest.hex() if e.manifest else None} for e in events],
+            lambda: "\n".join(
+                f"{e.time}  {'removed' if e.version is None else f'-> {e.version}'}" for e in events
+            ),
+        )
+    else:
+        version = store.tag(args.ref, args.tag)
+        command.emit(
+            {**_version_json(version), "tag": args.tag},
+            f"{version.name}:{args.tag} -> {version.version} ({version.digest})",
+        )
+    return 0
+
+
+def cmd_resolve(command: Command) -> int:
+    """castore resolve REF [--qualified]."""
+    store = command.store
+    ref = command.args.ref
+    pinned = store.qualified(ref) if command.args.qualified else store.resolve(ref)
+    command.emit({"reference": ref, "resolved": pinned}, pinned)
+    return 0
+
+
+def _diff_snapshots(command: Command) -> int:
+    changes = list(command.store.snapshot_diff(command.args.a, command.args.b))
+    marks = {"added": "+", "removed": "-", "changed": "M"}
+    command.emit(
+        [{"kind": c.kind, "path": c.path_str, "what": list(c.what)} for c in changes],
+        lambda: (
+            "\n".join(
+                f"{marks[c.kind]} {c.path_str}" + (f"  ({', '.join(c.what)})" if c.what else "")
+                for c in changes
+            )
+            or "no differences"
+        ),
+    )
+    return 0
+
+
+def cmd_diff(command: Command) -> int:
+    """castore diff A B."""
+    store = command.store
+    if _is_snapshot(store, command.args.a) and _is_snapshot(store, command.args.b):
+        return _diff_snapshots(command)
+    result = store.diff(command.args.a, command.args.b)
+    share = result.shared_bytes / result.b.size if result.b.size else 1.0
+    data = {
+        "a": result.a.reference,
+        "b": result.b.reference,
+        "same_content": result.same_content,
+        "shared_bytes": result.shared_bytes,
+        "size_a": result.a.size,
+        "size_b": result.b.size,
+        "metadata_added": result.metadata_added,
+        "metadata_removed": result.metadata_removed,
+        "metadata_changed": result.metadata_changed,
+    }
+
+    def text() -> str:
+        lines = [
+            f"{result.a.name}:{result.a.version} -> {result.b.name}:{result.b.version}",
+            f"content: {'identical' if result.same_content else 'differs'}; "
+            f"{_human_size(result.shared_bytes)} of {_human_size(result.b.size)} shared "
+            f"({share:.0%})",
+        ]
+        lines += [f"+ {k} = {v!r}" for k, v in result.metadata_added.items()]
+        lines += [f"- {k} = {v!r}" for k, v in result.metadata_removed.items()]
+        lines += [f"~ {k}: {a!r} -> {b!r}" for k, (a, b) in result.metadata_changed.items()]
+        return "\n".join(lines)
+
+    command.emit(data, text)
+    return 0
+
+
+def _progress_callback(bar: tqdm) -> Callable[[Any], None]:
+    def update(progress: Any) -> None:
+        bar.update(progress.bytes - bar.n)
+        bar.set_postfix(files=progress.files, skipped=progress.skipped, refresh=False)
+
+    return update
+
+
+def cmd_backup(command: Command) -> int:
+    """castore backup PATH --name NAME."""
+    args = command.args
+    with command.progress(None, "backup") as bar:
+        snapshot = command.store.backup(
+            args.path,
+            args.name,
+            exclude=args.exclude,
+            tags=args.tag,
+            progress=_progress_callback(bar),
+        )
+    stats = snapshot.stats
+    command.emit(
+        {**_version_json(snapshot), "stats": vars(stats)},
+        f"{snapshot.name}:{snapshot.version}  {snapshot.reference}\n"
+        f"{stats.files} files ({_human_size(stats.bytes)}), {stats.files_read} read, "
+        f"{stats.files_reused} unchanged, {stats.skipped} skipped; "
+        f"{_human_size(stats.new_bytes_stored)} new",
+    )
+    return 0
+
+
+def cmd_restore(command: Command) -> int:
+    """castore restore REF TARGET [PATH...]."""
+    args = command.args
+    with command.progress(None, "restore") as bar:
+        stats = command.store.restore(
+            args.ref, args.target, args.paths, progress=_progress_callback(bar)
+        )
+    command.emit(
+        vars(stats),
+        f"restored {stats.files_written} files ({_human_size(stats.bytes_written)}), "
+        f"{stats.files_unchanged} already up to date, {stats.dirs} directories, "
+        f"{stats.symlinks} symlinks into {args.target}",
+    )
+    return 0
+
+
+def cmd_forget(command: Command) -> int:
+    """castore forget NAME --keep-* N [--dry-run]."""
+    args = command.args
+    policy = {
+        key: getattr(args, key)
+        for key in (
+            "keep_last",
+            "keep_hourly",
+            "keep_daily",
+            "keep_weekly",
+            "keep_monthly",
+            "keep_yearly",
+        )
+    }
+    result = command.store.forget(args.name, dry_run=args.dry_run, **policy)
+    verb = "would remove" if result.dry_run else "removed"
+    command.emit(
+        {
+            "dry_run": result.dry_run,
+            "kept": [
+                {"version": k.version.version, "reasons": list(k.reasons)} for k in result.kept
+            ],
+            "removed": [v.version for v in result.removed],
+        },
+        lambda: "\n".join(
+            [
+                f"keep   {args.name}:{k.version.version}  {k.version.created[:19]}  "
+                f"({', '.join(k.reasons)})"
+                for k in result.kept
+            ]
+            + [f"{verb} {args.name}:{v.version}  {v.created[:19]}" for v in result.removed]
+        ),
+    )
+    return 0
+
+
+def cmd_key(command: Command) -> int:
+    """castore key generate [PATH]."""
+    public = signatures.generate_key(command.args.path)
+    command.emit(
+        {"key_id": public.key_id, "public_key": public.to_openssh()},
+        f"wrote a new Ed25519 key pair (key id {public.key_id}); to trust it, add this line "
+        f"to {signatures.trusted_keys_path()}:\n{public.to_openssh()}",
+    )
+    return 0
+
+
+def cmd_sign(command: Command) -> int:
+    """castore sign REF [--key PATH]."""
+    key = signatures.load_private_key(command.args.key)
+    signature = command.store.sign(command.args.ref, key)
+    command.emit(
+        {"reference": command.args.ref, "key_id": signature.key_id},
+        f"signed {command.store.resolve(command.args.ref)} with key {signature.key_id}",
+    )
+    return 0
+
+
+def cmd_rm(command: Command) -> int:
+    """castore rm REF."""
+    version = command.store.delete(command.args.ref)
+    command.emit(
+        _version_json(version),
+        f"deleted {version.name}:{version.version}; its data is freed by 'castore gc'",
+    )
+    return 0
+
+
+def cmd_verify(command: Command) -> int:
+    """castore verify [--read-data | --read-data-subset S]."""
+    args = command.args
+    subset = args.read_data_subset
+    report = command.store.verify(read_data=args.read_data, subset=subset)
+    command.emit(
+        {
+            "ok": report.ok,
+            "versions_checked": report.versions_checked,
+            "streams_checked": report.streams_checked,
+            "packs_checked": report.packs_checked,
+            "bytes_read": report.bytes_read,
+            "problems": report.problems,
+            "affected": report.affected,
+        },
+        lambda: "\n".join(
+            [
+                f"checked {report.versions_checked} versions, {report.streams_checked} put "
+                f"streams, {report.packs_checked} packs ({_human_size(report.bytes_read)} read)"
+            ]
+            + (["no problems found"] if report.ok else [f"PROBLEM: {p}" for p in report.problems])
+            + ([f"affected: {', '.join(report.affected)}"] if report.affected else [])
+        ),
+    )
+    return 0 if report.ok else 1
+
+
+def cmd_gc(command: Command) -> int:
+    """castore gc [--dry-run] [--repack-threshold F]."""
+    args = command.args
+    report = command.store.gc(dry_run=args.dry_run, repack_threshold=args.repack_threshold)
+    verb = "would free" if report.dry_run else "freed"
+    command.emit(
+        vars(report),
+        lambda: "\n".join(
+            [
+                f"{verb} {_human_size(report.bytes_freed)}: {report.packs_deleted} packs deleted, "
+                f"{report.packs_repacked} repacked ({_human_size(report.bytes_rewritten)} "
+                f"rewritten), {report.orphan_packs} orphan packs, "
+                f"{report.manifests_deleted} manifests"
+            ]
+            + [f"PROBLEM: {p}" for p in report.problems]
+        ),
+    )
+    return 1 if report.problems else 0
+
+
+def cmd_stats(command: Command) -> int:
+    """castore stats."""
+    stats = command.store.stats()
+    data = {
+        **vars(stats),
+        "dedup_ratio": stats.dedup_ratio,
+        "compression_ratio": stats.compression_ratio,
+        "garbage_bytes": stats.garbage_bytes,
+    }
+    command.emit(
+        data,
+        lambda: "\n".join(
+            [
+                f"names {stats.names}, versions {stats.versions} "
+                f"({stats.deleted_versions} deleted), put streams {stats.put_streams}",
+                f"manifests {stats.manifests}, packs {stats.packs}, chunks {stats.chunks} "
+                f"({stats.referenced_chunks} referenced)",
+                f"logical {_human_size(stats.logical_bytes)}, unique "
+                f"{_human_size(stats.unique_bytes)}, stored {_human_size(stats.stored_bytes)} "
+                f"(garbage {_human_size(stats.garbage_bytes)})",
+                f"dedup {stats.dedup_ratio:.2f}x, compression {stats.compression_ratio:.2f}x",
+            ]
+        ),
+    )
+    return 0
+
+
+def cmd_repair(command: Command) -> int:
+    """castore repair."""
+    report = command.store.repair()
+    command.emit(
+        vars(report),
+        lambda: "\n".join(
+            [
+                f"re-indexed {report.packs_reindexed} packs, removed "
+                f"{report.index_objects_removed} damaged index objects",
+                f"{report.lost_chunks} chunks are lost"
+                + (f"; affected: {', '.join(report.affected)}" if report.affected else ""),
+            ]
+            + [f"unreadable: {p}" for p in report.unreadable_packs]
+        ),
+    )
+    return 1 if report.lost_chunks or report.unreadable_packs else 0
+
+
+def cmd_copy(command: Command) -> int:
+    """castore copy REF DEST [--dest-option K=V]."""
+    args = command.args
+    options = _parse_pairs(args.dest_option, "--dest-option")
+    with castore.open(args.dest, **options) as dest:
+        copied = command.store.copy(args.ref, dest)
+    command.emit(
+        [_version_json(v) for v in copied],
+        lambda: "\n".join(f"copied {v.name}:{v.version}  {v.reference}" for v in copied),
+    )
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="castore",
+        description="Content-addressed, deduplicated, verified store for ML models and backups.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--store", help="store URL or path (default: $CASTORE_STORE)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="storage option passed to fsspec, e.g. endpoint_url=http://127.0.0.1:9000",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    parser.add_argument("--version", action="version", version=f"castore {castore.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, handler: Callable[[Command], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(handler=handler)
+        return command
+
+    add("init", cmd_init, "create a store")
+    put = add("put", cmd_put, "store a file (- for stdin); with --name, as a new version")
+    put.add_argument("file")
+    put.add_argument("--name", help="save as the next version of NAME (raw bytes)")
+    put.add_argument("--tag", action="append", default=[], help="tag the version (repeatable)")
+    put.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="metadata (values parsed as JSON when they can be)",
+    )
+    put.add_argument("--force", action="store_true", help="add a version even if unchanged")
+    get = add("get", cmd_get, "write a content digest's or a version's bytes to a file")
+    get.add_argument("ref")
+    get.add_argument("-o", "--output", required=True, help="file to write")
+    add("cat", cmd_cat, "write a content digest's or a version's bytes to stdout").add_argument(
+        "ref"
+    )
+    ls = add("ls", cmd_ls, "list names, the versions of NAME, or the files of a snapshot")
+    ls.add_argument("name", nargs="?", help="NAME, or a snapshot NAME:version")
+    ls.add_argument("path", nargs="?", help="a directory inside the snapshot")
+    log = add("log", cmd_log, "history of a name, newest first")
+    log.add_argument("name")
+    log.add_argument(
+        "--verify", action="store_true", help="check the hash chain (exit 1 if broken)"
+    )
+    add("info", cmd_info, "everything about a version").add_argument("ref")
+    tag = add("tag", cmd_tag, "point TAG at REF; or --delete / --history NAME TAG")
+    tag.add_argument("ref", help="a reference (or a NAME with --delete/--history)")
+    tag.add_argument("tag")
+    mode = tag.add_mutually_exclusive_group()
+    mode.add_argument("--delete", action="store_true", help="remove the tag from NAME")
+    mode.add_argument("--history", action="store_true", help="show every move of the tag")
+    resolve = add("resolve", cmd_resolve, "pin a reference to name@sha256:<version digest>")
+    resolve.add_argument("ref")
+    resolve.add_argument("--qualified", action="store_true", help="prefix the store URL")
+    diff = add("diff", cmd_diff, "metadata changes and shared bytes between two versions")
+    diff.add_argument("a")
+    diff.add_argument("b")
+    add("rm", cmd_rm, "delete a version (data is freed by gc)").add_argument("ref")
+    key = add("key", cmd_key, "manage signing keys: 'key generate [PATH]'")
+    key.add_argument("action", choices=["generate"])
+    key.add_argument("path", nargs="?", help="private key file (default: the user's key)")
+    sign = add("sign", cmd_sign, "sign a version with your Ed25519 key")
+    sign.add_argument("ref")
+    sign.add_argument("--key", help="private key file (default: the user's key)")
+    backup = add("backup", cmd_backup, "snapshot a directory as the next version of --name")
+    backup.add_argument("path")
+    backup.add_argument("--name", required=True, help="the snapshot's name")
+    backup.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="gitignore-style pattern (repeatable)",
+    )
+    backup.add_argument("--tag", action="append", default=[], help="tag the snapshot")
+    restore = add("restore", cmd_restore, "restore a snapshot, or some paths of it, under TARGET")
+    restore.add_argument("ref", help="NAME[:version]")
+    restore.add_argument("target")
+    restore.add_argument("paths", nargs="*", help="only these paths of the snapshot")
+    forget = add("forget", cmd_forget, "delete the snapshots a retention policy does not keep")
+    forget.add_argument("name")
+    for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        forget.add_argument(
+            f"--keep-{unit}",
+            type=int,
+            default=0,
+            metavar="N",
+            help=f"keep the {unit} N snapshots (-1: all)"
+            if unit != "last"
+            else "keep the N newest snapshots",
+        )
+    forget.add_argument("--dry-run", action="store_true", help="say what would go")
+    verify = add(
+        "verify", cmd_verify, "check refs, hash chains and chunk locations (exit 1 on problems)"
+    )
+    verify.add_argument(
+        "--read-data", action="store_true", help="also re-read and re-hash every pack"
+    )
+    verify.add_argument(
+        "--read-data-subset",
+        metavar="S",
+        help="re-read a share of the packs: 10%% at random, or n/t",
+    )
+    gc = add("gc", cmd_gc, "delete data no version reaches; repack mostly-garbage packs")
+    gc.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
+    gc.add_argument(
+        "--repack-threshold",
+        type=float,
+        default=DEFAULT_REPACK_THRESHOLD,
+        help="repack packs with more than this share of garbage (default 0.2)",
+    )
+    add("stats", cmd_stats, "sizes, counts, dedup and compression ratios")
+    add("repair", cmd_repair, "rebuild lost or damaged index objects from pack footers")
+    copy = add("copy", cmd_copy, "copy a version, or all versions of a name, to another store")
+    copy.add_argument("ref", help="NAME (every version), or a version reference")
+    copy.add_argument("dest", help="destination store URL")
+    copy.add_argument(
+        "--dest-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="storage option for the destination",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = build_parser().parse_args(argv)
+    command = Command(args)
+    try:
+        return args.handler(command)
+    except CastoreError as exc:
+        print(f"castore: error: {exc}", file=sys.stderr)
+        return next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
+    except KeyboardInterrupt:
+        print("castore: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    finally:
+        command.close()

@@ -1,0 +1,1 @@
+"""The storage engine: chunking, index, refs, leases, cache, writer, reader, Repository."""

@@ -1,0 +1,213 @@
+"""The read path: fetch only the byte ranges a stream needs, verify every chunk, stream out."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+
+from castore.backend import Backend
+from castore.engine.cache import LocalCache
+from castore.engine.index import Index
+from castore.errors import IntegrityError, ObjectNotFoundError
+from castore.format import layout
+from castore.format.compression import decode_chunk
+from castore.format.packs import PackEntry
+from castore.format.streams import StreamDescriptor
+
+MAX_RANGE = 8 * 1024 * 1024
+"""Largest single ranged read; adjacent chunks of one pack are coalesced up to this."""
+MAX_GAP = 256 * 1024
+"""Unneeded bytes between two chunks of one pack that are cheaper to read than skip."""
+READ_AHEAD = 64 * 1024 * 1024
+"""Stored bytes fetched ahead of the consumer."""
+
+
+@dataclass
+class _Range:
+    pack_id: bytes
+    start: int
+    end: int
+    entries: list[PackEntry] = field(default_factory=list)
+
+
+class PackMissingError(IntegrityError):
+    """A pack the index lists is gone: damage, or a gc moved its chunks since we looked."""
+
+
+def _plan(descriptor: StreamDescriptor, index: Index, start: int = 0) -> list[_Range]:
+    """Group the stream's chunks, from chunk number `start` on, into ranged reads."""
+    ranges: list[_Range] = []
+    refreshed = False
+    for chunk_id, size in itertools.islice(descriptor.chunks(), start, None):
+        location = index.lookup(chunk_id)
+        if location is None and not refreshed:
+            index.refresh()
+            refreshed = True
+            location = index.lookup(chunk_id)
+        if location is None:
+            hint = f" (damaged index objects: {', '.join(index.damaged)})" if index.damaged else ""
+            raise IntegrityError(
+                f"chunk {chunk_id.hex()} of stream sha256:{descriptor.sha256.hex()} is in no "
+                f"index object{hint}: the store is damaged; run 'castore repair'"
+            )
+        entry = location.entry
+        if entry.raw_len != size:
+            raise IntegrityError(
+                f"chunk {chunk_id.hex()} is {size} bytes in the stream but {entry.raw_len} in "
+                f"pack {location.pack_id.hex()}"
+            )
+        last = ranges[-1] if ranges else None
+        if (
+            last is not None
+            and last.pack_id == location.pack_id
+            and last.end <= entry.offset <= last.end + MAX_GAP
+            and entry.offset + entry.stored_len - last.start <= MAX_RANGE
+        ):
+            last.end = entry.offset + entry.stored_len
+            last.entries.append(entry)
+        else:
+            ranges.append(
+                _Range(location.pack_id, entry.offset, entry.offset + entry.stored_len, [entry])
+            )
+    return ranges
+
+
+def _fetch(backend: Backend, piece: _Range, cache: LocalCache | None) -> list[bytes | memoryview]:
+    """One range's chunks, each checked against its id: from the cache if it has them all."""
+    if cache is not None:
+        cached = [cache.chunk(entry.chunk_id) for entry in piece.entries]
+        if all(chunk is not None for chunk in cached):
+            cache.hits += len(cached)
+            return cached  # type: ignore[return-value]
+    chunks = _read_range(backend, piece)
+    if cache is not None:
+        for entry, chunk in zip(piece.entries, chunks, strict=True):
+            cache.add_chunk(entry.chunk_id, chunk)
+    return chunks
+
+
+def _read_range(backend: Backend, piece: _Range) -> list[bytes | memoryview]:
+    """Read one range of a pack and decode and verify its chunks."""
+    pack = f"pack {piece.pack_id.hex()}"
+    try:
+        data = backend.read_range(
+            layout.pack_path(piece.pack_id), piece.start, piece.end - piece.start
+        )
+    except ObjectNotFoundError as exc:
+        raise PackMissingError(
+            f"{pack} is missing; it holds chunk {piece.entries[0].chunk_id.hex()}"
+        ) from exc
+    if len(data) != piece.end - piece.start:
+        raise IntegrityError(
+            f"{pack} is truncated: chunk {piece.entries[-1].chunk_id.hex()} is cut off"
+        )
+    view = memoryview(data)
+    chunks = []
+    for entry in piece.entries:
+        where = f"chunk {entry.chunk_id.hex()} in {pack}"
+        stored = view[entry.offset - piece.start : entry.offset - piece.start + entry.stored_len]
+        raw = decode_chunk(entry.codec, stored, entry.raw_len, where)
+        if hashlib.sha256(raw).digest() != entry.chunk_id:
+            raise IntegrityError(f"{where} is corrupt: its bytes do not match its SHA-256")
+        chunks.append(raw)
+    return chunks
+
+
+def iter_stream(
+    descriptor: StreamDescriptor,
+    *,
+    backend: Backend,
+    index: Index,
+    pool: Executor,
+    cache: LocalCache | None = None,
+    authenticated: bool = False,
+) -> Iterator[bytes | memoryview]:
+    """Yield the stream's verified chunks in order, fetching ahead in parallel.
+
+    Each chunk is checked against its id before it is yielded. Unless the chunk list is
+    `authenticated` (it comes from a manifest checked against its version digest), the
+    whole-stream digest is checked too, after the last chunk, so that a consumer sees an
+    IntegrityError instead of a clean end of stream.
+    """
+    whole = None if authenticated else hashlib.sha256()
+    ranges = deque(_plan(descriptor, index))
+    in_flight: deque[tuple[Future[list[bytes | memoryview]], int]] = deque()
+    in_flight_bytes = 0
+    yielded = 0
+    reloaded = False
+    try:
+        while ranges or in_flight:
+            while ranges and (not in_flight or in_flight_bytes < READ_AHEAD):
+                piece = ranges.popleft()
+                in_flight.append(
+                    (pool.submit(_fetch, backend, piece, cache), piece.end - piece.start)
+                )
+                in_flight_bytes += piece.end - piece.start
+            future, length = in_flight.popleft()
+            in_flight_bytes -= length
+            try:
+                chunks = future.result()
+            except PackMissingError:
+                if reloaded:
+                    raise
+                reloaded = True  # a gc may have repacked: look again, once
+                for pending, _ in in_flight:
+                    pending.cancel()
+                in_flight.clear()
+                in_flight_bytes = 0
+                index.reload()
+                ranges = deque(_plan(descriptor, index, start=yielded))
+                continue
+            for chunk in chunks:
+                if whole is not None:
+                    whole.update(chunk)
+                yielded += 1
+                yield chunk
+    finally:
+        for future, _ in in_flight:
+            future.cancel()
+    if whole is not None and whole.digest() != descriptor.sha256:
+        raise IntegrityError(
+            f"stream sha256:{descriptor.sha256.hex()} read back as sha256:{whole.hexdigest()}: "
+            "its chunk list is damaged"
+        )
+
+
+class StreamReader(io.RawIOBase):
+    """A readable file object over a verified stream (wrap in io.BufferedReader to peek)."""
+
+    def __init__(self, chunks: Iterator[bytes | memoryview], size: int) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._current = memoryview(b"")
+        self.size = size
+        """Total bytes of the stream."""
+
+    def readable(self) -> bool:
+        """Always True."""
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        """Fill `buffer` from the stream; 0 only at its verified end."""
+        while not self._current:
+            try:
+                self._current = memoryview(next(self._chunks)).cast("B")
+            except StopIteration:
+                return 0
+        target = memoryview(buffer).cast("B")
+        count = min(len(target), len(self._current))
+        target[:count] = self._current[:count]
+        self._current = self._current[count:]
+        return count
+
+    def close(self) -> None:
+        """Stop fetching."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        super().close()

@@ -1,0 +1,1 @@
+"""The on-storage format: pure bytes <-> values, no I/O (docs/FORMAT.md)."""

@@ -1,0 +1,1 @@
+"""Store upkeep: reachability, gc, verify, stats, repair and copy."""

@@ -1,0 +1,151 @@
+"""Garbage collection: delete what no root reaches, repack packs that are mostly garbage.
+
+Runs under the gc marker (castore.leases), so no writer is active. Order, so that a gc
+killed at any point leaves a readable store: new packs (repacked chunks) -> their index
+object -> one index object for every surviving pack -> delete the old index objects ->
+delete dead and repacked packs -> delete unreferenced manifests. Until the old index
+objects are gone every chunk is still listed where it was; afterwards every live chunk is
+listed in the new objects. Readers that still see an old location reload the index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from castore.engine.leases import GcMarker, lease_ttl
+from castore.errors import CastoreError, ObjectNotFoundError
+from castore.format import layout
+from castore.format.index import PackListing
+from castore.format.packs import ENTRY, HEADER, TRAILER, PackEntry, check_pack
+from castore.maintenance.reachability import walk
+
+if TYPE_CHECKING:
+    from castore.store import Store
+
+DEFAULT_REPACK_THRESHOLD = 0.2
+"""Repack a pack once more than this share of its bytes is garbage."""
+
+
+@dataclass
+class GcReport:
+    """What a gc did (or, with dry_run, would do)."""
+
+    dry_run: bool
+    packs: int = 0
+    packs_deleted: int = 0
+    packs_repacked: int = 0
+    orphan_packs: int = 0
+    bytes_freed: int = 0
+    bytes_rewritten: int = 0
+    manifests_deleted: int = 0
+    index_objects_replaced: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _pack_size(entries: list[PackEntry]) -> int:
+    records = sum(e.stored_len for e in entries)
+    return len(HEADER) + records + len(entries) * ENTRY.size + TRAILER.size
+
+
+def gc(
+    store: Store, *, dry_run: bool = False, repack_threshold: float = DEFAULT_REPACK_THRESHOLD
+) -> GcReport:
+    """Collect garbage; raise StoreBusyError while writers hold fresh leases."""
+    report = GcReport(dry_run=dry_run)
+    with GcMarker(store.backend):
+        marker_time = store.backend.modified(layout.GC_MARKER)
+        store.index.reload()
+        reach = walk(store)
+        report.problems.extend(reach.problems)
+        report.problems.extend(f"{p}: {why}" for p, why in store.index.damaged.items())
+        if report.problems:
+            # An unreadable root might need anything, and the packs of a damaged index
+            # object look unreferenced: deleting now could destroy the only copy.
+            report.problems.append(
+                "gc deleted nothing: fix the problems above first ('castore repair')"
+            )
+            return report
+        locations = store.index.locations()
+        dead: list[bytes] = []
+        repack: dict[bytes, list[PackEntry]] = {}
+        survivors: list[PackListing] = []
+        for pack_id, entries in store.index.packs.items():
+            report.packs += 1
+            live = [
+                e
+                for e in entries
+                if e.chunk_id in reach.chunks and locations[e.chunk_id].pack_id == pack_id
+            ]
+            size = _pack_size(entries)
+            garbage = sum(e.stored_len for e in entries) - sum(e.stored_len for e in live)
+            if not live:
+                dead.append(pack_id)
+                report.bytes_freed += size
+            elif garbage > repack_threshold * size:
+                repack[pack_id] = live
+                report.bytes_freed += garbage
+                report.bytes_rewritten += size - garbage
+            else:
+                survivors.append((pack_id, entries))
+        orphans = _orphan_packs(store, marker_time)
+        report.orphan_packs = len(orphans)
+        report.packs_deleted = len(dead)
+        report.packs_repacked = len(repack)
+        if dry_run:
+            return report
+        new_index, new_packs = _repack(store, repack) if repack else (None, set())
+        written = {new_index, store.index.commit(survivors) if survivors else None}
+        # Index objects are content-addressed: an unchanged store rewrites the very same
+        # object, which must of course survive the deletion of the old ones.
+        old_objects = [p for p in store.index.objects if p not in written]
+        for path in old_objects:
+            store.backend.delete(path)
+        report.index_objects_replaced = len(old_objects)
+        for pack_id in {*dead, *repack, *orphans} - new_packs:  # a repack can recreate a pack
+            store.backend.delete(layout.pack_path(pack_id))
+        report.manifests_deleted = _delete_unreferenced_manifests(
+            store, reach.live_manifests, marker_time
+        )
+        store.index.reload()
+    return report
+
+
+def _repack(store: Store, repack: dict[bytes, list[PackEntry]]) -> tuple[str | None, set[bytes]]:
+    """Copy the live chunks of `repack` into new packs; return the new index object and packs."""
+    session = store.write_session(rewrite=True)
+    for pack_id, live in repack.items():
+        data = store.backend.read(layout.pack_path(pack_id))
+        check_pack(data, pack_id)  # never copy damage forward
+        for entry in live:
+            payload = data[entry.offset : entry.offset + entry.stored_len]
+            session.store_chunk((entry.chunk_id, entry.raw_len, entry.codec, payload))
+    session.commit()
+    return session.index_object, set(session.stats.packs)
+
+
+def _orphan_packs(store: Store, marker_time: float) -> list[bytes]:
+    """Packs no index object lists, old enough that no writer can still be committing them."""
+    orphans = []
+    for pack_id in store.index.unindexed_packs():
+        try:
+            if marker_time - store.backend.modified(layout.pack_path(pack_id)) > lease_ttl():
+                orphans.append(pack_id)
+        except ObjectNotFoundError:
+            continue
+    return orphans
+
+
+def _delete_unreferenced_manifests(store: Store, live: set[bytes], marker_time: float) -> int:
+    deleted = 0
+    for path in store.backend.list(layout.MANIFESTS):
+        digest = layout.name_of(path)
+        if digest is None or digest in live:
+            continue
+        try:
+            if marker_time - store.backend.modified(path) > lease_ttl():
+                store.backend.delete(path)
+                deleted += 1
+        except (ObjectNotFoundError, CastoreError):
+            continue
+    return deleted

@@ -1,0 +1,93 @@
+"""What the store's roots reach: every chunk a live version or a put stream needs.
+
+Roots are the stream objects (``put``) and the live version refs. Deleted versions keep
+only their digest in a tombstone, so their data is unreachable. Shared by gc, stats,
+verify and repair, so that all of them agree on what "in use" means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from castore.errors import CastoreError
+from castore.format import layout
+from castore.format.digests import format_digest
+from castore.format.manifest import Manifest
+from castore.format.streams import decode_stream_object
+from castore.versions import catalog
+
+if TYPE_CHECKING:
+    from castore.store import Store
+
+ExtraChunks = Callable[["Store", Manifest], Iterable[tuple[bytes, int]]]
+EXTRA_CHUNKS: dict[str, ExtraChunks] = {}
+"""Per manifest kind, chunks a version needs besides its own stream (a backup's files)."""
+
+
+@dataclass
+class Reachable:
+    """The result of walking every root."""
+
+    chunks: dict[bytes, int] = field(default_factory=dict)
+    """Every reachable chunk id and its raw length."""
+    users: dict[bytes, list[str]] = field(default_factory=dict)
+    """With tracking on: which versions or digests need each chunk."""
+    live_manifests: set[bytes] = field(default_factory=set)
+    logical_bytes: int = 0
+    names: int = 0
+    versions: int = 0
+    deleted_versions: int = 0
+    streams: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def _add(self, chunks: Iterable[tuple[bytes, int]], user: str, track: bool) -> None:
+        for chunk_id, size in chunks:
+            self.chunks[chunk_id] = size
+            if track:
+                self.users.setdefault(chunk_id, []).append(user)
+
+
+def walk(store: Store, *, track_users: bool = False) -> Reachable:
+    """Walk every root; unreadable roots are recorded as problems, never skipped silently."""
+    reach = Reachable()
+    for path in store.backend.list(layout.STREAMS):
+        digest = layout.name_of(path)
+        label = format_digest(digest) if digest else path
+        try:
+            if digest is None:
+                raise CastoreError(f"{path} is not named by a digest")
+            descriptor = decode_stream_object(store.backend.read(path), digest)
+        except CastoreError as exc:
+            reach.problems.append(f"{label}: {exc}")
+            continue
+        reach.streams += 1
+        reach.logical_bytes += descriptor.size
+        reach._add(descriptor.chunks(), label, track_users)
+    for name in store.refs.names():
+        reach.names += 1
+        for number in store.refs.version_numbers(name):
+            label = f"{name}:{number}"
+            try:
+                version_ref = store.refs.read_version(name, number)
+                if version_ref is None:
+                    continue
+                if version_ref.deleted:
+                    reach.deleted_versions += 1
+                    continue
+                manifest = catalog.read_manifest(store, version_ref.manifest, label)
+            except CastoreError as exc:
+                reach.problems.append(f"{label}: {exc}")
+                continue
+            reach.versions += 1
+            reach.live_manifests.add(version_ref.manifest)
+            reach.logical_bytes += manifest.stream.size
+            reach._add(manifest.stream.chunks(), label, track_users)
+            extra = EXTRA_CHUNKS.get(manifest.kind)
+            if extra is not None:
+                try:
+                    reach._add(extra(store, manifest), label, track_users)
+                except CastoreError as exc:
+                    reach.problems.append(f"{label}: {exc}")
+    return reach

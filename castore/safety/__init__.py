@@ -1,0 +1,1 @@
+"""The restricted loader: unpickling store content without running its code."""

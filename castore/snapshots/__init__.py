@@ -1,0 +1,1 @@
+"""Directory backups: scan, backup, restore, browse, retention and ignore rules."""

@@ -1,0 +1,155 @@
+"""Retention: which versions of a name to keep, by restic's rules, and forget the rest.
+
+Times are the versions' creation times (their manifests' ``created``). The policy is a
+pure function of those times (`keep_reasons`), tested against a reference model;
+`forget` applies it to a name and deletes what it does not keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, tzinfo
+from typing import TYPE_CHECKING
+
+from castore.errors import IntegrityError, InvalidInputError
+from castore.versions import catalog
+from castore.versions.catalog import Version
+
+if TYPE_CHECKING:
+    from castore.store import Store
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """restic's keep rules: how many of the newest snapshots, hours, days... to keep.
+
+    0 disables a rule, -1 makes it unlimited. Buckets use the snapshot's creation time.
+    """
+
+    last: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+
+    def __post_init__(self) -> None:
+        for rule in fields(self):
+            value = getattr(self, rule.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+                raise InvalidInputError(
+                    f"keep-{rule.name} must be a count >= 0, or -1 for unlimited, not {value!r}"
+                )
+
+    @property
+    def empty(self) -> bool:
+        """Whether no rule keeps anything."""
+        return not any(getattr(self, rule.name) for rule in fields(self))
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A version that forget keeps, and the rules that keep it."""
+
+    version: Version
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    """What forget kept and removed (or would, with dry_run), newest first."""
+
+    kept: list[Kept]
+    removed: list[Version]
+    dry_run: bool
+
+
+_BUCKETS: tuple[tuple[str, Callable[[datetime, int], object]], ...] = (
+    ("last", lambda when, number: number),
+    ("hourly", lambda when, number: (when.year, when.month, when.day, when.hour)),
+    ("daily", lambda when, number: when.date()),
+    ("weekly", lambda when, number: tuple(when.isocalendar())[:2]),
+    ("monthly", lambda when, number: (when.year, when.month)),
+    ("yearly", lambda when, number: when.year),
+)
+"""Each keep rule's bucket of a snapshot (its time, its position newest first)."""
+
+
+def keep_reasons(times: Sequence[datetime], policy: RetentionPolicy) -> list[tuple[str, ...]]:
+    """restic's policy: for snapshots newest first, the rules that keep each (empty: forget).
+
+    A rule with count n keeps the newest snapshot of each of the n most recent buckets
+    (hours, days, ISO weeks, months, years) that hold a snapshot; "last" keeps the n
+    newest snapshots.
+    """
+    remaining = {rule: getattr(policy, rule) for rule, _ in _BUCKETS}
+    latest: dict[str, object] = {}
+    reasons = []
+    for number, when in enumerate(times):
+        kept = []
+        for rule, bucket in _BUCKETS:
+            value = bucket(when, number)
+            if remaining[rule] == 0 or (rule in latest and latest[rule] == value):
+                continue
+            latest[rule] = value
+            remaining[rule] -= 1 if remaining[rule] > 0 else 0
+            kept.append(rule)
+        reasons.append(tuple(kept))
+    return reasons
+
+
+def snapshot_time(version: Version, tz: tzinfo | None = None) -> datetime:
+    """When a version was created (its manifest's `created`), in `tz` (default: local)."""
+    try:
+        when = datetime.fromisoformat(version.created)
+    except ValueError as exc:
+        raise IntegrityError(
+            f"{version.name}:{version.version} has an unreadable creation time {version.created!r}"
+        ) from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(tz)
+
+
+def forget(
+    store: Store,
+    name: str,
+    *,
+    keep_last: int = 0,
+    keep_hourly: int = 0,
+    keep_daily: int = 0,
+    keep_weekly: int = 0,
+    keep_monthly: int = 0,
+    keep_yearly: int = 0,
+    dry_run: bool = False,
+    tz: tzinfo | None = None,
+) -> ForgetResult:
+    """Delete the versions of `name` that no keep rule keeps (restic's ``forget``).
+
+    Times are the manifests' creation times, bucketed in `tz` (default: the local time
+    zone, as restic does). With `dry_run` nothing is deleted. Deleted versions become
+    tombstones (catalog.delete); their data is freed by a later gc. At least one rule
+    is required.
+    """
+    policy = RetentionPolicy(
+        last=keep_last,
+        hourly=keep_hourly,
+        daily=keep_daily,
+        weekly=keep_weekly,
+        monthly=keep_monthly,
+        yearly=keep_yearly,
+    )
+    if policy.empty:
+        raise InvalidInputError(
+            "no keep rule given (--keep-last, --keep-daily...): refusing to forget every version"
+        )
+    live = [entry.details for entry in catalog.log(store, name) if entry.details is not None]
+    newest_first = sorted(live, key=lambda v: (snapshot_time(v), v.version), reverse=True)
+    reasons = keep_reasons([snapshot_time(v, tz) for v in newest_first], policy)
+    kept = [Kept(v, why) for v, why in zip(newest_first, reasons, strict=True) if why]
+    removed = [v for v, why in zip(newest_first, reasons, strict=True) if not why]
+    if not dry_run:
+        for version in removed:
+            catalog.delete(store, version.reference)
+    return ForgetResult(kept, removed, dry_run)

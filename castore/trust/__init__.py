@@ -1,0 +1,1 @@
+"""Who is trusted: user configuration, signing keys, trust policy and signatures."""

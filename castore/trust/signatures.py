@@ -1,0 +1,526 @@
+"""Signed versions: Ed25519 signatures over version digests, and the policy that trusts them.
+
+A signature object ``signatures/<hh>/<version hex>/<key id>`` says that the holder of one
+Ed25519 key vouches for one version digest (docs/FORMAT-signatures.md). The version digest
+authenticates the manifest, which authenticates every chunk, so a valid signature by a
+trusted key proves who stored every byte of the version. Which keys are trusted is the
+user's choice (a `TrustPolicy`), never the store's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from castore.errors import (
+    CastoreError,
+    IntegrityError,
+    InvalidInputError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    UnsupportedFormatError,
+    UntrustedVersionError,
+)
+from castore.format import layout, wire
+from castore.format.digests import format_digest
+from castore.trust.userconfig import config_dir, read_config_lines
+from castore.versions import catalog
+
+if TYPE_CHECKING:
+    from castore.store import Store
+
+SIGNATURE_VERSION = 1
+ALGORITHM = "ed25519"
+DOMAIN = b"castore-signature-v1\x00"
+"""Prefix of every signed message, so that a castore signature means nothing elsewhere."""
+MAX_SIGNATURE_OBJECT = 1024
+MAX_CREATED_LENGTH = 64
+MAX_REPORTED = 20
+"""Signatures described, at most, in an error message."""
+TRUSTED_KEYS_FILE = "trusted_keys"
+SIGNING_KEY_FILE = "signing_key"
+PRIVATE_MODE = 0o600
+_KEY_ID = re.compile(r"[0-9a-f]{64}")
+_SSH_ED25519 = "ssh-ed25519"
+
+
+def default_key_path() -> Path:
+    """Where `generate_key` and `load_private_key` put and find the user's key by default."""
+    return config_dir() / SIGNING_KEY_FILE
+
+
+def trusted_keys_path() -> Path:
+    """The user's trusted public keys, one OpenSSH ``ssh-ed25519`` line each."""
+    return config_dir() / TRUSTED_KEYS_FILE
+
+
+def key_id_of(raw_public_key: bytes) -> str:
+    """A key's id: the lowercase hex SHA-256 of its 32 raw public key bytes."""
+    return hashlib.sha256(raw_public_key).hexdigest()
+
+
+def signing_message(version_digest: bytes) -> bytes:
+    """The exact bytes a signature signs: the domain prefix and the 32-byte version digest."""
+    return DOMAIN + version_digest
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """An Ed25519 public key (32 raw bytes) and an optional comment from its file."""
+
+    raw: bytes
+    comment: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.raw, bytes) or len(self.raw) != 32:
+            raise InvalidInputError("an Ed25519 public key is 32 bytes")
+
+    @property
+    def key_id(self) -> str:
+        """The key's id (hex SHA-256 of the raw key), as in signature paths."""
+        return key_id_of(self.raw)
+
+    def __str__(self) -> str:
+        return f"{self.key_id} ({self.comment})" if self.comment else self.key_id
+
+    @classmethod
+    def from_openssh(cls, line: str) -> PublicKey:
+        """Parse ``ssh-ed25519 <base64> [comment]`` (an OpenSSH public key line)."""
+        parts = line.strip().split(None, 2)
+        if len(parts) < 2 or parts[0] != _SSH_ED25519:
+            raise InvalidInputError(
+                f"expected an OpenSSH Ed25519 public key 'ssh-ed25519 AAAA... [comment]', "
+                f"got {line.strip()[:60]!r}"
+            )
+        try:
+            key = serialization.load_ssh_public_key(f"{parts[0]} {parts[1]}".encode())
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise InvalidInputError(f"malformed Ed25519 public key: {exc}") from exc
+        if not isinstance(key, Ed25519PublicKey):
+            raise InvalidInputError("castore trusts Ed25519 keys only")
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return cls(raw, parts[2] if len(parts) > 2 else "")
+
+    def to_openssh(self) -> str:
+        """The key as one OpenSSH line, with its comment."""
+        line = (
+            Ed25519PublicKey.from_public_bytes(self.raw)
+            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            .decode()
+        )
+        return f"{line} {self.comment}" if self.comment else line
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        """Whether `signature` is this key's Ed25519 signature of `message`."""
+        try:
+            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, message)
+        except (InvalidSignature, ValueError, TypeError):
+            return False
+        return True
+
+
+class PrivateKey:
+    """An Ed25519 private key that signs version digests."""
+
+    def __init__(self, key: Ed25519PrivateKey, comment: str = "") -> None:
+        self._key = key
+        raw = key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.public_key = PublicKey(raw, comment)
+        """The matching public key, to give to those who should trust it."""
+
+    def __repr__(self) -> str:
+        return f"<castore.PrivateKey {self.public_key}>"
+
+    @classmethod
+    def generate(cls, comment: str = "") -> PrivateKey:
+        """A new random key."""
+        return cls(Ed25519PrivateKey.generate(), comment)
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of `message`."""
+        return self._key.sign(message)
+
+    def to_openssh(self) -> bytes:
+        """The private key in OpenSSH's format, unencrypted."""
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create `path` with `mode` from the start; never replace an existing file."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError as exc:
+        raise InvalidInputError(f"{path} already exists: castore never overwrites a key") from exc
+    except OSError as exc:
+        raise InvalidInputError(f"cannot create {path}: {exc}") from exc
+    try:
+        os.fchmod(descriptor, mode)
+        os.write(descriptor, data)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def generate_key(path: str | os.PathLike[str] | None = None, *, comment: str = "") -> PublicKey:
+    """Write a new key pair: the private key at `path` (mode 0600), the public one at `path`.pub.
+
+    `path` defaults to `default_key_path()`. Existing files are never overwritten.
+    """
+    target = Path(path) if path is not None else default_key_path()
+    public_path = target.with_name(target.name + ".pub")
+    if public_path.exists():
+        raise InvalidInputError(f"{public_path} already exists: castore never overwrites a key")
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot create {target.parent}: {exc}") from exc
+    key = PrivateKey.generate(comment)
+    _write_new(target, key.to_openssh(), PRIVATE_MODE)
+    _write_new(public_path, (key.public_key.to_openssh() + "\n").encode(), 0o644)
+    return key.public_key
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the key file {path}: {exc}") from exc
+
+
+def load_private_key(
+    path: str | os.PathLike[str] | None = None, *, password: bytes | None = None
+) -> PrivateKey:
+    """Read an Ed25519 private key (OpenSSH or PKCS#8 PEM) that only its owner can read."""
+    source = Path(path) if path is not None else default_key_path()
+    data = _read_key_file(source)
+    if os.name == "posix" and source.stat().st_mode & 0o077:
+        raise InvalidInputError(
+            f"the private key {source} is accessible by other users "
+            f"(mode {source.stat().st_mode & 0o777:o}): run chmod 600 {source}"
+        )
+    try:
+        if b"OPENSSH PRIVATE KEY" in data:
+            key = serialization.load_ssh_private_key(data, password)
+        else:
+            key = serialization.load_pem_private_key(data, password)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise InvalidInputError(f"{source} is not a usable private key: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InvalidInputError(f"{source} is not an Ed25519 key: castore signs with Ed25519 only")
+    comment = ""
+    with contextlib.suppress(InvalidInputError):  # the .pub file only lends its comment
+        comment = load_public_key(source.with_name(source.name + ".pub")).comment
+    return PrivateKey(key, comment)
+
+
+def load_public_key(path: str | os.PathLike[str]) -> PublicKey:
+    """Read a public key file (one OpenSSH ``ssh-ed25519`` line)."""
+    source = Path(path)
+    lines = read_config_lines(source)
+    if not source.exists() or not lines:
+        raise InvalidInputError(f"{source} holds no public key")
+    return PublicKey.from_openssh(lines[0][1])
+
+
+# -- trust -------------------------------------------------------------------------------------
+
+KeySource = PublicKey | Ed25519PublicKey | str | os.PathLike[str]
+"""What a trust policy can be built from: keys, OpenSSH lines, or paths of .pub files."""
+
+
+def _as_public_key(item: KeySource) -> PublicKey:
+    if isinstance(item, PublicKey):
+        return item
+    if isinstance(item, Ed25519PublicKey):
+        return PublicKey(
+            item.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        )
+    if isinstance(item, str) and item.lstrip().startswith(_SSH_ED25519 + " "):
+        return PublicKey.from_openssh(item)
+    if isinstance(item, str | os.PathLike):
+        return load_public_key(item)
+    raise InvalidInputError(f"cannot trust {item!r}: expected a public key, line or file")
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """The public keys whose signatures a user trusts. Never read from a store."""
+
+    keys: tuple[PublicKey, ...] = ()
+    source: str = "passed in"
+    """Where the keys came from, for messages."""
+
+    @classmethod
+    def of(cls, keys: Iterable[KeySource], source: str = "passed in") -> TrustPolicy:
+        """A policy trusting these keys (PublicKey objects, OpenSSH lines or .pub paths)."""
+        return cls(tuple(_as_public_key(item) for item in keys), source)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> TrustPolicy:
+        """The keys of an OpenSSH-style file (one ``ssh-ed25519`` line each, # comments)."""
+        source = Path(path)
+        keys = []
+        for number, line in read_config_lines(source):
+            try:
+                keys.append(PublicKey.from_openssh(line))
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{source}, line {number}: {exc}") from exc
+        return cls(tuple(keys), str(source))
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None = None) -> TrustPolicy:
+        """The user's trusted keys (`trusted_keys_path()`); none if the file does not exist."""
+        return cls.from_file(path if path is not None else trusted_keys_path())
+
+    def trusts(self, key_id: str) -> bool:
+        """Whether the key with this id is trusted."""
+        return any(key.key_id == key_id for key in self.keys)
+
+    def describe(self, key_id: str) -> str:
+        """The key id, with its comment when the policy knows the key."""
+        for key in self.keys:
+            if key.key_id == key_id:
+                return str(key)
+        return key_id
+
+
+# -- signature objects -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One key's signature of one version digest."""
+
+    version_digest: bytes
+    key: PublicKey
+    signature: bytes
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    """When it was made (informational: not covered by the signature)."""
+
+    @property
+    def key_id(self) -> str:
+        """The signer's key id."""
+        return self.key.key_id
+
+    @property
+    def path(self) -> str:
+        """Where the signature object is stored."""
+        return layout.signature_path(self.version_digest, self.key_id)
+
+    def is_valid(self) -> bool:
+        """Whether the signature verifies for its version digest under its key."""
+        return self.key.verify(self.signature, signing_message(self.version_digest))
+
+    def encode(self) -> bytes:
+        """The signature object's bytes."""
+        return wire.encode(
+            {
+                "version": SIGNATURE_VERSION,
+                "algorithm": ALGORITHM,
+                "manifest": self.version_digest,
+                "key": self.key.raw,
+                "signature": self.signature,
+                "created": self.created,
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes, version_digest: bytes, key_id: str) -> Signature:
+        """Parse a signature object found under this version's folder and this key id.
+
+        Malformations are IntegrityError (UnsupportedFormatError for newer formats or
+        other algorithms); the signature itself is not verified here (see is_valid).
+        """
+        what = f"signature object {layout.signature_path(version_digest, key_id)}"
+        if len(data) > MAX_SIGNATURE_OBJECT:
+            raise IntegrityError(f"{what} is {len(data)} bytes, more than {MAX_SIGNATURE_OBJECT}")
+        raw = wire.decode_map(data, what)
+        wire.check_version(raw, SIGNATURE_VERSION, what)
+        algorithm = wire.field(raw, "algorithm", str, what)
+        if algorithm != ALGORITHM:
+            raise UnsupportedFormatError(f"{what} uses the unknown algorithm {algorithm!r}")
+        signed = _bin(raw, "manifest", 32, what)
+        key = _bin(raw, "key", 32, what)
+        signature = _bin(raw, "signature", 64, what)
+        created = wire.field(raw, "created", str, what)
+        if signed != version_digest:
+            raise IntegrityError(f"{what} signs another version, {format_digest(signed)}")
+        if key_id_of(key) != key_id:
+            raise IntegrityError(f"{what} holds the key {key_id_of(key)}, not {key_id}")
+        if len(created) > MAX_CREATED_LENGTH:
+            raise IntegrityError(f"{what} has an overlong creation time")
+        return cls(version_digest, PublicKey(key), signature, created)
+
+
+def _bin(raw: dict[str, object], key: str, length: int, what: str) -> bytes:
+    value = wire.field(raw, key, bytes, what)
+    if len(value) != length:
+        raise IntegrityError(f"{what} field {key!r} is {len(value)} bytes, not {length}")
+    return value
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """What one stored signature object of a version turned out to be."""
+
+    key_id: str
+    path: str
+    valid: bool
+    created: str | None = None
+    problem: str | None = None
+    """Why the signature is not valid."""
+
+
+def _check_object(store: Store, version_digest: bytes, path: str) -> SignatureCheck | None:
+    """Read, decode and verify one signature object; None if it vanished meanwhile."""
+    key_id = path.rsplit("/", 1)[-1]
+    if path != layout.signature_path(version_digest, key_id) or not _KEY_ID.fullmatch(key_id):
+        return SignatureCheck(key_id, path, False, problem="not named by a key id")
+    try:
+        signature = Signature.decode(store.backend.read(path), version_digest, key_id)
+    except ObjectNotFoundError:
+        return None
+    except CastoreError as exc:
+        return SignatureCheck(key_id, path, False, problem=str(exc))
+    if not signature.is_valid():
+        return SignatureCheck(key_id, path, False, signature.created, "the signature is forged")
+    return SignatureCheck(key_id, path, True, signature.created)
+
+
+def _check_all(store: Store, version_digest: bytes, paths: Iterable[str]) -> list[SignatureCheck]:
+    checks = (_check_object(store, version_digest, path) for path in paths)
+    return [check for check in checks if check is not None]
+
+
+# -- signing and checking versions -------------------------------------------------------------
+
+
+def sign(store: Store, ref: str, private_key: PrivateKey) -> Signature:
+    """Sign the version `ref` designates (any reference form) and store the signature.
+
+    Signing again with the same key keeps a valid existing signature; a damaged one is
+    replaced.
+    """
+    _, digest = catalog.resolve(store, ref)
+    message = signing_message(digest)
+    signature = Signature(digest, private_key.public_key, private_key.sign(message))
+    try:
+        store.backend.create(signature.path, signature.encode())
+    except ObjectExistsError:
+        existing = _check_object(store, digest, signature.path)
+        if existing is not None and existing.valid:
+            return Signature.decode(store.backend.read(signature.path), digest, signature.key_id)
+        store.backend.write(signature.path, signature.encode())
+    return signature
+
+
+def signatures(store: Store, ref: str) -> list[SignatureCheck]:
+    """Every signature object stored for the version `ref` designates, checked."""
+    _, digest = catalog.resolve(store, ref)
+    return _check_all(store, digest, store.backend.list(layout.signature_folder(digest)))
+
+
+def check(store: Store, ref: str, policy: TrustPolicy | None = None) -> list[str]:
+    """Key ids of the trusted keys (default: the user's) with a valid signature of `ref`."""
+    _, digest = catalog.resolve(store, ref)
+    policy = policy if policy is not None else TrustPolicy.from_config()
+    return trusted_signers(store, digest, policy, where=ref)
+
+
+def trusted_signers(
+    store: Store,
+    version_digest: bytes,
+    policy: TrustPolicy,
+    *,
+    where: str,
+    require: bool = False,
+) -> list[str]:
+    """Key ids of `policy`'s keys that validly signed this version digest.
+
+    Only objects named by trusted key ids are read, so junk signature objects cost a
+    listing at most. With `require`, no such key raises UntrustedVersionError naming
+    `where` and the keys that did sign.
+    """
+    if not policy.keys and not require:
+        return []
+    paths = store.backend.list(layout.signature_folder(version_digest))
+    candidates = [path for path in paths if policy.trusts(path.rsplit("/", 1)[-1])]
+    valid = [c.key_id for c in _check_all(store, version_digest, candidates) if c.valid]
+    if valid or not require:
+        return valid
+    raise UntrustedVersionError(_untrusted_message(store, version_digest, policy, paths, where))
+
+
+def _untrusted_message(
+    store: Store, version_digest: bytes, policy: TrustPolicy, paths: list[str], where: str
+) -> str:
+    checks = _check_all(store, version_digest, paths[:MAX_REPORTED])
+    signed = [
+        f"{policy.describe(c.key_id)} ("
+        + ("valid, but not a trusted key" if c.valid else f"invalid: {c.problem}")
+        + ")"
+        for c in checks
+    ]
+    if len(paths) > MAX_REPORTED:
+        signed.append(f"and {len(paths) - MAX_REPORTED} more")
+    trusted = ", ".join(str(key) for key in policy.keys) or "none"
+    return (
+        f"{where} is not signed by a trusted key. Signed by: {'; '.join(signed) or 'no key'}. "
+        f"Trusted keys ({policy.source}): {trusted}"
+    )
+
+
+@dataclass
+class SignatureAudit:
+    """What `verify_signatures` found."""
+
+    checked: int = 0
+    valid: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+_SIGNATURE_PATH = re.compile(
+    rf"{layout.SIGNATURES}/([0-9a-f]{{2}})/([0-9a-f]{{64}})/([0-9a-f]{{64}})"
+)
+
+
+def verify_signatures(store: Store) -> SignatureAudit:
+    """Check every signature object in the store: its name, format, signature and version."""
+    audit = SignatureAudit()
+    for path in store.backend.list(layout.SIGNATURES):
+        audit.checked += 1
+        match = _SIGNATURE_PATH.fullmatch(path)
+        if match is None or not match.group(2).startswith(match.group(1)):
+            audit.problems.append(f"{path}: not a signature object path")
+            continue
+        digest = bytes.fromhex(match.group(2))
+        check_result = _check_object(store, digest, path)
+        if check_result is None:
+            continue
+        if not check_result.valid:
+            audit.problems.append(f"{path}: {check_result.problem}")
+        elif not store.backend.exists(layout.manifest_path(digest)):
+            audit.problems.append(f"{path}: signs {format_digest(digest)}, a missing version")
+        else:
+            audit.valid += 1
+    return audit

@@ -1,0 +1,1 @@
+"""Named versions: serializers, the catalog (save, resolve, tags, log, diff, delete), loading."""

@@ -1,0 +1,487 @@
+"""Named, versioned objects: save, resolve, load, tag, log, diff and delete.
+
+Write order for a save: packs -> index object -> manifest -> version ref (created
+exclusively; the loser of a race rebuilds its manifest on the new latest and retries).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from castore.engine.refs import TagEvent
+from castore.errors import (
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+)
+from castore.format import layout
+from castore.format.digests import format_digest
+from castore.format.manifest import Manifest, environment, normalize_metadata
+from castore.format.names import Reference, check_name, check_tag, parse_reference
+from castore.format.streams import StreamDescriptor
+from castore.versions.serializers import check_loadable, serializer_named
+
+if TYPE_CHECKING:
+    from castore.store import Store
+
+MAX_SAVE_ATTEMPTS = 1000
+
+
+@dataclass(frozen=True)
+class Version:
+    """One saved version: its name, number and version digest, and what it holds."""
+
+    name: str
+    version: int
+    digest: str
+    """``sha256:<hex>`` of the manifest: what ``name@sha256:<hex>`` pins."""
+    content_digest: str
+    """``sha256:<hex>`` of the serialized stream (equal to sha256sum of its bytes)."""
+    size: int
+    serializer: str
+    created: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    parent: str | None = None
+
+    @property
+    def reference(self) -> str:
+        """The pinned reference ``name@sha256:<hex>``."""
+        return f"{self.name}@{self.digest}"
+
+    @classmethod
+    def of(cls, manifest: Manifest, digest: bytes) -> Version:
+        """The public view of a manifest."""
+        return cls(
+            name=manifest.name,
+            version=manifest.number,
+            digest=format_digest(digest),
+            content_digest=format_digest(manifest.stream.sha256),
+            size=manifest.stream.size,
+            serializer=manifest.serializer,
+            created=manifest.created,
+            metadata=manifest.metadata,
+            parent=format_digest(manifest.parent) if manifest.parent else None,
+        )
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One line of a name's history: a version, or the tombstone of a deleted one."""
+
+    version: int
+    digest: str
+    deleted: str | None
+    details: Version | None
+
+
+@dataclass(frozen=True)
+class Diff:
+    """How two versions differ."""
+
+    a: Version
+    b: Version
+    metadata_added: dict[str, Any]
+    metadata_removed: dict[str, Any]
+    metadata_changed: dict[str, tuple[Any, Any]]
+    shared_bytes: int
+    """Bytes of b's stream that are chunks a also has."""
+
+    @property
+    def same_content(self) -> bool:
+        """Whether both versions hold identical streams."""
+        return self.a.content_digest == self.b.content_digest
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def read_manifest(store: Store, digest: bytes, referrer: str | None = None) -> Manifest:
+    """The manifest with this version digest, verified against it."""
+    try:
+        data = store.backend.read(layout.manifest_path(digest))
+    except ObjectNotFoundError as exc:
+        if referrer:
+            raise IntegrityError(
+                f"{referrer} points at manifest {format_digest(digest)}, which is missing"
+            ) from exc
+        raise NotFoundError(
+            f"no version with digest {format_digest(digest)} in {store.url}"
+        ) from exc
+    return Manifest.decode(data, digest)
+
+
+def _describe(store: Store, name: str) -> str:
+    """What the store has under `name`, or close names, for not-found messages."""
+    names = store.refs.names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        listing = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "") or "(none)"
+        return f"there is no name {name!r} in {store.url}{hint} Names: {listing}"
+    live = versions(store, name)
+    tags = [t for t in store.refs.tag_names(name) if store.refs.current_tag(name, t)]
+    listed = f"versions {live[0]}..{live[-1]}" if live else "no live versions"
+    return f"{name} has {listed}; tags: {', '.join(tags) or '(none)'}"
+
+
+def resolve(store: Store, ref: str | Reference) -> tuple[Manifest, bytes]:
+    """The manifest and version digest a reference designates."""
+    parsed = ref if isinstance(ref, Reference) else parse_reference(ref)
+    if parsed.store_url is not None and parsed.store_url != store.url:
+        raise InvalidInputError(
+            f"reference {ref} pins the store {parsed.store_url}, not {store.url}: "
+            "open that store, or use castore.load() with the qualified reference"
+        )
+    if parsed.digest is not None:
+        manifest = read_manifest(store, parsed.digest)
+        if parsed.name is not None and manifest.name != parsed.name:
+            raise NotFoundError(
+                f"{format_digest(parsed.digest)} is version {manifest.number} of "
+                f"{manifest.name}, not of {parsed.name}"
+            )
+        return manifest, parsed.digest
+    name = parsed.name
+    assert name is not None
+    if parsed.tag is not None:
+        event = store.refs.current_tag(name, parsed.tag)
+        if event is None or event.version is None:
+            raise NotFoundError(f"no tag {parsed.tag!r} on {name}: {_describe(store, name)}")
+        number = event.version
+    elif parsed.version is not None:
+        number = parsed.version
+    else:
+        live = versions(store, name)
+        if not live:
+            raise NotFoundError(f"nothing saved as {name}: {_describe(store, name)}")
+        number = live[-1]
+    version_ref = store.refs.read_version(name, number)
+    if version_ref is None:
+        raise NotFoundError(f"no version {number} of {name}: {_describe(store, name)}")
+    if version_ref.deleted:
+        raise NotFoundError(f"version {number} of {name} was deleted at {version_ref.deleted}")
+    if parsed.tag is not None and event.manifest != version_ref.manifest:
+        raise IntegrityError(f"tag {parsed.tag} of {name} disagrees with version {number}'s ref")
+    where = f"version {number} of {name}"
+    manifest = read_manifest(store, version_ref.manifest, referrer=where)
+    if manifest.name != name or manifest.number != number:
+        raise IntegrityError(
+            f"{where} points at the manifest of version {manifest.number} of {manifest.name}: "
+            "the ref was swapped"
+        )
+    return manifest, version_ref.manifest
+
+
+def versions(store: Store, name: str) -> list[int]:
+    """Live (not deleted) version numbers of a name, ascending."""
+    check_name(name)
+    numbers = store.refs.version_numbers(name)
+    live = []
+    for number in numbers:
+        version_ref = store.refs.read_version(name, number)
+        if version_ref is not None and not version_ref.deleted:
+            live.append(number)
+    return live
+
+
+def _tip(store: Store, name: str) -> tuple[int, bytes | None, Manifest | None]:
+    """The newest version number taken, its manifest digest, and its manifest if not deleted."""
+    numbers = store.refs.version_numbers(name)
+    if not numbers:
+        return 0, None, None
+    newest = numbers[-1]
+    version_ref = store.refs.read_version(name, newest)
+    if version_ref is None:
+        raise IntegrityError(f"version {newest} of {name} vanished while being read")
+    if version_ref.deleted:
+        return newest, version_ref.manifest, None
+    where = f"version {newest} of {name}"
+    return newest, version_ref.manifest, read_manifest(store, version_ref.manifest, where)
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def commit_version(
+    store: Store,
+    name: str,
+    stream: StreamDescriptor,
+    *,
+    kind: str,
+    serializer: str,
+    serializer_version: str,
+    metadata: dict[str, Any],
+    tags: Iterable[str],
+    force: bool,
+) -> Version:
+    """Record a stored stream as the next version of `name` (or return an identical latest)."""
+    tags = [check_tag(t) for t in tags]
+    for _ in range(MAX_SAVE_ATTEMPTS):
+        newest, parent_digest, parent = _tip(store, name)
+        number = newest + 1
+        unchanged = (
+            parent is not None
+            and parent.stream.sha256 == stream.sha256
+            and parent.metadata == metadata
+            and parent.serializer == serializer
+        )
+        if unchanged and not force:
+            assert parent is not None and parent_digest is not None
+            _apply_tags(store, name, parent.number, parent_digest, tags)
+            return Version.of(parent, parent_digest)
+        manifest = Manifest(
+            name=name,
+            number=number,
+            kind=kind,
+            serializer=serializer,
+            serializer_version=serializer_version,
+            stream=stream,
+            parent=parent_digest,
+            metadata=metadata,
+            environment=environment(),
+        )
+        data = manifest.encode()
+        digest = layout.digest_of(data)
+        store.backend.write(layout.manifest_path(digest), data)
+        try:
+            store.refs.create_version(name, number, digest)
+        except ObjectExistsError:
+            continue  # another writer took this number: rebuild on the new latest
+        _apply_tags(store, name, number, digest, tags)
+        return Version.of(manifest, digest)
+    raise IntegrityError(
+        f"could not take a version number for {name} after {MAX_SAVE_ATTEMPTS} tries"
+    )
+
+
+def _apply_tags(store: Store, name: str, number: int, digest: bytes, tags: list[str]) -> None:
+    for tag in tags:
+        current = store.refs.current_tag(name, tag)
+        if current is None or current.manifest != digest:
+            store.refs.set_tag(name, tag, number, digest)
+
+
+def save(
+    store: Store,
+    obj: Any,
+    name: str,
+    *,
+    metadata: dict[str, Any] | None,
+    tags: Iterable[str],
+    serializer: str,
+    force: bool,
+) -> Version:
+    """Serialize `obj` straight into the store and commit it as a version of `name`."""
+    check_name(name)
+    chosen = serializer_named(serializer)
+    clean_metadata = normalize_metadata(metadata)
+    tags = [check_tag(t) for t in tags]
+    stream = store.write_stream(lambda writer: chosen.dump(obj, writer))
+    return commit_version(
+        store,
+        name,
+        stream,
+        kind=chosen.kind,
+        serializer=chosen.name,
+        serializer_version=chosen.version(),
+        metadata=clean_metadata,
+        tags=tags,
+        force=force,
+    )
+
+
+def load(
+    store: Store,
+    ref: str,
+    *,
+    mmap_mode: str | None = None,
+    trusted: Iterable[Any] = (),
+    allow_unsafe: bool = False,
+    require_signature: bool = False,
+    policy: Any = None,
+) -> Any:
+    """Deserialize a version; every chunk is verified against the authenticated chunk list.
+
+    Pickle-based streams are unpickled with the restricted unpickler: only the built-in
+    allowlist, the user's ``trusted_globals`` and `trusted` patterns are admitted. A version
+    signed by a key of the trust `policy` (default: the user's ``trusted_keys``) loads with
+    the plain unpickler, as does any version with `allow_unsafe`. With `require_signature`,
+    a version no trusted key signed is refused (castore.UntrustedVersionError).
+    """
+    from castore.safety import unpickler as safety
+    from castore.trust import signatures as signing
+    from castore.versions.serializers import LoadOptions
+
+    manifest, digest = resolve(store, ref)
+    chosen = serializer_named(manifest.serializer)
+    where = f"version {manifest.number} of {manifest.name} ({format_digest(digest)})"
+    trust = policy if policy is not None else signing.TrustPolicy.from_config()
+    signers = signing.trusted_signers(store, digest, trust, where=where, require=require_signature)
+    check_loadable(manifest.serializer, str(manifest.environment.get("python", "")), where)
+    path = store.materialize(manifest.stream) if mmap_mode is not None else None
+    options = LoadOptions(
+        path=None if path is None else str(path),
+        mmap_mode=mmap_mode,
+        size=manifest.stream.size,
+        allowlist=None if allow_unsafe or signers else safety.Allowlist.from_config(trusted),
+        unsafe=allow_unsafe or bool(signers),
+        where=where,
+    )
+    if path is not None:
+        with open(path, "rb") as file:
+            return chosen.load(file, options)
+    # The manifest was checked against its version digest, so its chunk list is authentic.
+    with store.open_descriptor(manifest.stream, authenticated=True) as file:
+        obj = chosen.load(file, options)
+        if file.read(1):
+            raise IntegrityError(f"{where} has bytes after its serialized object")
+    return obj
+
+
+# -- tags, history, comparison, deletion -------------------------------------------------------
+
+
+def tag(store: Store, ref: str, tag_name: str) -> Version:
+    """Point `tag_name` at the version `ref` designates."""
+    check_tag(tag_name)
+    manifest, digest = resolve(store, ref)
+    _apply_tags(store, manifest.name, manifest.number, digest, [tag_name])
+    return Version.of(manifest, digest)
+
+
+def untag(store: Store, name: str, tag_name: str) -> None:
+    """Remove a tag (its history keeps the removal)."""
+    check_name(name)
+    if store.refs.current_tag(name, check_tag(tag_name)) is None:
+        raise NotFoundError(f"no tag {tag_name!r} on {name}: {_describe(store, name)}")
+    store.refs.set_tag(name, tag_name, None, None)
+
+
+def tags(store: Store, name: str) -> dict[str, int]:
+    """Current tags of a name and the version each points at."""
+    check_name(name)
+    current = {}
+    for tag_name in store.refs.tag_names(name):
+        event = store.refs.current_tag(name, tag_name)
+        if event is not None and event.version is not None:
+            current[tag_name] = event.version
+    return current
+
+
+def tag_history(store: Store, name: str, tag_name: str) -> list[TagEvent]:
+    """Every move of a tag, oldest first."""
+    return store.refs.tag_history(check_name(name), check_tag(tag_name))
+
+
+def log(store: Store, name: str) -> list[LogEntry]:
+    """A name's versions, newest first, deleted ones as tombstones."""
+    check_name(name)
+    entries = []
+    for number in store.refs.version_numbers(name):
+        version_ref = store.refs.read_version(name, number)
+        if version_ref is None:
+            continue
+        details = None
+        if not version_ref.deleted:
+            manifest = read_manifest(store, version_ref.manifest, f"version {number} of {name}")
+            details = Version.of(manifest, version_ref.manifest)
+        entries.append(
+            LogEntry(number, format_digest(version_ref.manifest), version_ref.deleted, details)
+        )
+    if not entries:
+        raise NotFoundError(f"nothing saved as {name}: {_describe(store, name)}")
+    return entries[::-1]
+
+
+def verify_history(store: Store, name: str) -> list[str]:
+    """Problems in a name's hash chain: missing, rewritten, swapped or unreadable versions."""
+    check_name(name)
+    problems = []
+    numbers = store.refs.version_numbers(name)
+    previous_digest: bytes | None = None
+    for number in range(1, (numbers[-1] if numbers else 0) + 1):
+        where = f"{name}:{number}"
+        version_ref = store.refs.read_version(name, number)
+        if version_ref is None:
+            problems.append(f"{where}: version is missing from the history")
+            previous_digest = None
+            continue
+        if not version_ref.deleted:
+            try:
+                manifest = read_manifest(store, version_ref.manifest, where)
+            except (IntegrityError, NotFoundError) as exc:
+                problems.append(f"{where}: {exc}")
+            else:
+                if manifest.name != name or manifest.number != number:
+                    problems.append(
+                        f"{where}: points at {manifest.name}:{manifest.number}'s manifest"
+                    )
+                if (
+                    number > 1
+                    and previous_digest is not None
+                    and manifest.parent != previous_digest
+                ):
+                    problems.append(
+                        f"{where}: its parent is not version {number - 1}: history was rewritten"
+                    )
+                if number == 1 and manifest.parent is not None:
+                    problems.append(f"{where}: the first version claims a parent")
+        previous_digest = version_ref.manifest
+    return problems
+
+
+def diff(store: Store, a: str, b: str) -> Diff:
+    """Metadata changes between two versions and how many bytes of b's stream a shares."""
+    manifest_a, digest_a = resolve(store, a)
+    manifest_b, digest_b = resolve(store, b)
+    chunks_a = {chunk_id for chunk_id, _ in manifest_a.stream.chunks()}
+    shared = sum(size for chunk_id, size in manifest_b.stream.chunks() if chunk_id in chunks_a)
+    meta_a, meta_b = manifest_a.metadata, manifest_b.metadata
+    return Diff(
+        a=Version.of(manifest_a, digest_a),
+        b=Version.of(manifest_b, digest_b),
+        metadata_added={k: v for k, v in meta_b.items() if k not in meta_a},
+        metadata_removed={k: v for k, v in meta_a.items() if k not in meta_b},
+        metadata_changed={
+            k: (meta_a[k], meta_b[k])
+            for k in meta_a.keys() & meta_b.keys()
+            if meta_a[k] != meta_b[k]
+        },
+        shared_bytes=shared,
+    )
+
+
+def delete(store: Store, ref: str) -> Version:
+    """Delete one version: its ref becomes a tombstone, tags on it are removed; gc frees data."""
+    manifest, digest = resolve(store, ref)
+    for tag_name, number in tags(store, manifest.name).items():
+        if number == manifest.number:
+            store.refs.set_tag(manifest.name, tag_name, None, None)
+    store.refs.mark_deleted(manifest.name, manifest.number, digest)
+    return Version.of(manifest, digest)
+
+
+def info(store: Store, ref: str) -> dict[str, Any]:
+    """Everything known about a version, for people and scripts."""
+    manifest, digest = resolve(store, ref)
+    version = Version.of(manifest, digest)
+    return {
+        "name": manifest.name,
+        "version": manifest.number,
+        "reference": version.reference,
+        "digest": version.digest,
+        "content_digest": version.content_digest,
+        "size": manifest.stream.size,
+        "chunks": len(manifest.stream.chunk_sizes),
+        "kind": manifest.kind,
+        "serializer": {"name": manifest.serializer, "version": manifest.serializer_version},
+        "created": manifest.created,
+        "parent": version.parent,
+        "tags": sorted(t for t, n in tags(store, manifest.name).items() if n == manifest.number),
+        "metadata": manifest.metadata,
+        "environment": manifest.environment,
+    }

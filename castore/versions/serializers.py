@@ -1,0 +1,201 @@
+"""How Python objects become byte streams and back: joblib, pickle, cloudpickle, raw."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from typing import IO, Any, Protocol
+
+from castore.errors import IncompatibleEnvironmentError, InvalidInputError
+from castore.safety import unpickler as safety
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a serializer reads a stream back."""
+
+    path: str | None = None
+    """A verified local copy of the stream, for memory-mapped loads."""
+    mmap_mode: str | None = None
+    """numpy's memory-map mode for arrays (joblib only), or None to read them."""
+    size: int | None = None
+    """The stream's length, which bounds every length field read from it."""
+    allowlist: safety.Allowlist | None = None
+    """What the restricted unpickler admits; None means the built-in rules only."""
+    unsafe: bool = False
+    """Unpickle with Python's plain unpickler: only for streams from a trusted author."""
+    where: str = "the stream"
+    """How errors name the stream, e.g. "version 3 of churn/model"."""
+
+    def restrictions(self) -> safety.Allowlist:
+        """The allowlist to enforce."""
+        return self.allowlist or safety.Allowlist()
+
+
+DEFAULT_LOAD = LoadOptions()
+
+
+class Serializer(Protocol):
+    """Turns objects into a byte stream written to a file, and back."""
+
+    name: str
+    kind: str
+
+    def version(self) -> str:
+        """The version of the library that writes the stream."""
+        ...
+
+    def dump(self, obj: Any, file: IO[bytes]) -> None:
+        """Write the object's serialized bytes to `file`."""
+        ...
+
+    def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
+        """Read an object back from `file`, as `options` say."""
+        ...
+
+
+def _distribution_version(name: str) -> str:
+    try:
+        return importlib_metadata.version(name)
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class JoblibSerializer:
+    """joblib.dump / joblib.load: numpy arrays stored raw, memory-mappable."""
+
+    name = "joblib"
+    kind = "object"
+
+    def version(self) -> str:
+        """joblib's version."""
+        return _distribution_version("joblib")
+
+    def dump(self, obj: Any, file: IO[bytes]) -> None:
+        """joblib.dump into the file, uncompressed (castore compresses per chunk)."""
+        import joblib
+
+        joblib.dump(obj, file)
+
+    def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
+        """joblib's format, restricted unless `unsafe`; mmap loads map the local copy."""
+        if options.unsafe:
+            import joblib
+
+            if options.mmap_mode is not None:
+                return joblib.load(options.path, mmap_mode=options.mmap_mode)
+            return joblib.load(file)
+        return safety.load_joblib(
+            file,
+            options.restrictions(),
+            size=options.size,
+            path=options.path,
+            mmap_mode=options.mmap_mode,
+            where=options.where,
+        )
+
+
+class PickleSerializer:
+    """The standard library's pickle, protocol 5."""
+
+    name = "pickle"
+    kind = "object"
+
+    def version(self) -> str:
+        """The pickle protocol used."""
+        return "protocol-5"
+
+    def dump(self, obj: Any, file: IO[bytes]) -> None:
+        """pickle.dump with protocol 5."""
+        pickle.dump(obj, file, protocol=5)
+
+    def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
+        """pickle.load if `unsafe`, else the restricted unpickler (cloudpickle streams too)."""
+        if options.unsafe:
+            return pickle.load(file)
+        return safety.load_pickle(
+            file, options.restrictions(), size=options.size, where=options.where
+        )
+
+
+class CloudpickleSerializer(PickleSerializer):
+    """cloudpickle, for lambdas and classes defined in __main__; bound to a Python minor."""
+
+    name = "cloudpickle"
+
+    def version(self) -> str:
+        """cloudpickle's version."""
+        return _distribution_version("cloudpickle")
+
+    def dump(self, obj: Any, file: IO[bytes]) -> None:
+        """cloudpickle.dump with protocol 5."""
+        try:
+            import cloudpickle
+        except ImportError as exc:
+            raise InvalidInputError(
+                "serializer 'cloudpickle' needs the cloudpickle package: "
+                "pip install 'castore[cloudpickle]'"
+            ) from exc
+        cloudpickle.dump(obj, file, protocol=5)
+
+
+class RawSerializer:
+    """Bytes, a binary file or a path stored as they are; loads back as bytes."""
+
+    name = "raw"
+    kind = "file"
+
+    def version(self) -> str:
+        """No library is involved."""
+        return "1"
+
+    def dump(self, obj: Any, file: IO[bytes]) -> None:
+        """Copy the bytes, file object or file at a path."""
+        if isinstance(obj, bytes | bytearray | memoryview):
+            file.write(obj)
+        elif isinstance(obj, os.PathLike):
+            with open(obj, "rb") as source:
+                file.copy_from(source)  # type: ignore[attr-defined]
+        elif hasattr(obj, "read"):
+            file.copy_from(obj)  # type: ignore[attr-defined]
+        else:
+            raise InvalidInputError(
+                f"serializer 'raw' takes bytes, a binary file or a path, not {type(obj).__name__}"
+            )
+
+    def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
+        """The stored bytes: nothing is interpreted, so no policy applies."""
+        return file.read()
+
+
+SERIALIZERS: dict[str, Serializer] = {
+    s.name: s
+    for s in (JoblibSerializer(), PickleSerializer(), CloudpickleSerializer(), RawSerializer())
+}
+
+
+def serializer_named(name: object) -> Serializer:
+    """The serializer called `name`; InvalidInputError lists the known ones otherwise."""
+    if not isinstance(name, str) or name not in SERIALIZERS:
+        raise InvalidInputError(f"unknown serializer {name!r}; choose one of {sorted(SERIALIZERS)}")
+    return SERIALIZERS[name]
+
+
+def python_minor() -> str:
+    """This interpreter's major.minor version, e.g. '3.11'."""
+    return ".".join(platform.python_version_tuple()[:2])
+
+
+def check_loadable(serializer: str, saved_python: str, where: str) -> None:
+    """Refuse cloudpickle streams saved under another Python minor version, clearly."""
+    saved_minor = ".".join(saved_python.split(".")[:2])
+    if serializer == "cloudpickle" and saved_minor != python_minor():
+        raise IncompatibleEnvironmentError(
+            f"{where} was saved with cloudpickle under Python {saved_python}; this is Python "
+            f"{platform.python_version()}. cloudpickle's output only loads in the Python minor "
+            f"version that wrote it: load it with Python {saved_minor}, or re-save it with "
+            "serializer='joblib' or 'pickle'"
+        )
