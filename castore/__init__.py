@@ -1,40 +1,86 @@
 """castore: a content-addressed, deduplicated, verified store for ML models and backups."""
 
+from castore.engine.writer import WriteStats
 from castore.errors import (
     BackendError,
     CastoreError,
+    ConflictError,
+    DeserializationError,
     IncompatibleEnvironmentError,
     IntegrityError,
     InvalidInputError,
+    LeaseExpiredError,
     NotAStoreError,
     NotFoundError,
+    StoreBusyError,
     StoreExistsError,
+    UnsafeObjectError,
     UnsupportedFormatError,
+    UntrustedVersionError,
 )
 from castore.format.config import ChunkerParams, CompressionParams, StoreConfig
+from castore.maintenance.gc import DEFAULT_REPACK_THRESHOLD, GcReport
+from castore.maintenance.verify import RepairReport, StoreStats, VerifyReport
+from castore.snapshots.backup import BackupStats, Change, RestoreStats, Snapshot
 from castore.store import Store, init, load
 from castore.store import open_store as open
+from castore.trust.signatures import (
+    PrivateKey,
+    PublicKey,
+    Signature,
+    SignatureCheck,
+    TrustPolicy,
+    generate_key,
+    load_private_key,
+    load_public_key,
+    trusted_keys_path,
+)
 from castore.versions.catalog import Diff, LogEntry, Version
 
 __all__ = [
+    "DEFAULT_REPACK_THRESHOLD",
     "BackendError",
+    "BackupStats",
     "CastoreError",
+    "Change",
     "ChunkerParams",
     "CompressionParams",
+    "ConflictError",
+    "DeserializationError",
     "Diff",
+    "GcReport",
     "IncompatibleEnvironmentError",
     "IntegrityError",
     "InvalidInputError",
+    "LeaseExpiredError",
     "LogEntry",
     "NotAStoreError",
     "NotFoundError",
+    "PrivateKey",
+    "PublicKey",
+    "RepairReport",
+    "RestoreStats",
+    "Signature",
+    "SignatureCheck",
+    "Snapshot",
     "Store",
+    "StoreBusyError",
     "StoreConfig",
     "StoreExistsError",
+    "StoreStats",
+    "TrustPolicy",
+    "UnsafeObjectError",
     "UnsupportedFormatError",
+    "UntrustedVersionError",
+    "VerifyReport",
     "Version",
+    "WriteStats",
+    "generate_key",
     "init",
     "load",
+    "load_private_key",
+    "load_public_key",
     "open",
+    "trusted_keys_path",
 ]
 __version__ = "0.1.0"

@@ -27,7 +27,7 @@ def pattern(size: int, seed: int = 0) -> bytes:
 
 def stream_of(store: castore.Store, digest: str) -> StreamDescriptor:
     """The stored descriptor of a put stream."""
-    return store.stream_descriptor(digest)
+    return store.repository.stream_descriptor(parse_digest(digest))
 
 
 def stream_object_path(digest: str) -> str:
@@ -37,14 +37,14 @@ def stream_object_path(digest: str) -> str:
 
 def pack_paths(store: castore.Store) -> list[str]:
     """Every pack object of the store."""
-    return store.backend.list(layout.PACKS)
+    return store.repository.backend.list(layout.PACKS)
 
 
 def flip_byte(store: castore.Store, path: str, offset: int) -> None:
     """Invert one byte of a stored object (negative offsets count from the end)."""
-    data = bytearray(store.backend.read(path))
+    data = bytearray(store.repository.backend.read(path))
     data[offset] ^= 0xFF
-    store.backend.write(path, bytes(data))
+    store.repository.backend.write(path, bytes(data))
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -44,6 +44,7 @@ from castore.format.tree import (
 )
 from castore.snapshots import backup as bk
 from castore.snapshots.ignore import IgnoreRules
+from castore.snapshots.retention import RetentionPolicy, keep_reasons
 from castore.versions.catalog import commit_version
 from tests.conftest import Location
 from tests.helpers import pattern
@@ -125,7 +126,9 @@ def describe(root: Path) -> dict[bytes, tuple[object, ...]]:
 
 def object_count(store: castore.Store) -> int:
     """Objects in the store (besides its config)."""
-    return sum(len(store.backend.list(p)) for p in ("packs", "index", "manifests", "refs"))
+    return sum(
+        len(store.repository.backend.list(p)) for p in ("packs", "index", "manifests", "refs")
+    )
 
 
 @pytest.fixture
@@ -144,7 +147,7 @@ def test_round_trip_restores_every_kind_of_entry(
     build_round_trip_tree(src)
     expected = describe(src)
     seen: list[bk.Progress] = []
-    snap = bk.backup(small_store, src, "backups/src", progress=seen.append)
+    snap = small_store.backup(src, "backups/src", progress=seen.append)
 
     files = len(ROUND_TRIP_FILES) + 1
     assert (snap.name, snap.version, snap.serializer) == ("backups/src", 1, "tree")
@@ -153,11 +156,11 @@ def test_round_trip_restores_every_kind_of_entry(
     assert snap.metadata["files"] == files and snap.metadata["source"] == str(src)
     assert small_store.info(snap.reference)["kind"] == "tree"
     assert snap.stats.packs >= 10  # big.bin alone spans about eleven 64 KiB packs
-    listed = [entry.path for entry in bk.list_snapshot(small_store, snap.reference)]
+    listed = [entry.path for entry in small_store.snapshot_entries(snap.reference)]
     assert listed == sorted(expected, key=sort_key)
 
     restored: list[bk.Progress] = []
-    stats = bk.restore(small_store, "backups/src:1", out, progress=restored.append)
+    stats = small_store.restore("backups/src:1", out, progress=restored.append)
     assert describe(out) == expected
     assert restored[-1].files == files and restored[-1].bytes == snap.stats.bytes
     assert (stats.files_written, stats.symlinks, stats.bytes_written) == (
@@ -179,7 +182,7 @@ def test_objects_do_not_grow_with_the_number_of_files(store: castore.Store, tmp_
             src, {f"d{i % 7}/f{i}.txt": f"file {i} of {count}".encode() for i in range(count)}
         )
         before = object_count(store)
-        bk.backup(store, src, f"backups/n{count}")
+        store.backup(src, f"backups/n{count}")
         added.append(object_count(store) - before)
     assert added == [4, 4]  # one pack, one index object, one manifest, one version ref
 
@@ -210,7 +213,7 @@ def test_incremental_backup_reads_only_changed_files(
     files["big"] = pattern(300_000, 99)
     write_files(src, files)
     fix_times(src)
-    first = bk.backup(store, src, "backups/inc", tags=["first"])
+    first = store.backup(src, "backups/inc", tags=["first"])
     assert (first.stats.files_read, first.stats.files_reused) == (13, 0)
     assert store.tags("backups/inc") == {"first": 1}
 
@@ -224,7 +227,7 @@ def test_incremental_backup_reads_only_changed_files(
     os.utime(replacement, ns=(old.st_atime_ns, old.st_mtime_ns))
     os.replace(replacement, src / "dir0/f3")
     with opened_files(monkeypatch) as opened:
-        second = bk.backup(store, src, "backups/inc")
+        second = store.backup(src, "backups/inc")
     assert sorted(opened) == ["added", "f0", "f1", "f3"]
     assert (second.stats.files_read, second.stats.files_reused) == (4, 9)
     changed = {"dir0/f0", "dir1/f1", "dir2/f2", "dir0/f3"}
@@ -232,16 +235,15 @@ def test_incremental_backup_reads_only_changed_files(
     assert second.stats.parent == first.reference
 
     with opened_files(monkeypatch) as opened:
-        third = bk.backup(store, src, "backups/inc")  # nothing changed: nothing read
+        third = store.backup(src, "backups/inc")  # nothing changed: nothing read
     assert opened == [] and third.stats.files_reused == 13 and third.version == 3
 
     out = tmp_path / "out"
-    bk.restore(store, third.reference, out)
+    store.restore(third.reference, out)
     assert describe(out) == describe(src)
 
     changes = {
-        c.path_str: (c.kind, c.what)
-        for c in bk.diff_snapshots(store, "backups/inc:1", "backups/inc:2")
+        c.path_str: (c.kind, c.what) for c in store.snapshot_diff("backups/inc:1", "backups/inc:2")
     }
     assert changes == {
         "dir0/added": ("added", ()),
@@ -250,7 +252,7 @@ def test_incremental_backup_reads_only_changed_files(
         "dir1/f1": ("changed", ("mtime",)),
         "dir0/f3": ("changed", ("content",)),
     }
-    assert list(bk.diff_snapshots(store, "backups/inc:2", "backups/inc:3")) == []
+    assert list(store.snapshot_diff("backups/inc:2", "backups/inc:3")) == []
 
 
 # -- excludes --------------------------------------------------------------------------------
@@ -262,8 +264,8 @@ def test_excludes_follow_gitignore_rules(store: castore.Store, tmp_path: Path) -
     names += " top.log pkg/top.log a/x/y/z.tmp"
     write_files(src, {name: b"x" for name in names.split()})
     rules = ["*.pyc", "!keep.pyc", "build/", "/top.log", "a/**/*.tmp", "# a comment", ""]
-    snap = bk.backup(store, src, "backups/ex", exclude=rules)
-    listed = {e.path_str for e in bk.list_snapshot(store, snap.reference) if e.type == FILE}
+    snap = store.backup(src, "backups/ex", exclude=rules)
+    listed = {e.path_str for e in store.snapshot_entries(snap.reference) if e.type == FILE}
     assert listed == {"keep.py", "pkg/keep.pyc", "docs/build", "pkg/top.log"}
     assert snap.metadata["exclude"] == rules
 
@@ -288,7 +290,7 @@ def test_special_and_vanished_files_are_skipped_and_recorded(
             return real(abspath, listed)
 
         monkeypatch.setattr(bk, "_open_regular", remove_first)
-        snap = bk.backup(store, src, "backups/sk")
+        snap = store.backup(src, "backups/sk")
     expected = {
         "fifo": "unsupported file type: fifo",
         "gone-big": "No such file or directory",
@@ -298,10 +300,10 @@ def test_special_and_vanished_files_are_skipped_and_recorded(
     assert dict(snap.stats.skipped_paths) == expected
     assert snap.metadata["skipped"] == 4 and snap.stats.files == 1
     recorded = {
-        e.path_str: e.reason for e in bk.list_snapshot(store, "backups/sk") if e.type == SKIPPED
+        e.path_str: e.reason for e in store.snapshot_entries("backups/sk") if e.type == SKIPPED
     }
     assert recorded == expected
-    stats = bk.restore(store, "backups/sk", tmp_path / "out")
+    stats = store.restore("backups/sk", tmp_path / "out")
     assert (stats.files_written, stats.skipped) == (1, 4)
     assert sorted(os.listdir(tmp_path / "out")) == ["ok.txt"]
 
@@ -312,10 +314,10 @@ import castore
 from castore.snapshots import backup as bk
 url, options, src = json.loads(sys.argv[1])
 with castore.init(url, **options) as store:
-    snap = bk.backup(store, src, "backups/denied")
-    skipped = {e.path_str: e.reason for e in bk.list_snapshot(store, snap.reference)
+    snap = store.backup(src, "backups/denied")
+    skipped = {e.path_str: e.reason for e in store.snapshot_entries(snap.reference)
                if e.type == "skipped"}
-    files = sorted(e.path_str for e in bk.list_snapshot(store, snap.reference) if e.type == "file")
+    files = sorted(e.path_str for e in store.snapshot_entries(snap.reference) if e.type == "file")
 print(json.dumps({"skipped": skipped, "files": files, "count": snap.metadata["skipped"]}))
 """
 
@@ -360,24 +362,24 @@ def test_unreadable_files_are_skipped_and_recorded(location: Location, tmp_path:
 def test_partial_restore_and_listing_by_path(store: castore.Store, tmp_path: Path) -> None:
     src = tmp_path / "src"
     write_files(src, {"a/b/c.txt": b"c", "a/b/d.txt": b"d", "a/e.txt": b"e", "f.txt": b"f"})
-    bk.backup(store, src, "backups/part")
+    store.backup(src, "backups/part")
     out = tmp_path / "out"
-    stats = bk.restore(store, "backups/part:1", out, ["/a/b/", "./f.txt"])
+    stats = store.restore("backups/part:1", out, ["/a/b/", "./f.txt"])
     restored = {p for p in describe(out)}
     assert restored == {b"a", b"a/b", b"a/b/c.txt", b"a/b/d.txt", b"f.txt"}
     assert stats.files_written == 3
-    assert [e.path_str for e in bk.list_snapshot(store, "backups/part", "a/b")] == [
+    assert [e.path_str for e in store.snapshot_entries("backups/part", "a/b")] == [
         "a/b",
         "a/b/c.txt",
         "a/b/d.txt",
     ]
     with pytest.raises(castore.NotFoundError, match="nope"):
-        bk.restore(store, "backups/part", tmp_path / "out2", ["a/nope"])
+        store.restore("backups/part", tmp_path / "out2", ["a/nope"])
     assert not (tmp_path / "out2").exists()
     with pytest.raises(castore.NotFoundError):
-        list(bk.list_snapshot(store, "backups/part", "a/nope"))
+        list(store.snapshot_entries("backups/part", "a/nope"))
     with pytest.raises(castore.InvalidInputError, match=r"\.\."):
-        bk.restore(store, "backups/part", out, ["a/../.."])
+        store.restore("backups/part", out, ["a/../.."])
 
 
 def test_restore_over_an_existing_tree_rewrites_only_what_differs(
@@ -388,8 +390,8 @@ def test_restore_over_an_existing_tree_rewrites_only_what_differs(
     write_files(src, {"k": b"k"})
     fix_times(src)
     write_files(outside, {"victim": b"must stay"})
-    snap = bk.backup(store, src, "backups/over")
-    bk.restore(store, snap.reference, out)
+    snap = store.backup(src, "backups/over")
+    store.restore(snap.reference, out)
 
     (out / "d/f0").write_bytes(pattern(200, 100))  # same size and mtime, other content
     os.utime(out / "d/f0", ns=(BASE_TIME, os.stat(src / "d/f0").st_mtime_ns))
@@ -405,7 +407,7 @@ def test_restore_over_an_existing_tree_rewrites_only_what_differs(
     (out / "d").symlink_to(outside)  # a symlink where a directory was: never followed
     (out / "k").unlink()
     (out / "k").symlink_to(outside / "victim")  # a symlink where a file was: replaced
-    stats = bk.restore(store, snap.reference, out)
+    stats = store.restore(snap.reference, out)
     assert [p.name for p in outside.iterdir()] == ["victim"]
     assert (outside / "victim").read_bytes() == b"must stay"
     assert stats.files_written == 9 and stats.files_unchanged == 0
@@ -414,7 +416,7 @@ def test_restore_over_an_existing_tree_rewrites_only_what_differs(
     (out / "d/f0").write_bytes(pattern(200, 100))
     os.utime(out / "d/f0", ns=(BASE_TIME, os.stat(src / "d/f0").st_mtime_ns))
     os.chmod(out / "d/f1", 0o600)
-    stats = bk.restore(store, snap.reference, out)
+    stats = store.restore(snap.reference, out)
     assert (stats.files_written, stats.files_unchanged) == (1, 8)
     assert describe(out) == describe(src) | {b"extra": describe(out)[b"extra"]}
 
@@ -443,9 +445,9 @@ def commit_raw_tree(
     """Commit a hand-crafted (possibly malicious) tree stream as a snapshot."""
     data = b"".join(msgpack.packb(value, use_bin_type=True) for value in values) + extra
     version = commit_version(
-        store,
+        store.repository,
         name,
-        store.write_stream(data),
+        store.repository.write_stream(data),
         kind="tree",
         serializer="tree",
         serializer_version="1",
@@ -489,18 +491,18 @@ def malicious_trees(outside: Path, content: Any) -> dict[str, list[object]]:
 def test_crafted_trees_cannot_escape_the_target(store: castore.Store, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
-    content = store.write_stream(b"evil bytes")
+    content = store.repository.write_stream(b"evil bytes")
     duplicate_key = b"\x82\xa4path\xc4\x04evil\xa4path\xc4\x05../ev"  # {"path": .., "path": ..}
     for number, (case, values) in enumerate(malicious_trees(outside, content).items()):
         extra = duplicate_key if case == "duplicate key" else b""
         ref = commit_raw_tree(store, f"evil/case{number}", values, extra)
         target = tmp_path / f"target{number}"
         with pytest.raises(castore.IntegrityError):
-            bk.restore(store, ref, target)
+            store.restore(ref, target)
         assert not any(p.name.startswith("evil") for p in target.rglob("*")), case
     trailing = commit_raw_tree(store, "evil/trailing", [raw_file(b"ok", content)], b"\x92")
     with pytest.raises(castore.IntegrityError, match="not a whole entry"):
-        list(bk.list_snapshot(store, trailing))
+        list(store.snapshot_entries(trailing))
     assert list(outside.iterdir()) == []
     assert not list(tmp_path.glob("evil*"))
 
@@ -515,37 +517,37 @@ def test_restore_never_follows_symlinks_even_if_validation_were_bypassed(
     outside = tmp_path / "outside"
     outside.mkdir()
     away = os.fsencode(outside)
-    content = store.write_stream(b"evil bytes")
+    content = store.repository.write_stream(b"evil bytes")
     replaced = commit_raw_tree(
         store,
         "evil/replaced",
         [raw_link(b"link", away), raw_meta(b"link", DIR), raw_file(b"link/evil", content)],
     )
     with suppress(castore.CastoreError):  # a symlink and a directory of one name race
-        bk.restore(store, replaced, tmp_path / "t1")
+        store.restore(replaced, tmp_path / "t1")
     assert list(outside.iterdir()) == []
     through = commit_raw_tree(
         store, "evil/through", [raw_link(b"link", away), raw_file(b"link/evil", content)]
     )
     with pytest.raises(castore.IntegrityError, match="no directory entry above it"):
-        bk.restore(store, through, tmp_path / "t2")
+        store.restore(through, tmp_path / "t2")
     assert list(outside.iterdir()) == []
 
 
 def test_errors_are_castore_errors(store: castore.Store, tmp_path: Path) -> None:
     store.save({"a": 1}, "models/m")
     with pytest.raises(castore.InvalidInputError, match="not a backup"):
-        bk.restore(store, "models/m", tmp_path / "out")
+        store.restore("models/m", tmp_path / "out")
     with pytest.raises(castore.InvalidInputError, match="not backups"):
-        bk.backup(store, tmp_path, "models/m")
+        store.backup(tmp_path, "models/m")
     with pytest.raises(castore.InvalidInputError, match="not a directory"):
-        bk.backup(store, tmp_path / "missing", "backups/x")
+        store.backup(tmp_path / "missing", "backups/x")
     with pytest.raises(castore.NotFoundError):
-        bk.restore(store, "backups/none", tmp_path / "out")
+        store.restore("backups/none", tmp_path / "out")
     (tmp_path / "file").write_bytes(b"")
-    bk.backup(store, tmp_path, "backups/y")
+    store.backup(tmp_path, "backups/y")
     with pytest.raises(castore.InvalidInputError, match="cannot restore into"):
-        bk.restore(store, "backups/y", tmp_path / "file")
+        store.restore("backups/y", tmp_path / "file")
 
 
 # -- forget ----------------------------------------------------------------------------------
@@ -579,9 +581,9 @@ def test_forget_applies_restic_policies_to_snapshot_times(
     monkeypatch.setattr(castore.format.manifest, "datetime", _Clock)
     for when in FORGET_TIMES:
         _Clock.current = when
-        bk.backup(store, tmp_path, "backups/daily")
+        store.backup(tmp_path, "backups/daily")
     policy = {"keep_last": 1, "keep_daily": 2, "keep_weekly": 3, "keep_monthly": 3}
-    preview = bk.forget(store, "backups/daily", **policy, dry_run=True, tz=UTC)
+    preview = store.forget("backups/daily", **policy, dry_run=True, tz=UTC)
     assert {k.version.version: k.reasons for k in preview.kept} == {
         7: ("last", "daily", "weekly", "monthly"),
         5: ("daily", "weekly", "monthly"),
@@ -589,13 +591,13 @@ def test_forget_applies_restic_policies_to_snapshot_times(
     }
     assert [v.version for v in preview.removed] == [6, 4, 2, 1]
     assert store.versions("backups/daily") == [1, 2, 3, 4, 5, 6, 7]
-    result = bk.forget(store, "backups/daily", **policy, tz=UTC)
+    result = store.forget("backups/daily", **policy, tz=UTC)
     assert [v.version for v in result.removed] == [6, 4, 2, 1]
     assert store.versions("backups/daily") == [3, 5, 7]
-    again = bk.forget(store, "backups/daily", **policy, tz=UTC)
+    again = store.forget("backups/daily", **policy, tz=UTC)
     assert again.removed == [] and len(again.kept) == 3
     with pytest.raises(castore.InvalidInputError, match="no keep rule"):
-        bk.forget(store, "backups/daily")
+        store.forget("backups/daily")
 
 
 BUCKETS: dict[str, Callable[[datetime], object]] = {
@@ -638,8 +640,8 @@ def test_keep_reasons_match_a_reference_model(
     times: list[datetime], counts: dict[str, int]
 ) -> None:
     newest_first = sorted((t.replace(tzinfo=UTC) for t in times), reverse=True)
-    policy = bk.RetentionPolicy(**counts)
-    got = bk.keep_reasons(newest_first, policy)
+    policy = RetentionPolicy(**counts)
+    got = keep_reasons(newest_first, policy)
     assert [set(r) for r in got] == reference_policy(newest_first, counts)
     if not policy.empty and newest_first:
         assert got[0]  # any rule keeps the newest snapshot

@@ -94,7 +94,9 @@ def test_exit_codes_are_reliable(location: Location, tmp_path: Path) -> None:
     assert _cli(location, "rm", "chain:2").returncode == 0
     assert _cli(location, "log", "chain", "--verify").returncode == 0  # deletion keeps the chain
     with location.open() as store:
-        store.backend.delete("refs/chain/@versions/2")  # a version vanishes behind our back
+        store.repository.backend.delete(
+            "refs/chain/@versions/2"
+        )  # a version vanishes behind our back
     broken = _cli(location, "log", "chain", "--verify")
     assert broken.returncode == 1 and b"chain:2: version is missing" in broken.stdout
     bad = subprocess.run([sys.executable, "-m", "castore", "frobnicate"], capture_output=True)

@@ -22,7 +22,7 @@ from tests.helpers import location_args, pack_paths, pattern, spawn
 
 def _all_objects(store: castore.Store) -> list[str]:
     folders = ["packs", "index", "manifests", "refs", "streams", "locks"]
-    return [path for folder in folders for path in store.backend.list(folder)]
+    return [path for folder in folders for path in store.repository.backend.list(folder)]
 
 
 def test_gc_frees_what_only_deleted_versions_used(location: Location) -> None:
@@ -60,7 +60,7 @@ def test_dry_run_says_what_would_go_and_changes_nothing(store: castore.Store) ->
 
 def test_gc_refuses_while_a_writer_holds_a_fresh_lease(location: Location) -> None:
     with location.init() as writer, location.open() as collector:
-        with writer.lease.held(), pytest.raises(StoreBusyError, match="fresh leases"):
+        with writer.repository.lease.held(), pytest.raises(StoreBusyError, match="fresh leases"):
             collector.gc()
         collector.gc()  # the lease is gone once the write ended
 
@@ -70,7 +70,10 @@ def test_a_writer_steps_back_while_gc_runs(
 ) -> None:
     monkeypatch.setattr(leases, "WRITER_WAIT", 0.5)
     with location.init() as collector, location.open() as writer:
-        with GcMarker(collector.backend), pytest.raises(StoreBusyError, match="gc is running"):
+        with (
+            GcMarker(collector.repository.backend),
+            pytest.raises(StoreBusyError, match="gc is running"),
+        ):
             writer.put(b"blocked")
         assert writer.put(b"after gc") == castore.format.digests.format_digest(
             __import__("hashlib").sha256(b"after gc").digest()
@@ -78,8 +81,8 @@ def test_a_writer_steps_back_while_gc_runs(
 
 
 def test_a_writer_whose_lease_went_stale_publishes_nothing(store: castore.Store) -> None:
-    with store.lease.held():
-        store.lease._refresher.last_sent -= 10 * leases.lease_ttl()  # as if suspended
+    with store.repository.lease.held():
+        store.repository.lease._refresher.last_sent -= 10 * leases.lease_ttl()  # as if suspended
         with pytest.raises(LeaseExpiredError, match="nothing was published"):
             store.save({"a": 1}, "m")
     assert store.names() == []
@@ -99,8 +102,8 @@ def test_a_reader_survives_a_repack_under_it(location: Location) -> None:
 
 def test_gc_deletes_nothing_while_an_index_object_is_damaged(store: castore.Store) -> None:
     store.save(pattern(100_000), "m", serializer="raw")
-    (index_path,) = store.backend.list("index")
-    store.backend.write(index_path, b"garbage")
+    (index_path,) = store.repository.backend.list("index")
+    store.repository.backend.write(index_path, b"garbage")
     packs = pack_paths(store)
     report = store.gc()
     assert any("castore repair" in p for p in report.problems)

@@ -10,6 +10,7 @@ import pytest
 import castore
 from castore.format import layout, wire
 from castore.format.config import StoreConfig
+from castore.format.digests import parse_digest
 from castore.format.packs import ENTRY, HEADER, TRAILER
 from castore.format.streams import StreamDescriptor, encode_stream_object
 from tests.conftest import Location
@@ -47,7 +48,7 @@ def test_flipped_bit_in_compressed_chunk_names_chunk_and_pack(
 
 def test_flipped_bit_in_raw_chunk_is_caught(store: castore.Store, tmp_path: Path) -> None:
     digest = store.put(pattern(5000))
-    ((chunk_id, _),) = store.stream_descriptor(digest).chunks()
+    ((chunk_id, _),) = store.repository.stream_descriptor(parse_digest(digest)).chunks()
     pack = _only_pack(store)
     flip_byte(store, pack, len(HEADER) + 100)
     _expect_damage(store, digest, tmp_path, chunk_id.hex(), "corrupt")
@@ -56,24 +57,24 @@ def test_flipped_bit_in_raw_chunk_is_caught(store: castore.Store, tmp_path: Path
 def test_truncated_pack_is_reported(store: castore.Store, tmp_path: Path) -> None:
     digest = store.put(pattern(5000))
     pack = _only_pack(store)
-    store.backend.write(pack, store.backend.read(pack)[: len(HEADER) + 2000])
+    store.repository.backend.write(pack, store.repository.backend.read(pack)[: len(HEADER) + 2000])
     _expect_damage(store, digest, tmp_path, "truncated")
 
 
 def test_deleted_pack_is_reported(store: castore.Store, tmp_path: Path) -> None:
     digest = store.put(pattern(5000))
     pack = _only_pack(store)
-    store.backend.delete(pack)
+    store.repository.backend.delete(pack)
     _expect_damage(store, digest, tmp_path, "missing", layout.name_of(pack).hex())
 
 
 def test_absurd_footer_count_is_rejected_by_verify(store: castore.Store) -> None:
     digest = store.put(pattern(5000))
     pack = _only_pack(store)
-    data = bytearray(store.backend.read(pack))
+    data = bytearray(store.repository.backend.read(pack))
     count_at = len(data) - TRAILER.size
     data[count_at : count_at + 4] = (2**32 - 1).to_bytes(4, "little")
-    store.backend.write(pack, bytes(data))
+    store.repository.backend.write(pack, bytes(data))
     report = store.verify(read_data=True)
     assert "more than the pack holds" in report.problems[0]
     assert report.affected == [digest]
@@ -82,16 +83,16 @@ def test_absurd_footer_count_is_rejected_by_verify(store: castore.Store) -> None
 def test_damaged_index_object_is_skipped_and_reported(location: Location, tmp_path: Path) -> None:
     with location.init() as store:
         digest = store.put(pattern(5000))
-        (index_path,) = store.backend.list(layout.INDEX)
+        (index_path,) = store.repository.backend.list(layout.INDEX)
         flip_byte(store, index_path, -3)
     with location.open() as reopened:
-        assert index_path in reopened.index.damaged
+        assert index_path in reopened.repository.index.damaged
         _expect_damage(reopened, digest, tmp_path, "castore repair", index_path)
 
 
 def test_malformed_stream_object_is_rejected(store: castore.Store) -> None:
     digest = store.put(pattern(3000))
-    store.backend.write(stream_object_path(digest), b"\xc1 not msgpack")
+    store.repository.backend.write(stream_object_path(digest), b"\xc1 not msgpack")
     with pytest.raises(castore.IntegrityError, match="not valid msgpack"):
         store.get(digest)
 
@@ -109,17 +110,17 @@ def test_malformed_stream_object_is_rejected(store: castore.Store) -> None:
 )
 def test_absurd_stream_object_fields_are_rejected(store: castore.Store, change: dict) -> None:
     digest = store.put(pattern(3000))
-    descriptor = store.stream_descriptor(digest)
+    descriptor = store.repository.stream_descriptor(parse_digest(digest))
     raw = {"version": 1, **descriptor.to_wire(), **change}
-    store.backend.write(stream_object_path(digest), wire.encode(raw))
+    store.repository.backend.write(stream_object_path(digest), wire.encode(raw))
     with pytest.raises(castore.IntegrityError):
         store.get(digest)
 
 
 def test_stream_object_of_a_newer_format_asks_for_an_upgrade(store: castore.Store) -> None:
     digest = store.put(pattern(3000))
-    raw = {**store.stream_descriptor(digest).to_wire(), "version": 2}
-    store.backend.write(stream_object_path(digest), wire.encode(raw))
+    raw = {**store.repository.stream_descriptor(parse_digest(digest)).to_wire(), "version": 2}
+    store.repository.backend.write(stream_object_path(digest), wire.encode(raw))
     with pytest.raises(castore.UnsupportedFormatError, match="upgrade castore"):
         store.get(digest)
 
@@ -127,7 +128,9 @@ def test_stream_object_of_a_newer_format_asks_for_an_upgrade(store: castore.Stor
 def test_stream_object_swapped_for_another_is_rejected(store: castore.Store) -> None:
     first = store.put(pattern(3000, seed=1))
     second = store.put(pattern(3000, seed=2))
-    store.backend.write(stream_object_path(first), store.backend.read(stream_object_path(second)))
+    store.repository.backend.write(
+        stream_object_path(first), store.repository.backend.read(stream_object_path(second))
+    )
     with pytest.raises(castore.IntegrityError, match="describes another stream"):
         store.get(first)
 
@@ -136,12 +139,12 @@ def test_tampered_chunk_list_fails_the_whole_stream_check(
     store: castore.Store, tmp_path: Path
 ) -> None:
     original = pattern(3000, seed=1)
-    other = store.stream_descriptor(store.put(pattern(3000, seed=2)))
+    other = store.repository.stream_descriptor(parse_digest(store.put(pattern(3000, seed=2))))
     digest = store.put(original)
     forged = StreamDescriptor(
         hashlib.sha256(original).digest(), other.size, other.chunk_ids, other.chunk_sizes
     )
-    store.backend.write(stream_object_path(digest), encode_stream_object(forged))
+    store.repository.backend.write(stream_object_path(digest), encode_stream_object(forged))
     _expect_damage(store, digest, tmp_path, "read back as")
 
 
@@ -187,7 +190,7 @@ def test_init_refuses_an_existing_store(location: Location) -> None:
 def test_corrupt_config_is_an_integrity_error(location: Location, config_bytes: bytes) -> None:
     location.init().close()
     with location.open() as store:
-        store.backend.write(layout.CONFIG, config_bytes)
+        store.repository.backend.write(layout.CONFIG, config_bytes)
     with pytest.raises(castore.IntegrityError):
         location.open()
 

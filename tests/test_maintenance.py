@@ -20,8 +20,8 @@ def _three_versions(store: castore.Store) -> list[castore.Version]:
 
 
 def _packs_of(store: castore.Store, version: castore.Version) -> set[bytes]:
-    manifest, _ = catalog.resolve(store, version.reference)
-    return {store.index.lookup(c).pack_id for c, _ in manifest.stream.chunks()}
+    manifest, _ = catalog.resolve(store.repository, version.reference)
+    return {store.repository.index.lookup(c).pack_id for c, _ in manifest.stream.chunks()}
 
 
 def test_healthy_store_verifies_with_and_without_data(small_store: castore.Store) -> None:
@@ -36,7 +36,7 @@ def test_healthy_store_verifies_with_and_without_data(small_store: castore.Store
 def test_deleted_pack_names_exactly_the_affected_version(small_store: castore.Store) -> None:
     versions = _three_versions(small_store)
     victim = sorted(_packs_of(small_store, versions[1]))[0]
-    small_store.backend.delete(layout.pack_path(victim))
+    small_store.repository.backend.delete(layout.pack_path(victim))
     report = small_store.verify()
     assert report.affected == ["m:2"]
     assert small_store.repair().affected == ["m:2"]
@@ -53,8 +53,8 @@ def test_flipped_bit_names_exactly_the_affected_version(small_store: castore.Sto
 def test_deleted_index_object_is_rebuilt_from_pack_footers(location: Location) -> None:
     with location.init(config=SMALL_PACKS) as store:
         versions = _three_versions(store)
-        index_objects = store.backend.list(layout.INDEX)
-        store.backend.delete(index_objects[0])
+        index_objects = store.repository.backend.list(layout.INDEX)
+        store.repository.backend.delete(index_objects[0])
     with location.open() as store:
         assert not store.verify(read_data=False).ok
         report = store.repair()
@@ -67,7 +67,7 @@ def test_deleted_index_object_is_rebuilt_from_pack_footers(location: Location) -
 def test_damaged_index_object_is_replaced_by_repair(location: Location) -> None:
     with location.init(config=SMALL_PACKS) as store:
         _three_versions(store)
-        flip_byte(store, store.backend.list(layout.INDEX)[1], -5)
+        flip_byte(store, store.repository.backend.list(layout.INDEX)[1], -5)
     with location.open() as store:
         report = store.repair()
         assert report.index_objects_removed == 1 and report.lost_chunks == 0
@@ -77,8 +77,10 @@ def test_damaged_index_object_is_replaced_by_repair(location: Location) -> None:
 def test_truncated_manifest_and_dangling_ref_are_named(small_store: castore.Store) -> None:
     versions = _three_versions(small_store)
     manifest = layout.manifest_path(bytes.fromhex(versions[0].digest[7:]))
-    small_store.backend.write(manifest, small_store.backend.read(manifest)[:40])
-    small_store.refs.create_version("other", 1, bytes(32))  # points at no manifest
+    small_store.repository.backend.write(
+        manifest, small_store.repository.backend.read(manifest)[:40]
+    )
+    small_store.repository.refs.create_version("other", 1, bytes(32))  # points at no manifest
     affected = small_store.verify().affected
     assert affected == ["m:1", "other:1"]
 

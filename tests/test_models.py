@@ -59,7 +59,9 @@ def test_version_digest_and_content_digest_differ_and_are_reported(store: castor
     version = store.save(b"raw model bytes", "onnx/model", serializer="raw")
     info = store.info("onnx/model:1")
     assert info["digest"] == version.digest != info["content_digest"]
-    manifest_bytes = store.backend.read(layout.manifest_path(bytes.fromhex(version.digest[7:])))
+    manifest_bytes = store.repository.backend.read(
+        layout.manifest_path(bytes.fromhex(version.digest[7:]))
+    )
     assert layout.digest_of(manifest_bytes).hex() == version.digest[7:]
     assert info["size"] == len(b"raw model bytes") and info["serializer"]["name"] == "raw"
 
@@ -93,13 +95,13 @@ def test_every_serializer_round_trips(store: castore.Store, tmp_path: Path) -> N
 
 def test_cloudpickle_refuses_another_python_minor(store: castore.Store) -> None:
     version = store.save(lambda: 1, "f", serializer="cloudpickle")
-    manifest, digest = catalog.resolve(store, version.reference)
+    manifest, digest = catalog.resolve(store.repository, version.reference)
     foreign = dataclasses.replace(
         manifest, number=2, parent=digest, environment={**manifest.environment, "python": "3.8.10"}
     )
     data = foreign.encode()
-    store.backend.write(layout.manifest_path(layout.digest_of(data)), data)
-    store.refs.create_version("f", 2, layout.digest_of(data))
+    store.repository.backend.write(layout.manifest_path(layout.digest_of(data)), data)
+    store.repository.refs.create_version("f", 2, layout.digest_of(data))
     with pytest.raises(castore.IncompatibleEnvironmentError, match=r"Python 3\.8"):
         store.load("f:2")
     assert store.load("f:1", allow_unsafe=True)() == 1
@@ -112,7 +114,9 @@ def test_mmap_load_maps_arrays_from_a_verified_local_copy(store: castore.Store) 
     assert all(isinstance(a, np.memmap) for a in loaded.values())
     _assert_same(loaded, weights)
     # A damaged cached copy is detected and replaced, never mapped.
-    (cached,) = [p for p in store.cache.root.rglob("*") if p.is_file() and "streams" in p.parts]
+    (cached,) = [
+        p for p in store.repository.cache.root.rglob("*") if p.is_file() and "streams" in p.parts
+    ]
     data = bytearray(cached.read_bytes())
     data[-10] ^= 0xFF
     cached.write_bytes(bytes(data))
@@ -125,9 +129,9 @@ def test_second_load_from_s3_fetches_no_chunk_data(location: Location) -> None:
         store.save(_weights(6), "cached")
         _assert_same(store.load("cached"), _weights(6))
         for pack in pack_paths(store):  # proves the second load reads no pack
-            store.backend.delete(pack)
+            store.repository.backend.delete(pack)
         _assert_same(store.load("cached"), _weights(6))
-        assert store.cache.hits > 0
+        assert store.repository.cache.hits > 0
 
 
 def test_concurrent_savers_in_processes_get_distinct_versions(location: Location) -> None:
@@ -197,18 +201,18 @@ def test_log_verify_catches_a_rewritten_or_missing_version(store: castore.Store)
     for seed in range(3):
         store.save({"seed": seed}, "chain")
     assert store.log("chain", verify=True)
-    manifest, digest = catalog.resolve(store, "chain:2")
+    manifest, digest = catalog.resolve(store.repository, "chain:2")
     forged = dataclasses.replace(manifest, metadata={"approved": True})
     data = forged.encode()
-    store.backend.write(layout.manifest_path(layout.digest_of(data)), data)
+    store.repository.backend.write(layout.manifest_path(layout.digest_of(data)), data)
     ref_path = "refs/chain/@versions/2"
-    ref = store.backend.read(ref_path)
-    store.backend.write(ref_path, ref.replace(digest, layout.digest_of(data)))
+    ref = store.repository.backend.read(ref_path)
+    store.repository.backend.write(ref_path, ref.replace(digest, layout.digest_of(data)))
     problems = store.verify_history("chain")
     assert len(problems) == 1 and "chain:3" in problems[0] and "rewritten" in problems[0]
     with pytest.raises(castore.IntegrityError, match="history of chain is broken"):
         store.log("chain", verify=True)
-    store.backend.delete("refs/chain/@versions/1")
+    store.repository.backend.delete("refs/chain/@versions/1")
     assert any("chain:1: version is missing" in p for p in store.verify_history("chain"))
 
 
@@ -216,10 +220,10 @@ def test_a_manifest_swapped_under_a_ref_is_caught(store: castore.Store) -> None:
     store.save({"a": 1}, "one")
     other = store.save({"b": 2}, "two")
     path = "refs/one/@versions/1"
-    swapped = store.backend.read(path).replace(
-        catalog.resolve(store, "one:1")[1], bytes.fromhex(other.digest[7:])
+    swapped = store.repository.backend.read(path).replace(
+        catalog.resolve(store.repository, "one:1")[1], bytes.fromhex(other.digest[7:])
     )
-    store.backend.write(path, swapped)
+    store.repository.backend.write(path, swapped)
     with pytest.raises(castore.IntegrityError, match="swapped"):
         store.load("one:1")
 
@@ -227,7 +231,9 @@ def test_a_manifest_swapped_under_a_ref_is_caught(store: castore.Store) -> None:
 def test_a_tampered_manifest_fails_its_digest(store: castore.Store) -> None:
     version = store.save({"a": 1}, "m", metadata={"note": "original"})
     path = layout.manifest_path(bytes.fromhex(version.digest[7:]))
-    store.backend.write(path, store.backend.read(path).replace(b"original", b"tampered"))
+    store.repository.backend.write(
+        path, store.repository.backend.read(path).replace(b"original", b"tampered")
+    )
     with pytest.raises(castore.IntegrityError, match="does not match its digest"):
         store.load(version.digest)
 

@@ -54,7 +54,7 @@ def test_multi_pack_stream_round_trips_and_fills_several_packs(
 ) -> None:
     data = pattern(600_000)
     digest = _check_roundtrip(small_store, data)
-    assert len(small_store.backend.list(layout.PACKS)) >= 5
+    assert len(small_store.repository.backend.list(layout.PACKS)) >= 5
     with location.open() as reopened:
         assert reopened.get(digest) == data
 
@@ -112,7 +112,7 @@ def test_open_stream_reads_in_small_pieces(small_store: castore.Store) -> None:
 def test_stream_object_is_named_by_content_digest(store: castore.Store) -> None:
     digest = store.put(b"named by content")
     raw = bytes.fromhex(digest.removeprefix("sha256:"))
-    assert store.backend.exists(layout.stream_path(raw))
+    assert store.repository.backend.exists(layout.stream_path(raw))
     assert store.contains(digest)
     assert not store.contains("sha256:" + "0" * 64)
 

@@ -33,7 +33,7 @@ from castore.errors import DeserializationError, UnsafeObjectError
 from castore.safety import unpickler as safety
 from castore.safety.unpickler import Allowlist
 from castore.trust import userconfig
-from castore.versions import catalog
+from castore.versions import catalog, loading
 
 SERIALIZERS = ["joblib", "pickle", "cloudpickle"]
 
@@ -95,9 +95,9 @@ def _serialize(obj: Any, serializer: str) -> bytes:
 def _commit(store: castore.Store, name: str, data: bytes, serializer: str) -> catalog.Version:
     """A version holding exactly `data`, labelled with `serializer`."""
     return catalog.commit_version(
-        store,
+        store.repository,
         name,
-        store.write_stream(data),
+        store.repository.write_stream(data),
         kind="object",
         serializer=serializer,
         serializer_version="x",
@@ -121,9 +121,11 @@ def _default_loads(store: castore.Store, ref: str, serializer: str) -> list[Call
     """Every way of loading a version without trusting it, for one serializer."""
     loads = [
         partial(store.load, ref),
-        partial(catalog.load, store, ref),
-        partial(catalog.load, store, ref, trusted=["numpy.*", "sklearn.*", "scipy.*"]),
-        partial(castore.load, store.qualified(ref)) if not store.backend.is_remote else None,
+        partial(loading.load, store.repository, ref),
+        partial(loading.load, store.repository, ref, trusted=["numpy.*", "sklearn.*", "scipy.*"]),
+        partial(castore.load, store.qualified(ref))
+        if not store.repository.backend.is_remote
+        else None,
     ]
     if serializer == "joblib":
         loads.append(partial(store.load, ref, mmap_mode="r"))
@@ -144,7 +146,7 @@ def test_hostile_pickles_are_refused_on_every_path_and_never_run(
             assert "nothing from it was run" in str(error.value)
             assert not marker.exists(), f"{payload} ran through {serializer}"
     # The payloads are real: the explicit escape hatch runs them.
-    catalog.load(store, version.reference, allow_unsafe=True)
+    store.load(version.reference, allow_unsafe=True)
     assert marker.exists()
 
 
@@ -169,7 +171,7 @@ def test_a_cloudpickled_function_payload_is_refused(store: castore.Store, tmp_pa
     with pytest.raises(UnsafeObjectError, match="cloudpickle"):
         store.load(version.reference)
     assert not marker.exists()
-    catalog.load(store, version.reference, allow_unsafe=True)
+    store.load(version.reference, allow_unsafe=True)
     assert marker.exists()
 
 

@@ -121,20 +121,20 @@ def test_a_signed_version_loads_under_require_signature(
     store: castore.Store, alice: PrivateKey
 ) -> None:
     version = store.save({"weights": [1, 2, 3]}, "m")
-    signature = signing.sign(store, "m:1", alice)
+    signature = store.sign("m:1", alice)
     assert signature.version_digest.hex() == version.digest[7:] and signature.is_valid()
     policy = TrustPolicy.of([alice.public_key])
-    loaded = catalog.load(store, "m:latest", require_signature=True, policy=policy)
+    loaded = store.load("m:latest", require_signature=True, policy=policy)
     assert loaded == {"weights": [1, 2, 3]}
-    assert signing.check(store, version.digest, policy) == [alice.public_key.key_id]
-    assert [c.valid for c in signing.signatures(store, "m")] == [True]
+    assert store.trusted_signers(version.digest, policy) == [alice.public_key.key_id]
+    assert [c.valid for c in store.signatures("m")] == [True]
     # Signing again keeps the signature; a second key adds one.
-    assert signing.sign(store, version.reference, alice) == signature
-    signing.sign(store, version.reference, PrivateKey.generate())
-    assert len(signing.signatures(store, "m")) == 2
+    assert store.sign(version.reference, alice) == signature
+    store.sign(version.reference, PrivateKey.generate())
+    assert len(store.signatures("m")) == 2
     # The user's own config is the default policy.
     signing.trusted_keys_path().write_text(alice.public_key.to_openssh() + "\n")
-    assert catalog.load(store, "m", require_signature=True) == {"weights": [1, 2, 3]}
+    assert store.load("m", require_signature=True) == {"weights": [1, 2, 3]}
 
 
 def test_unsigned_or_wrongly_signed_versions_are_refused_naming_the_signers(
@@ -143,21 +143,21 @@ def test_unsigned_or_wrongly_signed_versions_are_refused_naming_the_signers(
     policy = TrustPolicy.of([alice.public_key])
     store.save({"v": 1}, "m")
     with pytest.raises(UntrustedVersionError, match=r"version 1 of m .*Signed by: no key") as error:
-        catalog.load(store, "m", require_signature=True, policy=policy)
+        store.load("m", require_signature=True, policy=policy)
     assert alice.public_key.key_id in str(error.value)  # the trusted keys are listed too
     assert isinstance(error.value, castore.IntegrityError)
 
-    signing.sign(store, "m:1", mallory)
+    store.sign("m:1", mallory)
     with pytest.raises(UntrustedVersionError) as error:
-        catalog.load(store, "m", require_signature=True, policy=policy)
+        store.load("m", require_signature=True, policy=policy)
     assert f"{mallory.public_key.key_id} (valid, but not a trusted key)" in str(error.value)
 
-    signing.sign(store, "m:1", alice)
+    store.sign("m:1", alice)
     _tamper(store, layout.signature_path(_digest(store, "m:1"), alice.public_key.key_id))
     with pytest.raises(UntrustedVersionError, match="invalid: the signature is forged"):
-        catalog.load(store, "m", require_signature=True, policy=policy)
+        store.load("m", require_signature=True, policy=policy)
     # Without require_signature the version still loads (through the restricted unpickler).
-    assert catalog.load(store, "m", policy=policy) == {"v": 1}
+    assert store.load("m", policy=policy) == {"v": 1}
 
 
 def test_a_signature_of_another_version_does_not_count(
@@ -166,12 +166,12 @@ def test_a_signature_of_another_version_does_not_count(
     policy = TrustPolicy.of([alice.public_key])
     store.save({"v": 1}, "m")
     store.save({"v": 2}, "m")
-    signature = signing.sign(store, "m:1", alice)
+    signature = store.sign("m:1", alice)
     moved = layout.signature_path(_digest(store, "m:2"), alice.public_key.key_id)
-    store.backend.write(moved, store.backend.read(signature.path))
+    store.repository.backend.write(moved, store.repository.backend.read(signature.path))
     with pytest.raises(UntrustedVersionError, match="signs another version"):
-        catalog.load(store, "m:2", require_signature=True, policy=policy)
-    assert catalog.load(store, "m:1", require_signature=True, policy=policy) == {"v": 1}
+        store.load("m:2", require_signature=True, policy=policy)
+    assert store.load("m:1", require_signature=True, policy=policy) == {"v": 1}
 
 
 def test_a_manifest_swapped_under_a_signed_ref_is_caught(
@@ -180,25 +180,27 @@ def test_a_manifest_swapped_under_a_signed_ref_is_caught(
     policy = TrustPolicy.of([alice.public_key])
     store.save({"approved": True}, "m")
     store.save({"other": True}, "n")
-    signing.sign(store, "m:1", alice)
-    signing.sign(store, "n:1", alice)
+    store.sign("m:1", alice)
+    store.sign("n:1", alice)
     ref_path = "refs/m/@versions/1"
-    original = store.backend.read(ref_path)
+    original = store.repository.backend.read(ref_path)
     # Another name's (signed) manifest under m's ref: the manifest names n, not m.
-    store.backend.write(ref_path, original.replace(_digest(store, "m:1"), _digest(store, "n:1")))
+    store.repository.backend.write(
+        ref_path, original.replace(_digest(store, "m:1"), _digest(store, "n:1"))
+    )
     with pytest.raises(castore.IntegrityError, match="swapped"):
-        catalog.load(store, "m:1", require_signature=True, policy=policy)
+        store.load("m:1", require_signature=True, policy=policy)
     # A forged manifest for m:1 itself (same name and number): only the signature can tell.
     digest = _digest_of_ref(original)
     forged = dataclasses.replace(
-        catalog.read_manifest(store, digest), metadata={"approved": "forged"}
+        catalog.read_manifest(store.repository, digest), metadata={"approved": "forged"}
     )
     data = forged.encode()
-    store.backend.write(layout.manifest_path(layout.digest_of(data)), data)
-    store.backend.write(ref_path, original.replace(digest, layout.digest_of(data)))
+    store.repository.backend.write(layout.manifest_path(layout.digest_of(data)), data)
+    store.repository.backend.write(ref_path, original.replace(digest, layout.digest_of(data)))
     assert store.load("m:1") == {"approved": True}  # same stream; the manifest differs
     with pytest.raises(UntrustedVersionError, match=r"version 1 of m \(sha256:"):
-        catalog.load(store, "m:1", require_signature=True, policy=policy)
+        store.load("m:1", require_signature=True, policy=policy)
 
 
 def test_a_trusted_signature_lets_the_plain_unpickler_load(
@@ -207,13 +209,13 @@ def test_a_trusted_signature_lets_the_plain_unpickler_load(
     version = store.save(lambda x: x + 1, "f", serializer="cloudpickle")
     with pytest.raises(castore.errors.UnsafeObjectError):
         store.load(version.reference)
-    signing.sign(store, version.reference, mallory)
+    store.sign(version.reference, mallory)
     with pytest.raises(castore.errors.UnsafeObjectError):
-        catalog.load(store, version.reference, policy=TrustPolicy.of([alice.public_key]))
-    signing.sign(store, version.reference, alice)
-    increment = catalog.load(store, version.reference, policy=TrustPolicy.of([alice.public_key]))
+        store.load(version.reference, policy=TrustPolicy.of([alice.public_key]))
+    store.sign(version.reference, alice)
+    increment = store.load(version.reference, policy=TrustPolicy.of([alice.public_key]))
     assert increment(1) == 2
-    assert catalog.load(store, version.reference, allow_unsafe=True)(2) == 3
+    assert store.load(version.reference, allow_unsafe=True)(2) == 3
 
 
 def test_verify_signatures_reports_every_bad_object(
@@ -221,16 +223,16 @@ def test_verify_signatures_reports_every_bad_object(
 ) -> None:
     store.save({"v": 1}, "m")
     store.save({"v": 2}, "m")
-    good = signing.sign(store, "m:1", alice)
-    assert signing.verify_signatures(store) == signing.SignatureAudit(checked=1, valid=1)
-    tampered = signing.sign(store, "m:2", alice)
+    good = store.sign("m:1", alice)
+    assert signing.verify_signatures(store.repository) == signing.SignatureAudit(checked=1, valid=1)
+    tampered = store.sign("m:2", alice)
     _tamper(store, tampered.path)
     missing = bytes(32)
     orphan = Signature(missing, alice.public_key, alice.sign(signing.signing_message(missing)))
-    store.backend.write(orphan.path, orphan.encode())
-    store.backend.write(f"{layout.signature_folder(missing)}/not-a-key-id", b"junk")
-    store.backend.write("signatures/zz/junk", b"junk")
-    audit = signing.verify_signatures(store)
+    store.repository.backend.write(orphan.path, orphan.encode())
+    store.repository.backend.write(f"{layout.signature_folder(missing)}/not-a-key-id", b"junk")
+    store.repository.backend.write("signatures/zz/junk", b"junk")
+    audit = signing.verify_signatures(store.repository)
     assert (audit.checked, audit.valid) == (5, 1)
     problems = "\n".join(audit.problems)
     assert good.path not in problems
@@ -266,7 +268,7 @@ def test_malformed_signature_objects_are_castore_errors(
 
 
 def _digest(store: castore.Store, ref: str) -> bytes:
-    return catalog.resolve(store, ref)[1]
+    return catalog.resolve(store.repository, ref)[1]
 
 
 def _digest_of_ref(ref_object: bytes) -> bytes:
@@ -275,6 +277,6 @@ def _digest_of_ref(ref_object: bytes) -> bytes:
 
 def _tamper(store: castore.Store, path: str) -> None:
     """Flip one bit of the signature bytes inside a signature object."""
-    raw = wire.decode_map(store.backend.read(path), path)
+    raw = wire.decode_map(store.repository.backend.read(path), path)
     raw["signature"] = bytes([raw["signature"][0] ^ 1]) + raw["signature"][1:]
-    store.backend.write(path, wire.encode(raw))
+    store.repository.backend.write(path, wire.encode(raw))

@@ -26,9 +26,6 @@ from castore.errors import (
     NotFoundError,
 )
 from castore.format.digests import PREFIX
-from castore.maintenance.gc import DEFAULT_REPACK_THRESHOLD
-from castore.trust import signatures
-from castore.versions import catalog
 
 EXIT_CODES: list[tuple[type[CastoreError], int]] = [
     (IntegrityError, 1),
@@ -217,10 +214,10 @@ def _open_bytes(command: Command, ref: str) -> tuple[Any, int]:
     """A verified readable stream for a content digest or a version reference."""
     store = command.store
     if ref.startswith(PREFIX) and store.contains(ref):
-        descriptor = store.stream_descriptor(ref)
+        stream = store.open_stream(ref)
     else:
-        descriptor = catalog.resolve(store, ref)[0].stream
-    return store.open_descriptor(descriptor), descriptor.size
+        stream = store.open_version(ref)
+    return stream, stream.size
 
 
 def cmd_get(command: Command) -> int:
@@ -253,7 +250,7 @@ def cmd_cat(command: Command) -> int:
 
 
 def _is_snapshot(store: castore.Store, ref: str) -> bool:
-    return catalog.resolve(store, ref)[0].kind == "tree"
+    return store.version(ref).kind == "tree"
 
 
 def _entry_json(entry: Any) -> dict[str, Any]:
@@ -539,18 +536,18 @@ def cmd_forget(command: Command) -> int:
 
 def cmd_key(command: Command) -> int:
     """castore key generate [PATH]."""
-    public = signatures.generate_key(command.args.path)
+    public = castore.generate_key(command.args.path)
     command.emit(
         {"key_id": public.key_id, "public_key": public.to_openssh()},
         f"wrote a new Ed25519 key pair (key id {public.key_id}); to trust it, add this line "
-        f"to {signatures.trusted_keys_path()}:\n{public.to_openssh()}",
+        f"to {castore.trusted_keys_path()}:\n{public.to_openssh()}",
     )
     return 0
 
 
 def cmd_sign(command: Command) -> int:
     """castore sign REF [--key PATH]."""
-    key = signatures.load_private_key(command.args.key)
+    key = castore.load_private_key(command.args.key)
     signature = command.store.sign(command.args.ref, key)
     command.emit(
         {"reference": command.args.ref, "key_id": signature.key_id},
@@ -795,7 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument(
         "--repack-threshold",
         type=float,
-        default=DEFAULT_REPACK_THRESHOLD,
+        default=castore.DEFAULT_REPACK_THRESHOLD,
         help="repack packs with more than this share of garbage (default 0.2)",
     )
     add("stats", cmd_stats, "sizes, counts, dedup and compression ratios")

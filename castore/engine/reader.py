@@ -178,6 +178,15 @@ def iter_stream(
         )
 
 
+class VerifiedStream(io.BufferedReader):
+    """A buffered, verified stream that knows its total size."""
+
+    def __init__(self, raw: StreamReader) -> None:
+        super().__init__(raw)
+        self.size = raw.size
+        """Total bytes of the stream."""
+
+
 class StreamReader(io.RawIOBase):
     """A readable file object over a verified stream (wrap in io.BufferedReader to peek)."""
 

@@ -14,23 +14,15 @@ from castore.errors import IntegrityError, ObjectExistsError
 from castore.format import layout
 from castore.format.compression import encode_chunk
 from castore.format.digests import format_digest
-from castore.format.manifest import Manifest
 from castore.format.streams import StreamDescriptor
-from castore.maintenance.reachability import EXTRA_CHUNKS
 from castore.versions import catalog
+from castore.versions.contents import chunks_of
 
 if TYPE_CHECKING:
-    from castore.store import Store
+    from castore.engine.repository import Repository
 
 
-def _needed_chunks(source: Store, manifest: Manifest) -> Iterable[tuple[bytes, int]]:
-    yield from manifest.stream.chunks()
-    extra = EXTRA_CHUNKS.get(manifest.kind)
-    if extra is not None:
-        yield from extra(source, manifest)
-
-
-def _copy_chunks(source: Store, dest: Store, chunks: Iterable[tuple[bytes, int]]) -> int:
+def _copy_chunks(source: Repository, dest: Repository, chunks: Iterable[tuple[bytes, int]]) -> int:
     """Store in `dest` the chunks it lacks, read (verified) from `source`; return bytes sent."""
     missing: dict[bytes, int] = {}
     for chunk_id, size in chunks:
@@ -51,11 +43,11 @@ def _copy_chunks(source: Store, dest: Store, chunks: Iterable[tuple[bytes, int]]
     return listing.size
 
 
-def copy_version(source: Store, ref: str, dest: Store) -> catalog.Version:
+def copy_version(source: Repository, ref: str, dest: Repository) -> catalog.Version:
     """Copy one version (data, manifest, ref) into `dest`; idempotent."""
     manifest, digest = catalog.resolve(source, ref)
     with dest.writing():
-        _copy_chunks(source, dest, _needed_chunks(source, manifest))
+        _copy_chunks(source, dest, chunks_of(source, manifest))
         data = source.backend.read(layout.manifest_path(digest))
         dest.backend.write(layout.manifest_path(digest), data)
         _placeholders(source, dest, manifest.name, manifest.number)
@@ -73,7 +65,7 @@ def copy_version(source: Store, ref: str, dest: Store) -> catalog.Version:
     return catalog.Version.of(manifest, digest)
 
 
-def _placeholders(source: Store, dest: Store, name: str, below: int) -> None:
+def _placeholders(source: Repository, dest: Repository, name: str, below: int) -> None:
     """Tombstones in `dest` for earlier versions it lacks, with the source's digests."""
     taken = set(dest.refs.version_numbers(name))
     for number in range(1, below):
@@ -84,7 +76,7 @@ def _placeholders(source: Store, dest: Store, name: str, below: int) -> None:
             dest.refs.mark_deleted(name, number, version_ref.manifest)
 
 
-def copy_name(source: Store, name: str, dest: Store) -> list[catalog.Version]:
+def copy_name(source: Repository, name: str, dest: Repository) -> list[catalog.Version]:
     """Copy every live version of a name, then its current tags."""
     copied = [copy_version(source, f"{name}:{n}", dest) for n in catalog.versions(source, name)]
     for tag, number in catalog.tags(source, name).items():

@@ -21,7 +21,7 @@ from castore.format.packs import ENTRY, HEADER, TRAILER, PackEntry, check_pack
 from castore.maintenance.reachability import walk
 
 if TYPE_CHECKING:
-    from castore.store import Store
+    from castore.engine.repository import Repository
 
 DEFAULT_REPACK_THRESHOLD = 0.2
 """Repack a pack once more than this share of its bytes is garbage."""
@@ -49,16 +49,16 @@ def _pack_size(entries: list[PackEntry]) -> int:
 
 
 def gc(
-    store: Store, *, dry_run: bool = False, repack_threshold: float = DEFAULT_REPACK_THRESHOLD
+    repo: Repository, *, dry_run: bool = False, repack_threshold: float = DEFAULT_REPACK_THRESHOLD
 ) -> GcReport:
     """Collect garbage; raise StoreBusyError while writers hold fresh leases."""
     report = GcReport(dry_run=dry_run)
-    with GcMarker(store.backend):
-        marker_time = store.backend.modified(layout.GC_MARKER)
-        store.index.reload()
-        reach = walk(store)
+    with GcMarker(repo.backend):
+        marker_time = repo.backend.modified(layout.GC_MARKER)
+        repo.index.reload()
+        reach = walk(repo)
         report.problems.extend(reach.problems)
-        report.problems.extend(f"{p}: {why}" for p, why in store.index.damaged.items())
+        report.problems.extend(f"{p}: {why}" for p, why in repo.index.damaged.items())
         if report.problems:
             # An unreadable root might need anything, and the packs of a damaged index
             # object look unreferenced: deleting now could destroy the only copy.
@@ -66,11 +66,11 @@ def gc(
                 "gc deleted nothing: fix the problems above first ('castore repair')"
             )
             return report
-        locations = store.index.locations()
+        locations = repo.index.locations()
         dead: list[bytes] = []
         repack: dict[bytes, list[PackEntry]] = {}
         survivors: list[PackListing] = []
-        for pack_id, entries in store.index.packs.items():
+        for pack_id, entries in repo.index.packs.items():
             report.packs += 1
             live = [
                 e
@@ -88,34 +88,36 @@ def gc(
                 report.bytes_rewritten += size - garbage
             else:
                 survivors.append((pack_id, entries))
-        orphans = _orphan_packs(store, marker_time)
+        orphans = _orphan_packs(repo, marker_time)
         report.orphan_packs = len(orphans)
         report.packs_deleted = len(dead)
         report.packs_repacked = len(repack)
         if dry_run:
             return report
-        new_index, new_packs = _repack(store, repack) if repack else (None, set())
-        written = {new_index, store.index.commit(survivors) if survivors else None}
+        new_index, new_packs = _repack(repo, repack) if repack else (None, set())
+        written = {new_index, repo.index.commit(survivors) if survivors else None}
         # Index objects are content-addressed: an unchanged store rewrites the very same
         # object, which must of course survive the deletion of the old ones.
-        old_objects = [p for p in store.index.objects if p not in written]
+        old_objects = [p for p in repo.index.objects if p not in written]
         for path in old_objects:
-            store.backend.delete(path)
+            repo.backend.delete(path)
         report.index_objects_replaced = len(old_objects)
         for pack_id in {*dead, *repack, *orphans} - new_packs:  # a repack can recreate a pack
-            store.backend.delete(layout.pack_path(pack_id))
+            repo.backend.delete(layout.pack_path(pack_id))
         report.manifests_deleted = _delete_unreferenced_manifests(
-            store, reach.live_manifests, marker_time
+            repo, reach.live_manifests, marker_time
         )
-        store.index.reload()
+        repo.index.reload()
     return report
 
 
-def _repack(store: Store, repack: dict[bytes, list[PackEntry]]) -> tuple[str | None, set[bytes]]:
+def _repack(
+    repo: Repository, repack: dict[bytes, list[PackEntry]]
+) -> tuple[str | None, set[bytes]]:
     """Copy the live chunks of `repack` into new packs; return the new index object and packs."""
-    session = store.write_session(rewrite=True)
+    session = repo.write_session(rewrite=True)
     for pack_id, live in repack.items():
-        data = store.backend.read(layout.pack_path(pack_id))
+        data = repo.backend.read(layout.pack_path(pack_id))
         check_pack(data, pack_id)  # never copy damage forward
         for entry in live:
             payload = data[entry.offset : entry.offset + entry.stored_len]
@@ -124,27 +126,27 @@ def _repack(store: Store, repack: dict[bytes, list[PackEntry]]) -> tuple[str | N
     return session.index_object, set(session.stats.packs)
 
 
-def _orphan_packs(store: Store, marker_time: float) -> list[bytes]:
+def _orphan_packs(repo: Repository, marker_time: float) -> list[bytes]:
     """Packs no index object lists, old enough that no writer can still be committing them."""
     orphans = []
-    for pack_id in store.index.unindexed_packs():
+    for pack_id in repo.index.unindexed_packs():
         try:
-            if marker_time - store.backend.modified(layout.pack_path(pack_id)) > lease_ttl():
+            if marker_time - repo.backend.modified(layout.pack_path(pack_id)) > lease_ttl():
                 orphans.append(pack_id)
         except ObjectNotFoundError:
             continue
     return orphans
 
 
-def _delete_unreferenced_manifests(store: Store, live: set[bytes], marker_time: float) -> int:
+def _delete_unreferenced_manifests(repo: Repository, live: set[bytes], marker_time: float) -> int:
     deleted = 0
-    for path in store.backend.list(layout.MANIFESTS):
+    for path in repo.backend.list(layout.MANIFESTS):
         digest = layout.name_of(path)
         if digest is None or digest in live:
             continue
         try:
-            if marker_time - store.backend.modified(path) > lease_ttl():
-                store.backend.delete(path)
+            if marker_time - repo.backend.modified(path) > lease_ttl():
+                repo.backend.delete(path)
                 deleted += 1
         except (ObjectNotFoundError, CastoreError):
             continue

@@ -7,23 +7,19 @@ verify and repair, so that all of them agree on what "in use" means.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from castore.errors import CastoreError
 from castore.format import layout
 from castore.format.digests import format_digest
-from castore.format.manifest import Manifest
 from castore.format.streams import decode_stream_object
 from castore.versions import catalog
+from castore.versions.contents import chunks_of
 
 if TYPE_CHECKING:
-    from castore.store import Store
-
-ExtraChunks = Callable[["Store", Manifest], Iterable[tuple[bytes, int]]]
-EXTRA_CHUNKS: dict[str, ExtraChunks] = {}
-"""Per manifest kind, chunks a version needs besides its own stream (a backup's files)."""
+    from castore.engine.repository import Repository
 
 
 @dataclass
@@ -49,45 +45,39 @@ class Reachable:
                 self.users.setdefault(chunk_id, []).append(user)
 
 
-def walk(store: Store, *, track_users: bool = False) -> Reachable:
+def walk(repo: Repository, *, track_users: bool = False) -> Reachable:
     """Walk every root; unreadable roots are recorded as problems, never skipped silently."""
     reach = Reachable()
-    for path in store.backend.list(layout.STREAMS):
+    for path in repo.backend.list(layout.STREAMS):
         digest = layout.name_of(path)
         label = format_digest(digest) if digest else path
         try:
             if digest is None:
                 raise CastoreError(f"{path} is not named by a digest")
-            descriptor = decode_stream_object(store.backend.read(path), digest)
+            descriptor = decode_stream_object(repo.backend.read(path), digest)
         except CastoreError as exc:
             reach.problems.append(f"{label}: {exc}")
             continue
         reach.streams += 1
         reach.logical_bytes += descriptor.size
         reach._add(descriptor.chunks(), label, track_users)
-    for name in store.refs.names():
+    for name in repo.refs.names():
         reach.names += 1
-        for number in store.refs.version_numbers(name):
+        for number in repo.refs.version_numbers(name):
             label = f"{name}:{number}"
             try:
-                version_ref = store.refs.read_version(name, number)
+                version_ref = repo.refs.read_version(name, number)
                 if version_ref is None:
                     continue
                 if version_ref.deleted:
                     reach.deleted_versions += 1
                     continue
-                manifest = catalog.read_manifest(store, version_ref.manifest, label)
+                manifest = catalog.read_manifest(repo, version_ref.manifest, label)
+                reach._add(chunks_of(repo, manifest), label, track_users)
             except CastoreError as exc:
                 reach.problems.append(f"{label}: {exc}")
                 continue
             reach.versions += 1
             reach.live_manifests.add(version_ref.manifest)
             reach.logical_bytes += manifest.stream.size
-            reach._add(manifest.stream.chunks(), label, track_users)
-            extra = EXTRA_CHUNKS.get(manifest.kind)
-            if extra is not None:
-                try:
-                    reach._add(extra(store, manifest), label, track_users)
-                except CastoreError as exc:
-                    reach.problems.append(f"{label}: {exc}")
     return reach

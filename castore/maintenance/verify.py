@@ -25,7 +25,7 @@ from castore.trust import signatures as signing
 from castore.versions import catalog
 
 if TYPE_CHECKING:
-    from castore.store import Store
+    from castore.engine.repository import Repository
 
 
 @dataclass
@@ -66,44 +66,44 @@ def select_packs(pack_ids: list[bytes], subset: str | None) -> list[bytes]:
     raise InvalidInputError(f"subset {subset!r}: expected a percentage like 10% or n/t like 2/5")
 
 
-def verify(store: Store, *, read_data: bool = True, subset: str | None = None) -> VerifyReport:
+def verify(repo: Repository, *, read_data: bool = True, subset: str | None = None) -> VerifyReport:
     """Check every ref, manifest, hash chain, chunk location and (with read_data) byte."""
     report = VerifyReport()
-    store.index.reload()
-    report.problems.extend(f"{path}: {why}" for path, why in store.index.damaged.items())
-    reach = walk(store, track_users=True)
+    repo.index.reload()
+    report.problems.extend(f"{path}: {why}" for path, why in repo.index.damaged.items())
+    reach = walk(repo, track_users=True)
     report.problems.extend(reach.problems)
     report.affected.extend(problem.split(": ", 1)[0] for problem in reach.problems)
     report.streams_checked = reach.streams
     report.versions_checked = reach.versions
-    for name in store.refs.names():
-        for problem in catalog.verify_history(store, name):
+    for name in repo.refs.names():
+        for problem in catalog.verify_history(repo, name):
             report.problems.append(problem)
             report.affected.append(problem.split(": ", 1)[0])
-    present = {layout.name_of(p) for p in store.backend.list(layout.PACKS)}
+    present = {layout.name_of(p) for p in repo.backend.list(layout.PACKS)}
     bad_chunks: dict[bytes, str] = {}
     for chunk_id in reach.chunks:
-        location = store.index.lookup(chunk_id)
+        location = repo.index.lookup(chunk_id)
         if location is None:
             bad_chunks[chunk_id] = "is in no index object"
         elif location.pack_id not in present:
             bad_chunks[chunk_id] = f"is in pack {location.pack_id.hex()}, which is missing"
     if read_data:
-        for pack_id in select_packs(sorted(store.index.packs), subset):
+        for pack_id in select_packs(sorted(repo.index.packs), subset):
             report.packs_checked += 1
             try:
-                data = store.backend.read(layout.pack_path(pack_id))
+                data = repo.backend.read(layout.pack_path(pack_id))
                 report.bytes_read += len(data)
                 check_pack(data, pack_id)
             except ObjectNotFoundError:
                 continue  # reported per chunk above
             except CastoreError as exc:
                 report.problems.append(f"pack {pack_id.hex()}: {exc}")
-                for entry in store.index.packs[pack_id]:
+                for entry in repo.index.packs[pack_id]:
                     bad_chunks.setdefault(entry.chunk_id, f"is in damaged pack {pack_id.hex()}")
     if read_data and subset is None:
-        _check_put_streams(store, report)
-    report.problems.extend(signing.verify_signatures(store).problems)
+        _check_put_streams(repo, report)
+    report.problems.extend(signing.verify_signatures(repo).problems)
     affected = set(report.affected)
     for chunk_id, why in bad_chunks.items():
         users = reach.users.get(chunk_id, [])
@@ -114,17 +114,17 @@ def verify(store: Store, *, read_data: bool = True, subset: str | None = None) -
     return report
 
 
-def _check_put_streams(store: Store, report: VerifyReport) -> None:
+def _check_put_streams(repo: Repository, report: VerifyReport) -> None:
     """Re-read each put stream whole: only its full SHA-256 proves its chunk list right
     (a version's chunk list is proven by its manifest's digest instead)."""
-    for path in store.backend.list(layout.STREAMS):
+    for path in repo.backend.list(layout.STREAMS):
         digest = layout.name_of(path)
         if digest is None:
             continue
         label = format_digest(digest)
         try:
-            descriptor = decode_stream_object(store.backend.read(path), digest)
-            for _ in store.iter_chunks(descriptor):
+            descriptor = decode_stream_object(repo.backend.read(path), digest)
+            for _ in repo.iter_chunks(descriptor):
                 pass
         except CastoreError as exc:
             if label not in report.affected:
@@ -172,19 +172,19 @@ class StoreStats:
         return self.stored_bytes - self.referenced_stored_bytes - self.overhead_bytes
 
 
-def stats(store: Store) -> StoreStats:
+def stats(repo: Repository) -> StoreStats:
     """Count and size everything; one walk of the roots plus one listing of the packs."""
-    store.index.reload()
-    reach = walk(store)
-    locations = store.index.locations()
-    stored = sum(store.backend.size(p) for p in store.backend.list(layout.PACKS))
+    repo.index.reload()
+    reach = walk(repo)
+    locations = repo.index.locations()
+    stored = sum(repo.backend.size(p) for p in repo.backend.list(layout.PACKS))
     return StoreStats(
         names=reach.names,
         versions=reach.versions,
         deleted_versions=reach.deleted_versions,
         put_streams=reach.streams,
-        manifests=len(store.backend.list(layout.MANIFESTS)),
-        packs=len(store.index.packs),
+        manifests=len(repo.backend.list(layout.MANIFESTS)),
+        packs=len(repo.index.packs),
         chunks=len(locations),
         referenced_chunks=len(reach.chunks),
         logical_bytes=reach.logical_bytes,
@@ -195,7 +195,7 @@ def stats(store: Store) -> StoreStats:
         stored_bytes=stored,
         overhead_bytes=sum(
             len(HEADER) + TRAILER.size + len(entries) * ENTRY.size
-            for entries in store.index.packs.values()
+            for entries in repo.index.packs.values()
         ),
     )
 
@@ -212,42 +212,42 @@ class RepairReport:
     """Versions and put digests that need chunks no pack holds any more."""
 
 
-def read_footer(store: Store, pack_id: bytes) -> list[PackEntry]:
+def read_footer(repo: Repository, pack_id: bytes) -> list[PackEntry]:
     """A pack's entries from its footer alone (two ranged reads), checked against its name."""
     path = layout.pack_path(pack_id)
     what = f"pack {pack_id.hex()}"
-    size = store.backend.size(path)
-    trailer = store.backend.read_range(path, max(size - TRAILER.size, 0), TRAILER.size)
+    size = repo.backend.size(path)
+    trailer = repo.backend.read_range(path, max(size - TRAILER.size, 0), TRAILER.size)
     start, length, digest = footer_location(trailer, size, what)
     if digest != pack_id:
         raise CastoreError(f"{what} does not match its name: its footer is damaged")
-    return parse_footer(store.backend.read_range(path, start, length), digest, start, what)
+    return parse_footer(repo.backend.read_range(path, start, length), digest, start, what)
 
 
-def repair(store: Store) -> RepairReport:
+def repair(repo: Repository) -> RepairReport:
     """Rebuild lost or damaged index objects from pack footers; report what stays lost."""
     report = RepairReport()
-    store.index.reload()
+    repo.index.reload()
     recovered = []
-    for pack_id in store.index.unindexed_packs():
+    for pack_id in repo.index.unindexed_packs():
         try:
-            recovered.append((pack_id, read_footer(store, pack_id)))
+            recovered.append((pack_id, read_footer(repo, pack_id)))
         except CastoreError as exc:
             report.unreadable_packs.append(f"{layout.pack_path(pack_id)}: {exc}")
-    with store.lease.held():
+    with repo.lease.held():
         if recovered:
-            store.index.commit(recovered)
+            repo.index.commit(recovered)
             report.packs_reindexed = len(recovered)
-        for path in list(store.index.damaged):
-            store.backend.delete(path)
+        for path in list(repo.index.damaged):
+            repo.backend.delete(path)
             report.index_objects_removed += 1
-    store.index.reload()
-    reach = walk(store, track_users=True)
-    present = {layout.name_of(p) for p in store.backend.list(layout.PACKS)}
+    repo.index.reload()
+    reach = walk(repo, track_users=True)
+    present = {layout.name_of(p) for p in repo.backend.list(layout.PACKS)}
     lost = [
         c
         for c in reach.chunks
-        if (location := store.index.lookup(c)) is None or location.pack_id not in present
+        if (location := repo.index.lookup(c)) is None or location.pack_id not in present
     ]
     report.lost_chunks = len(lost)
     report.affected = sorted({user for c in lost for user in reach.users.get(c, [])})

@@ -39,13 +39,12 @@ from castore.errors import (
     IntegrityError,
     InvalidInputError,
     NotFoundError,
-    UnsupportedFormatError,
 )
 from castore.format.config import ChunkerParams, CompressionParams
 from castore.format.digests import format_digest
 from castore.format.manifest import Manifest
 from castore.format.names import check_name, check_tag
-from castore.format.streams import DIGEST_SIZE, StreamDescriptor
+from castore.format.streams import StreamDescriptor
 from castore.format.tree import (
     DIR,
     FILE,
@@ -60,44 +59,15 @@ from castore.format.tree import (
     is_within,
     normalize_path,
     path_problem,
-    read_tree,
     sort_key,
 )
-from castore.maintenance.reachability import EXTRA_CHUNKS
 from castore.snapshots.ignore import IgnoreRules
-from castore.snapshots.retention import (
-    ForgetResult,
-    Kept,
-    RetentionPolicy,
-    forget,
-    keep_reasons,
-    snapshot_time,
-)
 from castore.versions import catalog
 from castore.versions.catalog import Version
+from castore.versions.contents import check_tree_manifest, tree_entries
 
 if TYPE_CHECKING:
-    from castore.store import Store
-
-__all__ = [
-    "BackupStats",
-    "Change",
-    "ForgetResult",
-    "Kept",
-    "Progress",
-    "ProgressCallback",
-    "RestoreStats",
-    "RetentionPolicy",
-    "Snapshot",
-    "backup",
-    "diff_snapshots",
-    "forget",
-    "keep_reasons",
-    "list_snapshot",
-    "restore",
-    "snapshot_manifest",
-    "snapshot_time",
-]
+    from castore.engine.repository import Repository
 
 SMALL_FILE_BYTES = 4 * 1024 * 1024
 """Files up to this size are read whole by worker threads, many at once; larger ones
@@ -220,52 +190,28 @@ class Change:
 # -- reading snapshots -----------------------------------------------------------------------
 
 
-def snapshot_manifest(store: Store, ref: str) -> Manifest:
+def snapshot_manifest(repo: Repository, ref: str) -> Manifest:
     """The manifest of the snapshot `ref` designates; InvalidInputError if not a backup."""
-    manifest, _ = catalog.resolve(store, ref)
-    _check_tree_manifest(manifest, ref)
+    manifest, _ = catalog.resolve(repo, ref)
+    check_tree_manifest(manifest, ref)
     return manifest
 
 
-def _check_tree_manifest(manifest: Manifest, ref: str) -> None:
-    where = f"{manifest.name}:{manifest.number}"
-    if manifest.kind != TREE_KIND or manifest.serializer != TREE_SERIALIZER:
-        raise InvalidInputError(
-            f"{ref} ({where}) is a {manifest.kind!r} saved with {manifest.serializer!r}, "
-            "not a backup"
-        )
-    version = manifest.serializer_version
-    if not version.isdigit() or int(version) < 1:
-        raise IntegrityError(f"{where} has an invalid tree format version {version!r}")
-    if int(version) > TREE_FORMAT_VERSION:
-        raise UnsupportedFormatError(
-            f"{where} has tree format version {version}; this castore reads up to "
-            f"{TREE_FORMAT_VERSION}: upgrade castore"
-        )
-
-
-@contextmanager
-def _tree_entries(store: Store, manifest: Manifest) -> Iterator[Iterator[Entry]]:
-    """The snapshot's entries, validated and verified as they stream in."""
-    what = f"the tree of {manifest.name}:{manifest.number}"
-    # The manifest was checked against its version digest: its chunk list is authentic.
-    with store.open_descriptor(manifest.stream, authenticated=True) as file:
-        yield read_tree(file, manifest.stream.size, what)
-
-
-def list_snapshot(store: Store, ref: str, path: str | bytes | None = None) -> Iterator[Entry]:
+def list_snapshot(repo: Repository, ref: str, path: str | bytes | None = None) -> Iterator[Entry]:
     """The entries of a snapshot in path order; with `path`, that entry and all below it.
 
     NotFoundError (raised when the listing ends) if the snapshot has no such path.
     """
-    manifest = snapshot_manifest(store, ref)
+    manifest = snapshot_manifest(repo, ref)
     top = normalize_path(path) if path is not None else b""
-    return _list_entries(store, manifest, top, f"{ref} has no path {path!r}")
+    return _list_entries(repo, manifest, top, f"{ref} has no path {path!r}")
 
 
-def _list_entries(store: Store, manifest: Manifest, top: bytes, missing: str) -> Iterator[Entry]:
+def _list_entries(
+    repo: Repository, manifest: Manifest, top: bytes, missing: str
+) -> Iterator[Entry]:
     found = False
-    with _tree_entries(store, manifest) as entries:
+    with tree_entries(repo, manifest) as entries:
         for entry in entries:
             if is_within(entry.path, top):
                 found = True
@@ -276,18 +222,18 @@ def _list_entries(store: Store, manifest: Manifest, top: bytes, missing: str) ->
         raise NotFoundError(missing)
 
 
-def diff_snapshots(store: Store, a: str, b: str) -> Iterator[Change]:
+def diff_snapshots(repo: Repository, a: str, b: str) -> Iterator[Change]:
     """What changed from snapshot `a` to snapshot `b`, in path order, streamed.
 
     Files differ in "content" when their SHA-256 differ; "mode", "mtime", "type" and
     "target" (of symlinks) are reported too. Directories differ only by type or mode.
     """
-    before, after = snapshot_manifest(store, a), snapshot_manifest(store, b)
-    return _diff_entries(store, before, after)
+    before, after = snapshot_manifest(repo, a), snapshot_manifest(repo, b)
+    return _diff_entries(repo, before, after)
 
 
-def _diff_entries(store: Store, a: Manifest, b: Manifest) -> Iterator[Change]:
-    with _tree_entries(store, a) as old, _tree_entries(store, b) as new:
+def _diff_entries(repo: Repository, a: Manifest, b: Manifest) -> Iterator[Change]:
+    with tree_entries(repo, a) as old, tree_entries(repo, b) as new:
         for before, after in _merge(old, new):
             if before is None:
                 assert after is not None
@@ -504,10 +450,10 @@ def _read_small_file(
 class _ParentCursor:
     """Walks the parent snapshot's entries alongside the backup, both in path order."""
 
-    def __init__(self, entries: Iterator[Entry], store: Store) -> None:
+    def __init__(self, entries: Iterator[Entry], repo: Repository) -> None:
         self._entries = entries
         self._current = next(entries, None)
-        self._store = store
+        self._store = repo
 
     def reusable(self, path: bytes, st: os.stat_result) -> Entry | None:
         """The parent's entry for a file that has not changed since, if there is one."""
@@ -538,13 +484,13 @@ class _Backup:
 
     def __init__(
         self,
-        store: Store,
+        repo: Repository,
         session: WriteSession,
         tree: TreeWriter,
         parent: _ParentCursor | None,
         progress: ProgressCallback | None,
     ) -> None:
-        self.store = store
+        self.repo = repo
         self.session = session
         self.tree = tree
         self.parent = parent
@@ -705,21 +651,21 @@ def _source_directory(path: str | os.PathLike[str]) -> str:
     return root
 
 
-def _parent_snapshot(store: Store, name: str) -> tuple[Manifest, bytes] | None:
+def _parent_snapshot(repo: Repository, name: str) -> tuple[Manifest, bytes] | None:
     """The latest live version of `name`, which must be a snapshot; None if there is none."""
-    if not catalog.versions(store, name):
+    if not catalog.versions(repo, name):
         return None
-    manifest, digest = catalog.resolve(store, name)
+    manifest, digest = catalog.resolve(repo, name)
     if manifest.kind != TREE_KIND:
         raise InvalidInputError(
             f"{name} holds {manifest.kind!r} versions, not backups: back up under another name"
         )
-    _check_tree_manifest(manifest, name)
+    check_tree_manifest(manifest, name)
     return manifest, digest
 
 
 def backup(
-    store: Store,
+    repo: Repository,
     path: str | os.PathLike[str],
     name: str,
     *,
@@ -738,14 +684,14 @@ def backup(
     tags = [check_tag(tag) for tag in tags]
     root = _source_directory(path)
     rules = IgnoreRules(exclude)
-    parent = _parent_snapshot(store, name)
+    parent = _parent_snapshot(repo, name)
     with ExitStack() as stack:
         cursor = None
         if parent is not None:
-            cursor = _ParentCursor(stack.enter_context(_tree_entries(store, parent[0])), store)
-        session = stack.enter_context(store.write_session())
+            cursor = _ParentCursor(stack.enter_context(tree_entries(repo, parent[0])), repo)
+        session = stack.enter_context(repo.write_session())
         tree_stream = session.stream()
-        run = _Backup(store, session, TreeWriter(tree_stream.write), cursor, progress)
+        run = _Backup(repo, session, TreeWriter(tree_stream.write), cursor, progress)
         stack.callback(run.close)
         run.run(root, rules)
         descriptor = tree_stream.finish()
@@ -757,7 +703,7 @@ def backup(
     if parent is not None:
         stats.parent = f"{parent[0].name}@{format_digest(parent[1])}"
     version = catalog.commit_version(
-        store,
+        repo,
         name,
         descriptor,
         kind=TREE_KIND,
@@ -912,7 +858,7 @@ class _EntryFailed(Exception):
         self.cause = cause
 
 
-def _restore_files(store: Store, files: list[tuple[_OpenDir, Entry]]) -> list[bool]:
+def _restore_files(repo: Repository, files: list[tuple[_OpenDir, Entry]]) -> list[bool]:
     """Restore a batch of files, in order; for each, True if written, False if kept.
 
     The chunks of all the files to write are read as one stream, so that files stored
@@ -934,7 +880,7 @@ def _restore_files(store: Store, files: list[tuple[_OpenDir, Entry]]) -> list[bo
             to_write.append((dir_fd, entry, current))
     # The tree is authenticated by its version digest, so are the chunk lists in it.
     content = _concatenation([entry for _, entry, _ in to_write])
-    with closing(store.iter_chunks(content, authenticated=True)) as chunks:
+    with closing(repo.iter_chunks(content, authenticated=True)) as chunks:
         for dir_fd, entry, current in to_write:
             write = partial(_write_content, chunks, entry, dir_fd)
             try:
@@ -1020,9 +966,9 @@ class _Restorer:
     """
 
     def __init__(
-        self, store: Store, root_fd: int, target: str, progress: ProgressCallback | None
+        self, repo: Repository, root_fd: int, target: str, progress: ProgressCallback | None
     ) -> None:
-        self.store = store
+        self.repo = repo
         self.target = target
         self.progress = progress
         self.stats = RestoreStats()
@@ -1031,7 +977,7 @@ class _Restorer:
         self.batch: list[tuple[_OpenDir, Entry]] = []
         self.batch_bytes = 0
         self.pending: deque[_Job] = deque()
-        threads = RESTORE_THREADS_REMOTE if store.backend.is_remote else RESTORE_THREADS_LOCAL
+        threads = RESTORE_THREADS_REMOTE if repo.backend.is_remote else RESTORE_THREADS_LOCAL
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="castore-restore")
 
     def add(self, entry: Entry) -> None:
@@ -1079,7 +1025,7 @@ class _Restorer:
     def _flush_batch(self) -> None:
         if self.batch:
             files, self.batch, self.batch_bytes = self.batch, [], 0
-            job = self.pool.submit(_restore_files, self.store, files)
+            job = self.pool.submit(_restore_files, self.repo, files)
             self.pending.append(_Job([entry for _, entry in files], job))
 
     def _leave_dirs(self, parent: bytes) -> None:
@@ -1151,10 +1097,12 @@ def _selected(path: bytes, selection: Sequence[bytes]) -> bool:
     )
 
 
-def _check_selection(store: Store, manifest: Manifest, selection: list[bytes], ref: str) -> None:
+def _check_selection(
+    repo: Repository, manifest: Manifest, selection: list[bytes], ref: str
+) -> None:
     """NotFoundError, before anything is written, if a selected path is not in the snapshot."""
     missing = set(selection)
-    with _tree_entries(store, manifest) as entries:
+    with tree_entries(repo, manifest) as entries:
         for entry in entries:
             missing.discard(entry.path)
     if missing:
@@ -1163,7 +1111,7 @@ def _check_selection(store: Store, manifest: Manifest, selection: list[bytes], r
 
 
 def restore(
-    store: Store,
+    repo: Repository,
     ref: str,
     target: str | os.PathLike[str],
     paths: Iterable[str | bytes] = (),
@@ -1178,15 +1126,15 @@ def restore(
     files in `target` that the snapshot lacks are left alone. Nothing is ever created
     outside `target`, whatever the snapshot holds.
     """
-    manifest = snapshot_manifest(store, ref)
+    manifest = snapshot_manifest(repo, ref)
     selection = [normalize_path(path) for path in paths]
     if b"" in selection:
         selection = []
     if selection:
-        _check_selection(store, manifest, selection, ref)
-    restorer = _Restorer(store, _open_target(target), os.fspath(target), progress)
+        _check_selection(repo, manifest, selection, ref)
+    restorer = _Restorer(repo, _open_target(target), os.fspath(target), progress)
     try:
-        with _tree_entries(store, manifest) as entries:
+        with tree_entries(repo, manifest) as entries:
             for entry in entries:
                 if _selected(entry.path, selection):
                     restorer.add(entry)
@@ -1194,14 +1142,3 @@ def restore(
     finally:
         restorer.close()
     return restorer.stats
-
-
-def file_chunks(store: Store, manifest: Manifest) -> Iterator[tuple[bytes, int]]:
-    """The chunks a snapshot's files use, besides its tree stream: what gc must keep."""
-    with _tree_entries(store, manifest) as entries:
-        for entry in entries:
-            for number, size in enumerate(entry.chunk_sizes):
-                yield entry.chunk_ids[number * DIGEST_SIZE : (number + 1) * DIGEST_SIZE], size
-
-
-EXTRA_CHUNKS["tree"] = file_chunks

@@ -17,7 +17,7 @@ from castore.versions import catalog
 from castore.versions.catalog import Version
 
 if TYPE_CHECKING:
-    from castore.store import Store
+    from castore.engine.repository import Repository
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def snapshot_time(version: Version, tz: tzinfo | None = None) -> datetime:
 
 
 def forget(
-    store: Store,
+    repo: Repository,
     name: str,
     *,
     keep_last: int = 0,
@@ -144,12 +144,12 @@ def forget(
         raise InvalidInputError(
             "no keep rule given (--keep-last, --keep-daily...): refusing to forget every version"
         )
-    live = [entry.details for entry in catalog.log(store, name) if entry.details is not None]
+    live = [entry.details for entry in catalog.log(repo, name) if entry.details is not None]
     newest_first = sorted(live, key=lambda v: (snapshot_time(v), v.version), reverse=True)
     reasons = keep_reasons([snapshot_time(v, tz) for v in newest_first], policy)
     kept = [Kept(v, why) for v, why in zip(newest_first, reasons, strict=True) if why]
     removed = [v for v, why in zip(newest_first, reasons, strict=True) if not why]
     if not dry_run:
         for version in removed:
-            catalog.delete(store, version.reference)
+            catalog.delete(repo, version.reference)
     return ForgetResult(kept, removed, dry_run)

@@ -35,10 +35,9 @@ from castore.errors import (
 from castore.format import layout, wire
 from castore.format.digests import format_digest
 from castore.trust.userconfig import config_dir, read_config_lines
-from castore.versions import catalog
 
 if TYPE_CHECKING:
-    from castore.store import Store
+    from castore.engine.repository import Repository
 
 SIGNATURE_VERSION = 1
 ALGORITHM = "ed25519"
@@ -391,13 +390,13 @@ class SignatureCheck:
     """Why the signature is not valid."""
 
 
-def _check_object(store: Store, version_digest: bytes, path: str) -> SignatureCheck | None:
+def _check_object(repo: Repository, version_digest: bytes, path: str) -> SignatureCheck | None:
     """Read, decode and verify one signature object; None if it vanished meanwhile."""
     key_id = path.rsplit("/", 1)[-1]
     if path != layout.signature_path(version_digest, key_id) or not _KEY_ID.fullmatch(key_id):
         return SignatureCheck(key_id, path, False, problem="not named by a key id")
     try:
-        signature = Signature.decode(store.backend.read(path), version_digest, key_id)
+        signature = Signature.decode(repo.backend.read(path), version_digest, key_id)
     except ObjectNotFoundError:
         return None
     except CastoreError as exc:
@@ -407,48 +406,41 @@ def _check_object(store: Store, version_digest: bytes, path: str) -> SignatureCh
     return SignatureCheck(key_id, path, True, signature.created)
 
 
-def _check_all(store: Store, version_digest: bytes, paths: Iterable[str]) -> list[SignatureCheck]:
-    checks = (_check_object(store, version_digest, path) for path in paths)
+def _check_all(
+    repo: Repository, version_digest: bytes, paths: Iterable[str]
+) -> list[SignatureCheck]:
+    checks = (_check_object(repo, version_digest, path) for path in paths)
     return [check for check in checks if check is not None]
 
 
 # -- signing and checking versions -------------------------------------------------------------
 
 
-def sign(store: Store, ref: str, private_key: PrivateKey) -> Signature:
-    """Sign the version `ref` designates (any reference form) and store the signature.
+def sign(repo: Repository, digest: bytes, private_key: PrivateKey) -> Signature:
+    """Sign the version with this version digest and store the signature.
 
     Signing again with the same key keeps a valid existing signature; a damaged one is
     replaced.
     """
-    _, digest = catalog.resolve(store, ref)
     message = signing_message(digest)
     signature = Signature(digest, private_key.public_key, private_key.sign(message))
     try:
-        store.backend.create(signature.path, signature.encode())
+        repo.backend.create(signature.path, signature.encode())
     except ObjectExistsError:
-        existing = _check_object(store, digest, signature.path)
+        existing = _check_object(repo, digest, signature.path)
         if existing is not None and existing.valid:
-            return Signature.decode(store.backend.read(signature.path), digest, signature.key_id)
-        store.backend.write(signature.path, signature.encode())
+            return Signature.decode(repo.backend.read(signature.path), digest, signature.key_id)
+        repo.backend.write(signature.path, signature.encode())
     return signature
 
 
-def signatures(store: Store, ref: str) -> list[SignatureCheck]:
-    """Every signature object stored for the version `ref` designates, checked."""
-    _, digest = catalog.resolve(store, ref)
-    return _check_all(store, digest, store.backend.list(layout.signature_folder(digest)))
-
-
-def check(store: Store, ref: str, policy: TrustPolicy | None = None) -> list[str]:
-    """Key ids of the trusted keys (default: the user's) with a valid signature of `ref`."""
-    _, digest = catalog.resolve(store, ref)
-    policy = policy if policy is not None else TrustPolicy.from_config()
-    return trusted_signers(store, digest, policy, where=ref)
+def signatures(repo: Repository, digest: bytes) -> list[SignatureCheck]:
+    """Every signature object stored for the version with this digest, checked."""
+    return _check_all(repo, digest, repo.backend.list(layout.signature_folder(digest)))
 
 
 def trusted_signers(
-    store: Store,
+    repo: Repository,
     version_digest: bytes,
     policy: TrustPolicy,
     *,
@@ -463,18 +455,18 @@ def trusted_signers(
     """
     if not policy.keys and not require:
         return []
-    paths = store.backend.list(layout.signature_folder(version_digest))
+    paths = repo.backend.list(layout.signature_folder(version_digest))
     candidates = [path for path in paths if policy.trusts(path.rsplit("/", 1)[-1])]
-    valid = [c.key_id for c in _check_all(store, version_digest, candidates) if c.valid]
+    valid = [c.key_id for c in _check_all(repo, version_digest, candidates) if c.valid]
     if valid or not require:
         return valid
-    raise UntrustedVersionError(_untrusted_message(store, version_digest, policy, paths, where))
+    raise UntrustedVersionError(_untrusted_message(repo, version_digest, policy, paths, where))
 
 
 def _untrusted_message(
-    store: Store, version_digest: bytes, policy: TrustPolicy, paths: list[str], where: str
+    repo: Repository, version_digest: bytes, policy: TrustPolicy, paths: list[str], where: str
 ) -> str:
-    checks = _check_all(store, version_digest, paths[:MAX_REPORTED])
+    checks = _check_all(repo, version_digest, paths[:MAX_REPORTED])
     signed = [
         f"{policy.describe(c.key_id)} ("
         + ("valid, but not a trusted key" if c.valid else f"invalid: {c.problem}")
@@ -504,22 +496,22 @@ _SIGNATURE_PATH = re.compile(
 )
 
 
-def verify_signatures(store: Store) -> SignatureAudit:
+def verify_signatures(repo: Repository) -> SignatureAudit:
     """Check every signature object in the store: its name, format, signature and version."""
     audit = SignatureAudit()
-    for path in store.backend.list(layout.SIGNATURES):
+    for path in repo.backend.list(layout.SIGNATURES):
         audit.checked += 1
         match = _SIGNATURE_PATH.fullmatch(path)
         if match is None or not match.group(2).startswith(match.group(1)):
             audit.problems.append(f"{path}: not a signature object path")
             continue
         digest = bytes.fromhex(match.group(2))
-        check_result = _check_object(store, digest, path)
+        check_result = _check_object(repo, digest, path)
         if check_result is None:
             continue
         if not check_result.valid:
             audit.problems.append(f"{path}: {check_result.problem}")
-        elif not store.backend.exists(layout.manifest_path(digest)):
+        elif not repo.backend.exists(layout.manifest_path(digest)):
             audit.problems.append(f"{path}: signs {format_digest(digest)}, a missing version")
         else:
             audit.valid += 1

@@ -24,10 +24,10 @@ from castore.format.digests import format_digest
 from castore.format.manifest import Manifest, environment, normalize_metadata
 from castore.format.names import Reference, check_name, check_tag, parse_reference
 from castore.format.streams import StreamDescriptor
-from castore.versions.serializers import check_loadable, serializer_named
+from castore.versions.serializers import serializer_named
 
 if TYPE_CHECKING:
-    from castore.store import Store
+    from castore.engine.repository import Repository
 
 MAX_SAVE_ATTEMPTS = 1000
 
@@ -47,6 +47,8 @@ class Version:
     created: str
     metadata: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None
+    kind: str = "object"
+    """What the version holds: "object" (serialized), "file" (raw bytes) or "tree"."""
 
     @property
     def reference(self) -> str:
@@ -66,6 +68,7 @@ class Version:
             created=manifest.created,
             metadata=manifest.metadata,
             parent=format_digest(manifest.parent) if manifest.parent else None,
+            kind=manifest.kind,
         )
 
 
@@ -100,45 +103,45 @@ class Diff:
 # -- reading -----------------------------------------------------------------------------------
 
 
-def read_manifest(store: Store, digest: bytes, referrer: str | None = None) -> Manifest:
+def read_manifest(repo: Repository, digest: bytes, referrer: str | None = None) -> Manifest:
     """The manifest with this version digest, verified against it."""
     try:
-        data = store.backend.read(layout.manifest_path(digest))
+        data = repo.backend.read(layout.manifest_path(digest))
     except ObjectNotFoundError as exc:
         if referrer:
             raise IntegrityError(
                 f"{referrer} points at manifest {format_digest(digest)}, which is missing"
             ) from exc
         raise NotFoundError(
-            f"no version with digest {format_digest(digest)} in {store.url}"
+            f"no version with digest {format_digest(digest)} in {repo.url}"
         ) from exc
     return Manifest.decode(data, digest)
 
 
-def _describe(store: Store, name: str) -> str:
+def _describe(repo: Repository, name: str) -> str:
     """What the store has under `name`, or close names, for not-found messages."""
-    names = store.refs.names()
+    names = repo.refs.names()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         listing = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "") or "(none)"
-        return f"there is no name {name!r} in {store.url}{hint} Names: {listing}"
-    live = versions(store, name)
-    tags = [t for t in store.refs.tag_names(name) if store.refs.current_tag(name, t)]
+        return f"there is no name {name!r} in {repo.url}{hint} Names: {listing}"
+    live = versions(repo, name)
+    tags = [t for t in repo.refs.tag_names(name) if repo.refs.current_tag(name, t)]
     listed = f"versions {live[0]}..{live[-1]}" if live else "no live versions"
     return f"{name} has {listed}; tags: {', '.join(tags) or '(none)'}"
 
 
-def resolve(store: Store, ref: str | Reference) -> tuple[Manifest, bytes]:
+def resolve(repo: Repository, ref: str | Reference) -> tuple[Manifest, bytes]:
     """The manifest and version digest a reference designates."""
     parsed = ref if isinstance(ref, Reference) else parse_reference(ref)
-    if parsed.store_url is not None and parsed.store_url != store.url:
+    if parsed.store_url is not None and parsed.store_url != repo.url:
         raise InvalidInputError(
-            f"reference {ref} pins the store {parsed.store_url}, not {store.url}: "
+            f"reference {ref} pins the store {parsed.store_url}, not {repo.url}: "
             "open that store, or use castore.load() with the qualified reference"
         )
     if parsed.digest is not None:
-        manifest = read_manifest(store, parsed.digest)
+        manifest = read_manifest(repo, parsed.digest)
         if parsed.name is not None and manifest.name != parsed.name:
             raise NotFoundError(
                 f"{format_digest(parsed.digest)} is version {manifest.number} of "
@@ -148,26 +151,26 @@ def resolve(store: Store, ref: str | Reference) -> tuple[Manifest, bytes]:
     name = parsed.name
     assert name is not None
     if parsed.tag is not None:
-        event = store.refs.current_tag(name, parsed.tag)
+        event = repo.refs.current_tag(name, parsed.tag)
         if event is None or event.version is None:
-            raise NotFoundError(f"no tag {parsed.tag!r} on {name}: {_describe(store, name)}")
+            raise NotFoundError(f"no tag {parsed.tag!r} on {name}: {_describe(repo, name)}")
         number = event.version
     elif parsed.version is not None:
         number = parsed.version
     else:
-        live = versions(store, name)
+        live = versions(repo, name)
         if not live:
-            raise NotFoundError(f"nothing saved as {name}: {_describe(store, name)}")
+            raise NotFoundError(f"nothing saved as {name}: {_describe(repo, name)}")
         number = live[-1]
-    version_ref = store.refs.read_version(name, number)
+    version_ref = repo.refs.read_version(name, number)
     if version_ref is None:
-        raise NotFoundError(f"no version {number} of {name}: {_describe(store, name)}")
+        raise NotFoundError(f"no version {number} of {name}: {_describe(repo, name)}")
     if version_ref.deleted:
         raise NotFoundError(f"version {number} of {name} was deleted at {version_ref.deleted}")
     if parsed.tag is not None and event.manifest != version_ref.manifest:
         raise IntegrityError(f"tag {parsed.tag} of {name} disagrees with version {number}'s ref")
     where = f"version {number} of {name}"
-    manifest = read_manifest(store, version_ref.manifest, referrer=where)
+    manifest = read_manifest(repo, version_ref.manifest, referrer=where)
     if manifest.name != name or manifest.number != number:
         raise IntegrityError(
             f"{where} points at the manifest of version {manifest.number} of {manifest.name}: "
@@ -176,38 +179,43 @@ def resolve(store: Store, ref: str | Reference) -> tuple[Manifest, bytes]:
     return manifest, version_ref.manifest
 
 
-def versions(store: Store, name: str) -> list[int]:
+def names(repo: Repository) -> list[str]:
+    """Every name with at least one live version."""
+    return [name for name in repo.refs.names() if versions(repo, name)]
+
+
+def versions(repo: Repository, name: str) -> list[int]:
     """Live (not deleted) version numbers of a name, ascending."""
     check_name(name)
-    numbers = store.refs.version_numbers(name)
+    numbers = repo.refs.version_numbers(name)
     live = []
     for number in numbers:
-        version_ref = store.refs.read_version(name, number)
+        version_ref = repo.refs.read_version(name, number)
         if version_ref is not None and not version_ref.deleted:
             live.append(number)
     return live
 
 
-def _tip(store: Store, name: str) -> tuple[int, bytes | None, Manifest | None]:
+def _tip(repo: Repository, name: str) -> tuple[int, bytes | None, Manifest | None]:
     """The newest version number taken, its manifest digest, and its manifest if not deleted."""
-    numbers = store.refs.version_numbers(name)
+    numbers = repo.refs.version_numbers(name)
     if not numbers:
         return 0, None, None
     newest = numbers[-1]
-    version_ref = store.refs.read_version(name, newest)
+    version_ref = repo.refs.read_version(name, newest)
     if version_ref is None:
         raise IntegrityError(f"version {newest} of {name} vanished while being read")
     if version_ref.deleted:
         return newest, version_ref.manifest, None
     where = f"version {newest} of {name}"
-    return newest, version_ref.manifest, read_manifest(store, version_ref.manifest, where)
+    return newest, version_ref.manifest, read_manifest(repo, version_ref.manifest, where)
 
 
 # -- writing -----------------------------------------------------------------------------------
 
 
 def commit_version(
-    store: Store,
+    repo: Repository,
     name: str,
     stream: StreamDescriptor,
     *,
@@ -221,7 +229,7 @@ def commit_version(
     """Record a stored stream as the next version of `name` (or return an identical latest)."""
     tags = [check_tag(t) for t in tags]
     for _ in range(MAX_SAVE_ATTEMPTS):
-        newest, parent_digest, parent = _tip(store, name)
+        newest, parent_digest, parent = _tip(repo, name)
         number = newest + 1
         unchanged = (
             parent is not None
@@ -231,7 +239,7 @@ def commit_version(
         )
         if unchanged and not force:
             assert parent is not None and parent_digest is not None
-            _apply_tags(store, name, parent.number, parent_digest, tags)
+            _apply_tags(repo, name, parent.number, parent_digest, tags)
             return Version.of(parent, parent_digest)
         manifest = Manifest(
             name=name,
@@ -246,27 +254,27 @@ def commit_version(
         )
         data = manifest.encode()
         digest = layout.digest_of(data)
-        store.backend.write(layout.manifest_path(digest), data)
+        repo.backend.write(layout.manifest_path(digest), data)
         try:
-            store.refs.create_version(name, number, digest)
+            repo.refs.create_version(name, number, digest)
         except ObjectExistsError:
             continue  # another writer took this number: rebuild on the new latest
-        _apply_tags(store, name, number, digest, tags)
+        _apply_tags(repo, name, number, digest, tags)
         return Version.of(manifest, digest)
     raise IntegrityError(
         f"could not take a version number for {name} after {MAX_SAVE_ATTEMPTS} tries"
     )
 
 
-def _apply_tags(store: Store, name: str, number: int, digest: bytes, tags: list[str]) -> None:
+def _apply_tags(repo: Repository, name: str, number: int, digest: bytes, tags: list[str]) -> None:
     for tag in tags:
-        current = store.refs.current_tag(name, tag)
+        current = repo.refs.current_tag(name, tag)
         if current is None or current.manifest != digest:
-            store.refs.set_tag(name, tag, number, digest)
+            repo.refs.set_tag(name, tag, number, digest)
 
 
 def save(
-    store: Store,
+    repo: Repository,
     obj: Any,
     name: str,
     *,
@@ -280,9 +288,9 @@ def save(
     chosen = serializer_named(serializer)
     clean_metadata = normalize_metadata(metadata)
     tags = [check_tag(t) for t in tags]
-    stream = store.write_stream(lambda writer: chosen.dump(obj, writer))
+    stream = repo.write_stream(lambda writer: chosen.dump(obj, writer))
     return commit_version(
-        store,
+        repo,
         name,
         stream,
         kind=chosen.kind,
@@ -294,125 +302,84 @@ def save(
     )
 
 
-def load(
-    store: Store,
-    ref: str,
-    *,
-    mmap_mode: str | None = None,
-    trusted: Iterable[Any] = (),
-    allow_unsafe: bool = False,
-    require_signature: bool = False,
-    policy: Any = None,
-) -> Any:
-    """Deserialize a version; every chunk is verified against the authenticated chunk list.
-
-    Pickle-based streams are unpickled with the restricted unpickler: only the built-in
-    allowlist, the user's ``trusted_globals`` and `trusted` patterns are admitted. A version
-    signed by a key of the trust `policy` (default: the user's ``trusted_keys``) loads with
-    the plain unpickler, as does any version with `allow_unsafe`. With `require_signature`,
-    a version no trusted key signed is refused (castore.UntrustedVersionError).
-    """
-    from castore.safety import unpickler as safety
-    from castore.trust import signatures as signing
-    from castore.versions.serializers import LoadOptions
-
-    manifest, digest = resolve(store, ref)
-    chosen = serializer_named(manifest.serializer)
-    where = f"version {manifest.number} of {manifest.name} ({format_digest(digest)})"
-    trust = policy if policy is not None else signing.TrustPolicy.from_config()
-    signers = signing.trusted_signers(store, digest, trust, where=where, require=require_signature)
-    check_loadable(manifest.serializer, str(manifest.environment.get("python", "")), where)
-    path = store.materialize(manifest.stream) if mmap_mode is not None else None
-    options = LoadOptions(
-        path=None if path is None else str(path),
-        mmap_mode=mmap_mode,
-        size=manifest.stream.size,
-        allowlist=None if allow_unsafe or signers else safety.Allowlist.from_config(trusted),
-        unsafe=allow_unsafe or bool(signers),
-        where=where,
-    )
-    if path is not None:
-        with open(path, "rb") as file:
-            return chosen.load(file, options)
-    # The manifest was checked against its version digest, so its chunk list is authentic.
-    with store.open_descriptor(manifest.stream, authenticated=True) as file:
-        obj = chosen.load(file, options)
-        if file.read(1):
-            raise IntegrityError(f"{where} has bytes after its serialized object")
-    return obj
-
-
 # -- tags, history, comparison, deletion -------------------------------------------------------
 
 
-def tag(store: Store, ref: str, tag_name: str) -> Version:
+def tag(repo: Repository, ref: str, tag_name: str) -> Version:
     """Point `tag_name` at the version `ref` designates."""
     check_tag(tag_name)
-    manifest, digest = resolve(store, ref)
-    _apply_tags(store, manifest.name, manifest.number, digest, [tag_name])
+    manifest, digest = resolve(repo, ref)
+    _apply_tags(repo, manifest.name, manifest.number, digest, [tag_name])
     return Version.of(manifest, digest)
 
 
-def untag(store: Store, name: str, tag_name: str) -> None:
+def untag(repo: Repository, name: str, tag_name: str) -> None:
     """Remove a tag (its history keeps the removal)."""
     check_name(name)
-    if store.refs.current_tag(name, check_tag(tag_name)) is None:
-        raise NotFoundError(f"no tag {tag_name!r} on {name}: {_describe(store, name)}")
-    store.refs.set_tag(name, tag_name, None, None)
+    if repo.refs.current_tag(name, check_tag(tag_name)) is None:
+        raise NotFoundError(f"no tag {tag_name!r} on {name}: {_describe(repo, name)}")
+    repo.refs.set_tag(name, tag_name, None, None)
 
 
-def tags(store: Store, name: str) -> dict[str, int]:
+def tags(repo: Repository, name: str) -> dict[str, int]:
     """Current tags of a name and the version each points at."""
     check_name(name)
     current = {}
-    for tag_name in store.refs.tag_names(name):
-        event = store.refs.current_tag(name, tag_name)
+    for tag_name in repo.refs.tag_names(name):
+        event = repo.refs.current_tag(name, tag_name)
         if event is not None and event.version is not None:
             current[tag_name] = event.version
     return current
 
 
-def tag_history(store: Store, name: str, tag_name: str) -> list[TagEvent]:
+def tag_history(repo: Repository, name: str, tag_name: str) -> list[TagEvent]:
     """Every move of a tag, oldest first."""
-    return store.refs.tag_history(check_name(name), check_tag(tag_name))
+    return repo.refs.tag_history(check_name(name), check_tag(tag_name))
 
 
-def log(store: Store, name: str) -> list[LogEntry]:
-    """A name's versions, newest first, deleted ones as tombstones."""
+def log(repo: Repository, name: str, *, verify: bool = False) -> list[LogEntry]:
+    """A name's versions, newest first, deleted ones as tombstones.
+
+    With `verify`, a broken hash chain raises IntegrityError naming every problem.
+    """
     check_name(name)
+    if verify:
+        problems = verify_history(repo, name)
+        if problems:
+            raise IntegrityError(f"the history of {name} is broken: " + "; ".join(problems))
     entries = []
-    for number in store.refs.version_numbers(name):
-        version_ref = store.refs.read_version(name, number)
+    for number in repo.refs.version_numbers(name):
+        version_ref = repo.refs.read_version(name, number)
         if version_ref is None:
             continue
         details = None
         if not version_ref.deleted:
-            manifest = read_manifest(store, version_ref.manifest, f"version {number} of {name}")
+            manifest = read_manifest(repo, version_ref.manifest, f"version {number} of {name}")
             details = Version.of(manifest, version_ref.manifest)
         entries.append(
             LogEntry(number, format_digest(version_ref.manifest), version_ref.deleted, details)
         )
     if not entries:
-        raise NotFoundError(f"nothing saved as {name}: {_describe(store, name)}")
+        raise NotFoundError(f"nothing saved as {name}: {_describe(repo, name)}")
     return entries[::-1]
 
 
-def verify_history(store: Store, name: str) -> list[str]:
+def verify_history(repo: Repository, name: str) -> list[str]:
     """Problems in a name's hash chain: missing, rewritten, swapped or unreadable versions."""
     check_name(name)
     problems = []
-    numbers = store.refs.version_numbers(name)
+    numbers = repo.refs.version_numbers(name)
     previous_digest: bytes | None = None
     for number in range(1, (numbers[-1] if numbers else 0) + 1):
         where = f"{name}:{number}"
-        version_ref = store.refs.read_version(name, number)
+        version_ref = repo.refs.read_version(name, number)
         if version_ref is None:
             problems.append(f"{where}: version is missing from the history")
             previous_digest = None
             continue
         if not version_ref.deleted:
             try:
-                manifest = read_manifest(store, version_ref.manifest, where)
+                manifest = read_manifest(repo, version_ref.manifest, where)
             except (IntegrityError, NotFoundError) as exc:
                 problems.append(f"{where}: {exc}")
             else:
@@ -434,10 +401,10 @@ def verify_history(store: Store, name: str) -> list[str]:
     return problems
 
 
-def diff(store: Store, a: str, b: str) -> Diff:
+def diff(repo: Repository, a: str, b: str) -> Diff:
     """Metadata changes between two versions and how many bytes of b's stream a shares."""
-    manifest_a, digest_a = resolve(store, a)
-    manifest_b, digest_b = resolve(store, b)
+    manifest_a, digest_a = resolve(repo, a)
+    manifest_b, digest_b = resolve(repo, b)
     chunks_a = {chunk_id for chunk_id, _ in manifest_a.stream.chunks()}
     shared = sum(size for chunk_id, size in manifest_b.stream.chunks() if chunk_id in chunks_a)
     meta_a, meta_b = manifest_a.metadata, manifest_b.metadata
@@ -455,19 +422,19 @@ def diff(store: Store, a: str, b: str) -> Diff:
     )
 
 
-def delete(store: Store, ref: str) -> Version:
+def delete(repo: Repository, ref: str) -> Version:
     """Delete one version: its ref becomes a tombstone, tags on it are removed; gc frees data."""
-    manifest, digest = resolve(store, ref)
-    for tag_name, number in tags(store, manifest.name).items():
+    manifest, digest = resolve(repo, ref)
+    for tag_name, number in tags(repo, manifest.name).items():
         if number == manifest.number:
-            store.refs.set_tag(manifest.name, tag_name, None, None)
-    store.refs.mark_deleted(manifest.name, manifest.number, digest)
+            repo.refs.set_tag(manifest.name, tag_name, None, None)
+    repo.refs.mark_deleted(manifest.name, manifest.number, digest)
     return Version.of(manifest, digest)
 
 
-def info(store: Store, ref: str) -> dict[str, Any]:
+def info(repo: Repository, ref: str) -> dict[str, Any]:
     """Everything known about a version, for people and scripts."""
-    manifest, digest = resolve(store, ref)
+    manifest, digest = resolve(repo, ref)
     version = Version.of(manifest, digest)
     return {
         "name": manifest.name,
@@ -481,7 +448,7 @@ def info(store: Store, ref: str) -> dict[str, Any]:
         "serializer": {"name": manifest.serializer, "version": manifest.serializer_version},
         "created": manifest.created,
         "parent": version.parent,
-        "tags": sorted(t for t, n in tags(store, manifest.name).items() if n == manifest.number),
+        "tags": sorted(t for t, n in tags(repo, manifest.name).items() if n == manifest.number),
         "metadata": manifest.metadata,
         "environment": manifest.environment,
     }

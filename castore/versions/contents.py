@@ -1,0 +1,73 @@
+"""What a version's manifest reaches: its stream and, per kind, what that stream names.
+
+Every kind is listed here explicitly, so that gc, stats, verify and copy agree on what a
+version needs, whatever modules a process has imported (docs/FORMAT.md, "References").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from castore.errors import IntegrityError, InvalidInputError, UnsupportedFormatError
+from castore.format.manifest import Manifest
+from castore.format.streams import DIGEST_SIZE
+from castore.format.tree import (
+    TREE_FORMAT_VERSION,
+    TREE_KIND,
+    TREE_SERIALIZER,
+    Entry,
+    read_tree,
+)
+
+if TYPE_CHECKING:
+    from castore.engine.repository import Repository
+
+
+def chunks_of(repo: Repository, manifest: Manifest) -> Iterator[tuple[bytes, int]]:
+    """Every (chunk id, raw length) the version needs: what gc must keep and copy carry.
+
+    A tree's files are read from its (verified) tree stream; an unknown kind raises
+    UnsupportedFormatError rather than being assumed to need nothing.
+    """
+    yield from manifest.stream.chunks()
+    if manifest.kind in ("object", "file"):
+        return
+    if manifest.kind != TREE_KIND:
+        raise UnsupportedFormatError(
+            f"{manifest.name}:{manifest.number} has kind {manifest.kind!r}: "
+            "this castore does not know what it references"
+        )
+    check_tree_manifest(manifest, f"{manifest.name}:{manifest.number}")
+    with tree_entries(repo, manifest) as entries:
+        for entry in entries:
+            for number, size in enumerate(entry.chunk_sizes):
+                yield entry.chunk_ids[number * DIGEST_SIZE : (number + 1) * DIGEST_SIZE], size
+
+
+def check_tree_manifest(manifest: Manifest, ref: str) -> None:
+    """Raise unless `manifest` is a snapshot in a tree format this castore reads."""
+    where = f"{manifest.name}:{manifest.number}"
+    if manifest.kind != TREE_KIND or manifest.serializer != TREE_SERIALIZER:
+        raise InvalidInputError(
+            f"{ref} ({where}) is a {manifest.kind!r} saved with {manifest.serializer!r}, "
+            "not a backup"
+        )
+    version = manifest.serializer_version
+    if not version.isdigit() or int(version) < 1:
+        raise IntegrityError(f"{where} has an invalid tree format version {version!r}")
+    if int(version) > TREE_FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"{where} has tree format version {version}; this castore reads up to "
+            f"{TREE_FORMAT_VERSION}: upgrade castore"
+        )
+
+
+@contextmanager
+def tree_entries(repo: Repository, manifest: Manifest) -> Iterator[Iterator[Entry]]:
+    """The snapshot's entries, validated and verified as they stream in."""
+    what = f"the tree of {manifest.name}:{manifest.number}"
+    # The manifest was checked against its version digest: its chunk list is authentic.
+    with repo.open_descriptor(manifest.stream, authenticated=True) as file:
+        yield read_tree(file, manifest.stream.size, what)
