@@ -19,6 +19,7 @@ from castore.errors import (
     UntrustedVersionError,
 )
 from castore.format.config import ChunkerParams, CompressionParams, StoreConfig
+from castore.format.digests import PREFIX as DIGEST_PREFIX
 from castore.maintenance.gc import DEFAULT_REPACK_THRESHOLD, GcReport
 from castore.maintenance.verify import RepairReport, StoreStats, VerifyReport
 from castore.snapshots.backup import BackupStats, Change, RestoreStats, Snapshot
@@ -39,6 +40,7 @@ from castore.versions.catalog import Diff, LogEntry, Version
 
 __all__ = [
     "DEFAULT_REPACK_THRESHOLD",
+    "DIGEST_PREFIX",
     "BackendError",
     "BackupStats",
     "CastoreError",

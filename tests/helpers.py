@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import castore
 from castore.format import layout
@@ -64,3 +67,15 @@ def spawn(module: str, *args: str, env: dict[str, str] | None = None) -> subproc
 def location_args(location: object) -> list[str]:
     """A Location as command-line arguments: its URL and its storage options as JSON."""
     return [location.url, json.dumps(location.options)]  # type: ignore[attr-defined]
+
+
+def without_read_override() -> list[str]:
+    """A command prefix under which root, too, is refused by mode 000 (setpriv drops the
+    capabilities that let root read anything); empty when not running as root."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot make a folder unreadable")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]

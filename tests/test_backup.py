@@ -47,7 +47,7 @@ from castore.snapshots.ignore import IgnoreRules
 from castore.snapshots.retention import RetentionPolicy, keep_reasons
 from castore.versions.catalog import commit_version
 from tests.conftest import Location
-from tests.helpers import pattern
+from tests.helpers import pattern, without_read_override
 
 BASE_TIME = 1_600_000_000_123_456_789
 """Nanosecond mtimes the test trees get, so that restored times can be compared exactly."""
@@ -325,13 +325,7 @@ print(json.dumps({"skipped": skipped, "files": files, "count": snap.metadata["sk
 def test_unreadable_files_are_skipped_and_recorded(location: Location, tmp_path: Path) -> None:
     """Permission denied for real: as root, the backup runs without the capabilities that
     let root read anything (setpriv), so that mode 000 files and directories refuse it."""
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root without setpriv: cannot make a file unreadable")
-        caps = "-dac_override,-dac_read_search"
-        prefix = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
+    prefix = without_read_override()
     src = tmp_path / "src"
     write_files(src, {"readable.txt": b"ok", "secret.txt": b"no", "closed/inner.txt": b"no"})
     os.chmod(src / "secret.txt", 0)

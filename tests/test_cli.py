@@ -32,6 +32,7 @@ def _ok(location: Location, *args: str, stdin: bytes | None = None) -> str:
     return result.stdout.decode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("new_location", ["local", "s3-moto"], indirect=True)
 def test_end_to_end_session(location: Location, tmp_path: Path) -> None:
     data = pattern(400_000, seed=1)
@@ -80,6 +81,7 @@ def test_end_to_end_session(location: Location, tmp_path: Path) -> None:
     assert "no problems found" in _ok(location, "verify")
 
 
+@pytest.mark.slow
 def test_exit_codes_are_reliable(location: Location, tmp_path: Path) -> None:
     if location.url.startswith("memory://"):
         pytest.skip("a memory store does not outlive one process")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import signal
-import time
 
 import pytest
 
@@ -12,16 +11,20 @@ from tests.conftest import SMALL_PACKS, Location
 from tests.helpers import location_args, spawn
 
 
-def _run_and_kill(location: Location, seed: int, delay: float) -> list[str]:
-    """Start a writer, SIGKILL it after `delay` seconds, return the digests it committed."""
+def _run_and_kill(location: Location, seed: int, commits: int) -> list[str]:
+    """Start a writer, SIGKILL it as soon as it reports `commits` commits (it is then in the
+    middle of its next put, at a point the scheduler picks), return what it committed."""
     process = spawn("crash_writer", *location_args(location), str(seed))
-    time.sleep(delay)
+    assert process.stdout is not None
+    committed = [process.stdout.readline().strip() for _ in range(commits)]
     process.send_signal(signal.SIGKILL)
-    output, _ = process.communicate()
+    rest, _ = process.communicate()
     assert process.returncode == -signal.SIGKILL
-    return output.split()
+    assert all(committed), "the writer died before committing"
+    return committed + rest.split()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("new_location", ["local", "s3-moto", "s3-radosgw"], indirect=True)
 def test_writers_killed_at_random_points_lose_nothing_committed(location: Location) -> None:
     rng = random.Random(1234)
@@ -29,8 +32,7 @@ def test_writers_killed_at_random_points_lose_nothing_committed(location: Locati
         before = store.put(b"committed before any crash")
     committed: list[str] = []
     for round_number in range(4):
-        committed += _run_and_kill(location, seed=round_number, delay=rng.uniform(0.6, 2.0))
-    assert len(committed) >= 3, "the writers never got far enough to commit anything"
+        committed += _run_and_kill(location, round_number, commits=rng.randint(1, 3))
     with location.open() as store:
         report = store.verify(read_data=True)
         assert report.ok, report.problems

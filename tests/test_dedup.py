@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import os
 
+import pytest
+
 import castore
 from tests.helpers import pack_paths, pattern
 
 
+@pytest.mark.slow
 def test_second_put_of_100_mib_writes_no_new_pack(store: castore.Store) -> None:
     data = os.urandom(100 * 1024 * 1024)
     first = store.put(data)

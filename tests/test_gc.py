@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,8 +17,10 @@ import castore
 from castore.engine import leases
 from castore.engine.leases import GcMarker
 from castore.errors import LeaseExpiredError, StoreBusyError
+from castore.format import layout
+from castore.versions import catalog
 from tests.conftest import SMALL_PACKS, Location
-from tests.helpers import location_args, pack_paths, pattern, spawn
+from tests.helpers import location_args, pack_paths, pattern, spawn, without_read_override
 
 
 def _all_objects(store: castore.Store) -> list[str]:
@@ -131,6 +134,7 @@ def _check_committed(location: Location, outputs: list[str]) -> None:
         assert report.ok, report.problems
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("new_location", ["local", "s3-moto", "s3-radosgw"], indirect=True)
 def test_writers_and_gc_in_parallel_processes_lose_nothing(location: Location) -> None:
     location.init(config=SMALL_PACKS).close()
@@ -153,6 +157,7 @@ def test_writers_and_gc_in_parallel_processes_lose_nothing(location: Location) -
     _check_committed(location, outputs[:-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("new_location", ["local", "s3-moto"], indirect=True)
 def test_gc_and_writers_killed_at_random_points_lose_nothing(location: Location) -> None:
     ttl = {"CASTORE_LEASE_TTL": "3"}
@@ -188,3 +193,66 @@ def test_gc_keeps_the_files_of_snapshots(store: castore.Store, tmp_path: Path) -
     store.restore("backups/run:1", tmp_path / "restored")
     assert (tmp_path / "restored" / "weights.bin").read_bytes() == pattern(300_000, seed=1)
     assert store.verify(read_data=True).ok
+
+
+def _store_with_garbage(store: castore.Store) -> castore.Version:
+    """A kept version plus a deleted one whose pack gc would free."""
+    kept = store.save(pattern(50_000, seed=1), "keep/me", serializer="raw")
+    store.save(pattern(50_000, seed=2), "gone", serializer="raw")
+    store.delete("gone:1")
+    return kept
+
+
+def test_gc_deletes_nothing_when_a_refs_folder_cannot_be_read(tmp_path: Path) -> None:
+    """The review's data loss: an unreadable folder under refs/ once listed as empty."""
+    root = tmp_path / "store"
+    with castore.init(root) as store:
+        kept = _store_with_garbage(store)
+        before = _all_objects(store)
+    folder = root / "refs" / "keep"
+    os.chmod(folder, 0)
+    try:
+        result = subprocess.run(
+            [*without_read_override(), sys.executable, "-m", "castore", "--store", str(root), "gc"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.chmod(folder, 0o755)
+    assert result.returncode != 0, result.stdout
+    assert "refs" in result.stdout + result.stderr
+    with castore.open(root) as store:
+        assert _all_objects(store) == before
+        assert store.load(kept.reference) == pattern(50_000, seed=1)
+        assert store.gc().packs_deleted >= 1  # readable again: gc does its job
+
+
+def test_gc_deletes_nothing_while_refs_hold_a_stray_object(store: castore.Store) -> None:
+    _store_with_garbage(store)
+    store.repository.backend.write("refs/keep/me/@versions/007", b"who wrote this?")
+    before = _all_objects(store)
+    report = store.gc()
+    assert report.packs_deleted == 0 and _all_objects(store) == before
+    assert any("refs/keep/me/@versions/007" in p for p in report.problems)
+    assert any("refs/keep/me/@versions/007" in p for p in store.verify().problems)
+
+
+def test_gc_deletes_nothing_while_a_tree_cannot_be_read(
+    store: castore.Store, tmp_path: Path
+) -> None:
+    (tmp_path / "f").write_bytes(pattern(20_000, seed=3))
+    snapshot = store.backup(tmp_path, "backups/b")
+    _store_with_garbage(store)
+    manifest, _ = catalog.resolve(store.repository, snapshot.reference)
+    ((tree_chunk, _), *_) = manifest.stream.chunks()
+    location = store.repository.index.lookup(tree_chunk)
+    assert location is not None
+    path = layout.pack_path(location.pack_id)
+    data = bytearray(store.repository.backend.read(path))
+    data[location.entry.offset] ^= 0xFF  # the tree no longer reads back
+    store.repository.backend.write(path, bytes(data))
+    before = _all_objects(store)
+    report = store.gc()
+    assert report.problems and report.packs_deleted == 0
+    assert _all_objects(store) == before

@@ -134,6 +134,7 @@ def test_second_load_from_s3_fetches_no_chunk_data(location: Location) -> None:
         assert store.repository.cache.hits > 0
 
 
+@pytest.mark.slow
 def test_concurrent_savers_in_processes_get_distinct_versions(location: Location) -> None:
     if location.url.startswith("memory://"):
         pytest.skip("a memory store is private to one process")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from castore.backend.paths import check_object_path, is_temporary
@@ -27,7 +28,7 @@ class LocalBackend:
         """Return the whole object."""
         try:
             return self._full(path).read_bytes()
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise ObjectNotFoundError(f"{path} not found in {self.url}") from exc
         except IsADirectoryError as exc:
             raise ObjectNotFoundError(f"{path} in {self.url} is a directory") from exc
@@ -38,11 +39,13 @@ class LocalBackend:
         """Return `length` bytes from `start`, fewer only at the end of the object."""
         try:
             fd = os.open(self._full(path), os.O_RDONLY)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise ObjectNotFoundError(f"{path} not found in {self.url}") from exc
         except OSError as exc:
             raise BackendError(f"cannot read {path} in {self.url}: {exc}") from exc
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ObjectNotFoundError(f"{path} in {self.url} is not a file")
             parts = []
             while length > 0:
                 piece = os.pread(fd, length, start)
@@ -58,12 +61,16 @@ class LocalBackend:
             os.close(fd)
 
     def _stat(self, path: str) -> os.stat_result:
+        """The object's status; ObjectNotFoundError when nothing or a folder is there."""
         try:
-            return self._full(path).stat()
-        except FileNotFoundError as exc:
+            status = self._full(path).stat()
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise ObjectNotFoundError(f"{path} not found in {self.url}") from exc
         except OSError as exc:
             raise BackendError(f"cannot stat {path} in {self.url}: {exc}") from exc
+        if not stat.S_ISREG(status.st_mode):
+            raise ObjectNotFoundError(f"{path} in {self.url} is not a file")
+        return status
 
     def size(self, path: str) -> int:
         """Return the object's size in bytes."""
@@ -134,24 +141,51 @@ class LocalBackend:
 
     def exists(self, path: str) -> bool:
         """Whether a file is stored under `path`."""
-        return self._full(path).is_file()
+        try:
+            self._stat(path)
+        except ObjectNotFoundError:
+            return False
+        return True
 
     def list(self, prefix: str) -> list[str]:
-        """Every file below the folder `prefix`, as sorted relative paths."""
-        base = self._full(prefix)
-        found = []
-        try:
-            for directory, _, files in os.walk(base):
-                relative = Path(directory).relative_to(self.root).as_posix()
-                found.extend(f"{relative}/{name}" for name in files)
-        except OSError as exc:
-            raise BackendError(f"cannot list {prefix} in {self.url}: {exc}") from exc
-        return sorted(p for p in found if not is_temporary(p))
+        """Every regular file below the folder `prefix`, as sorted relative paths.
+
+        A missing `prefix` folder holds nothing. Any folder below it that cannot be read
+        raises BackendError: a listing that silently left it out would tell gc that the
+        objects in it are absent. Symbolic links are neither followed nor listed.
+        """
+        relative_prefix = check_object_path(prefix)
+        found: list[str] = []
+        pending = [relative_prefix]
+        while pending:
+            folder = pending.pop()
+            try:
+                with os.scandir(self.root / folder) as entries:
+                    for entry in entries:
+                        relative = f"{folder}/{entry.name}"
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(relative)
+                        elif entry.is_file(follow_symlinks=False) and not is_temporary(relative):
+                            found.append(relative)
+            except (FileNotFoundError, NotADirectoryError) as exc:
+                if folder == relative_prefix:
+                    continue  # no such folder: nothing is stored below it
+                raise BackendError(
+                    f"cannot list {prefix} in {self.url}: folder {folder} vanished during"
+                    f" the listing: {exc.strerror}"
+                ) from exc
+            except OSError as exc:
+                raise BackendError(
+                    f"cannot list {prefix} in {self.url}: cannot read folder {folder}:"
+                    f" {exc.strerror or exc}"
+                ) from exc
+        return sorted(found)
 
     def delete(self, path: str) -> None:
         """Remove the file if present."""
         try:
-            with contextlib.suppress(FileNotFoundError):
+            # Nothing there, or a folder (which is no object): nothing to remove.
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 self._full(path).unlink()
         except OSError as exc:
             raise BackendError(f"cannot delete {path} in {self.url}: {exc}") from exc

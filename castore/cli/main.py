@@ -25,7 +25,6 @@ from castore.errors import (
     InvalidInputError,
     NotFoundError,
 )
-from castore.format.digests import PREFIX
 
 EXIT_CODES: list[tuple[type[CastoreError], int]] = [
     (IntegrityError, 1),
@@ -213,7 +212,7 @@ def cmd_put(command: Command) -> int:
 def _open_bytes(command: Command, ref: str) -> tuple[Any, int]:
     """A verified readable stream for a content digest or a version reference."""
     store = command.store
-    if ref.startswith(PREFIX) and store.contains(ref):
+    if ref.startswith(castore.DIGEST_PREFIX) and store.contains(ref):
         stream = store.open_stream(ref)
     else:
         stream = store.open_version(ref)
@@ -605,7 +604,8 @@ def cmd_gc(command: Command) -> int:
                 f"{verb} {_human_size(report.bytes_freed)}: {report.packs_deleted} packs deleted, "
                 f"{report.packs_repacked} repacked ({_human_size(report.bytes_rewritten)} "
                 f"rewritten), {report.orphan_packs} orphan packs, "
-                f"{report.manifests_deleted} manifests"
+                f"{report.manifests_deleted} manifests, "
+                f"{report.signatures_deleted} signatures"
             ]
             + [f"PROBLEM: {p}" for p in report.problems]
         ),

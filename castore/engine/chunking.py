@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, cast
 
 from pyfastcdc import FastCDC
 
+from castore.errors import InvalidInputError
 from castore.format.config import ChunkerParams
 
 BLOCK_SIZE = 8 * 1024 * 1024
@@ -14,12 +16,17 @@ BLOCK_SIZE = 8 * 1024 * 1024
 
 def fastcdc(params: ChunkerParams) -> FastCDC:
     """pyfastcdc's FastCDC 2020 cutter for the store's chunker parameters."""
-    return FastCDC(
-        params.avg_size,
-        min_size=params.min_size,
-        max_size=params.max_size,
-        normalized_chunking=params.normalization,
-    )
+    if params.normalization not in (0, 1, 2, 3):
+        raise InvalidInputError(f"chunker normalization {params.normalization} is not 0-3")
+    try:
+        return FastCDC(
+            params.avg_size,
+            min_size=params.min_size,
+            max_size=params.max_size,
+            normalized_chunking=cast(Literal[0, 1, 2, 3], params.normalization),
+        )
+    except ValueError as exc:  # sizes pyfastcdc cannot cut with
+        raise InvalidInputError(f"unusable chunker parameters {params}: {exc}") from exc
 
 
 def cut_whole(data: bytes | memoryview, params: ChunkerParams) -> list[memoryview]:

@@ -6,7 +6,7 @@ import hashlib
 import io
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
@@ -126,7 +126,7 @@ def iter_stream(
     pool: Executor,
     cache: LocalCache | None = None,
     authenticated: bool = False,
-) -> Iterator[bytes | memoryview]:
+) -> Generator[bytes | memoryview, None, None]:
     """Yield the stream's verified chunks in order, fetching ahead in parallel.
 
     Each chunk is checked against its id before it is yielded. Unless the chunk list is

@@ -7,17 +7,22 @@ being the tag's value. ``@`` cannot occur in names, so no name's refs hide anoth
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from castore.backend import Backend
-from castore.errors import IntegrityError, ObjectExistsError, ObjectNotFoundError
+from castore.errors import ConflictError, IntegrityError, ObjectExistsError, ObjectNotFoundError
 from castore.format import layout, wire
-from castore.format.names import NAME_PATTERN, NUMBER_PATTERN
+from castore.format.names import NAME_PATTERN, NUMBER_PATTERN, TAG_PATTERN
 
 MAX_REF_OBJECT = 4096
+_REF_PATH = re.compile(
+    rf"{layout.REFS}/(?:{NAME_PATTERN.pattern})/"
+    rf"(?:{layout.VERSIONS}|{layout.TAGS}/{TAG_PATTERN.pattern})/{NUMBER_PATTERN.pattern}"
+)
 
 
 def _is_positive_int(value: object) -> bool:
@@ -82,6 +87,14 @@ class RefStore:
             if sep and NAME_PATTERN.fullmatch(name):  # stray objects under refs/ name nothing
                 found.add(name)
         return sorted(found)
+
+    def strays(self) -> list[str]:
+        """Objects under ``refs/`` that are neither a version ref nor a tag event.
+
+        castore never writes them; maintenance reports them rather than guess what they
+        were meant to keep alive.
+        """
+        return [p for p in self._backend.list(layout.REFS) if not _REF_PATH.fullmatch(p)]
 
     def version_numbers(self, name: str) -> list[int]:
         """Every version number ever taken for `name`, ascending (deleted ones included)."""
@@ -159,4 +172,4 @@ class RefStore:
                 return
             except ObjectExistsError:
                 continue
-        raise IntegrityError(f"could not append to the history of tag {tag} of {name}")
+        raise ConflictError(f"could not append to the history of tag {tag} of {name}: retry")

@@ -8,11 +8,11 @@ sessions and streams, verified chunk iteration, and the writer lease.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 from castore.backend import Backend, open_backend
 from castore.engine.cache import LocalCache
@@ -35,7 +35,16 @@ from castore.format.config import StoreConfig
 from castore.format.digests import format_digest
 from castore.format.streams import StreamDescriptor, decode_stream_object
 
-Source = bytes | bytearray | memoryview | BinaryIO | os.PathLike[str]
+
+class Readable(Protocol):
+    """A binary file object, or anything with a file's read()."""
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to `size` bytes; b"" at the end."""
+        ...
+
+
+Source = bytes | bytearray | memoryview | Readable | os.PathLike[str]
 """What `put` accepts: bytes, a binary file object, or the path of a file."""
 
 REMOTE_IO_THREADS = 16
@@ -171,7 +180,7 @@ class Repository:
 
     def iter_chunks(
         self, descriptor: StreamDescriptor, *, authenticated: bool = False
-    ) -> Iterator[bytes | memoryview]:
+    ) -> Generator[bytes | memoryview, None, None]:
         """A stream's bytes as verified chunks, in order.
 
         `authenticated` says the chunk list was checked against a version digest, which

@@ -75,7 +75,7 @@ class _PackUploader:
         self._builder = PackBuilder()
         path = layout.pack_path(pack_id)
         self._in_flight.append(
-            (self._pool.submit(self._backend.write, path, data), pack_id, entries)
+            (self._pool.submit(self._backend.write, path, memoryview(data)), pack_id, entries)
         )
         while len(self._in_flight) > MAX_PACKS_IN_FLIGHT:
             self._wait_oldest()

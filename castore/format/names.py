@@ -13,7 +13,7 @@ MAX_NAME_LENGTH = 200
 
 _COMPONENT = r"[a-z0-9_][a-z0-9._-]*"
 NAME_PATTERN = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-_TAG_PATTERN = re.compile(r"[a-z0-9_][a-z0-9._-]{0,127}")
+TAG_PATTERN = re.compile(r"[a-z0-9_][a-z0-9._-]{0,127}")
 NUMBER_PATTERN = re.compile(r"[1-9][0-9]{0,17}")
 STORE_SEPARATOR = "#"
 
@@ -34,7 +34,7 @@ def check_name(name: object) -> str:
 
 def check_tag(tag: object) -> str:
     """Return `tag` if it can be set by users, else raise InvalidInputError."""
-    if not isinstance(tag, str) or not _TAG_PATTERN.fullmatch(tag):
+    if not isinstance(tag, str) or not TAG_PATTERN.fullmatch(tag):
         raise InvalidInputError(
             f"invalid tag {tag!r}: tags are 1-128 lowercase letters, digits, '.', '_', '-'"
         )

@@ -5,7 +5,7 @@ recorded as a version whose manifest has kind ``"tree"`` and serializer ``"tree"
 Entries are written and read one at a time, so no tree is ever held whole in memory;
 every entry read back is validated before anyone sees it: field types and bounds, path
 syntax (relative, no ``.`` or ``..``), strict ordering, and that every entry's parent
-is a directory entry that came before it. docs/FORMAT-trees.md specifies the format.
+is a directory entry that came before it. docs/FORMAT.md, section 20, specifies the format.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class Entry:
         return cls(path=path, type=SKIPPED, reason=reason[:MAX_REASON_CHARS])
 
     def to_wire(self) -> dict[str, Any]:
-        """The entry's msgpack map, keys in the order of docs/FORMAT-trees.md."""
+        """The entry's msgpack map, keys in the order of docs/FORMAT.md section 20.3."""
         if self.type == SKIPPED:
             return {"path": self.path, "type": SKIPPED, "reason": self.reason}
         fields: dict[str, Any] = {
@@ -164,7 +164,7 @@ class Entry:
 
     @classmethod
     def from_wire(cls, raw: object, what: str) -> Entry:
-        """Validate one decoded map (docs/FORMAT-trees.md, "Validation") and build the entry."""
+        """Validate one decoded map (docs/FORMAT.md section 20.5) and build the entry."""
         if not isinstance(raw, dict):
             raise IntegrityError(f"{what} is not a msgpack map")
         path = wire.field(raw, "path", bytes, what)
@@ -187,7 +187,7 @@ class Entry:
         return cls(path=path, type=kind, **common)
 
 
-def _common_fields(raw: dict[str, Any], what: str) -> dict[str, int]:
+def _common_fields(raw: dict[str, Any], what: str) -> dict[str, Any]:
     """The metadata fields every file, directory and symlink entry has, bounds checked."""
     return {
         "mode": wire.bounded_int(raw, "mode", 0, 0o7777, what),
@@ -203,7 +203,7 @@ def _common_fields(raw: dict[str, Any], what: str) -> dict[str, int]:
 
 def _file_fields(raw: dict[str, Any], size: int, what: str) -> dict[str, Any]:
     """A file entry's content fields: digest, chunk ids and sizes that add up to `size`."""
-    content = {key: raw[key] for key in ("sha256", "chunks", "sizes") if key in raw}
+    content: dict[str, Any] = {k: raw[k] for k in ("sha256", "chunks", "sizes") if k in raw}
     descriptor = StreamDescriptor.from_wire({**content, "size": size}, what)
     if len(descriptor.chunk_sizes) > MAX_FILE_CHUNKS:
         raise IntegrityError(f"{what} lists more than {MAX_FILE_CHUNKS} chunks")

@@ -15,6 +15,7 @@ from castore.format import layout
 from castore.format.compression import encode_chunk
 from castore.format.digests import format_digest
 from castore.format.streams import StreamDescriptor
+from castore.trust.signatures import copy_signatures
 from castore.versions import catalog
 from castore.versions.contents import chunks_of
 
@@ -50,6 +51,7 @@ def copy_version(source: Repository, ref: str, dest: Repository) -> catalog.Vers
         _copy_chunks(source, dest, chunks_of(source, manifest))
         data = source.backend.read(layout.manifest_path(digest))
         dest.backend.write(layout.manifest_path(digest), data)
+        copy_signatures(source, dest, digest)
         _placeholders(source, dest, manifest.name, manifest.number)
         existing = dest.refs.read_version(manifest.name, manifest.number)
         if existing is None:

@@ -3,7 +3,8 @@
 Runs under the gc marker (castore.leases), so no writer is active. Order, so that a gc
 killed at any point leaves a readable store: new packs (repacked chunks) -> their index
 object -> one index object for every surviving pack -> delete the old index objects ->
-delete dead and repacked packs -> delete unreferenced manifests. Until the old index
+delete dead and repacked packs -> delete unreferenced manifests -> delete the signatures
+of versions whose manifests are gone. Until the old index
 objects are gone every chunk is still listed where it was; afterwards every live chunk is
 listed in the new objects. Readers that still see an old location reload the index.
 """
@@ -16,9 +17,11 @@ from typing import TYPE_CHECKING
 from castore.engine.leases import GcMarker, lease_ttl
 from castore.errors import CastoreError, ObjectNotFoundError
 from castore.format import layout
+from castore.format.compression import Codec
 from castore.format.index import PackListing
 from castore.format.packs import ENTRY, HEADER, TRAILER, PackEntry, check_pack
 from castore.maintenance.reachability import walk
+from castore.trust.signatures import delete_orphan_signatures
 
 if TYPE_CHECKING:
     from castore.engine.repository import Repository
@@ -39,6 +42,7 @@ class GcReport:
     bytes_freed: int = 0
     bytes_rewritten: int = 0
     manifests_deleted: int = 0
+    signatures_deleted: int = 0
     index_objects_replaced: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -107,6 +111,7 @@ def gc(
         report.manifests_deleted = _delete_unreferenced_manifests(
             repo, reach.live_manifests, marker_time
         )
+        report.signatures_deleted = delete_orphan_signatures(repo)
         repo.index.reload()
     return report
 
@@ -121,7 +126,7 @@ def _repack(
         check_pack(data, pack_id)  # never copy damage forward
         for entry in live:
             payload = data[entry.offset : entry.offset + entry.stored_len]
-            session.store_chunk((entry.chunk_id, entry.raw_len, entry.codec, payload))
+            session.store_chunk((entry.chunk_id, entry.raw_len, Codec(entry.codec), payload))
     session.commit()
     return session.index_object, set(session.stats.packs)
 

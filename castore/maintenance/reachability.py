@@ -7,9 +7,10 @@ verify and repair, so that all of them agree on what "in use" means.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
 from castore.errors import CastoreError
 from castore.format import layout
@@ -20,6 +21,8 @@ from castore.versions.contents import chunks_of
 
 if TYPE_CHECKING:
     from castore.engine.repository import Repository
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,10 +48,23 @@ class Reachable:
                 self.users.setdefault(chunk_id, []).append(user)
 
 
+def _listed(reach: Reachable, what: str, listing: Callable[[], list[T]]) -> list[T]:
+    """The result of one listing; on failure, a problem naming `what` and nothing listed."""
+    try:
+        return listing()
+    except CastoreError as exc:
+        reach.problems.append(f"{what}: cannot be listed: {exc}")
+        return []
+
+
 def walk(repo: Repository, *, track_users: bool = False) -> Reachable:
-    """Walk every root; unreadable roots are recorded as problems, never skipped silently."""
+    """Walk every root; whatever cannot be listed or read becomes a problem, never a skip.
+
+    gc deletes nothing while a walk has problems: a root it could not read might need
+    any chunk.
+    """
     reach = Reachable()
-    for path in repo.backend.list(layout.STREAMS):
+    for path in _listed(reach, layout.STREAMS, lambda: repo.backend.list(layout.STREAMS)):
         digest = layout.name_of(path)
         label = format_digest(digest) if digest else path
         try:
@@ -61,14 +77,17 @@ def walk(repo: Repository, *, track_users: bool = False) -> Reachable:
         reach.streams += 1
         reach.logical_bytes += descriptor.size
         reach._add(descriptor.chunks(), label, track_users)
-    for name in repo.refs.names():
+    for path in _listed(reach, layout.REFS, repo.refs.strays):
+        reach.problems.append(f"{path}: not a ref castore writes (a version ref or tag event)")
+    for name in _listed(reach, layout.REFS, repo.refs.names):
         reach.names += 1
-        for number in repo.refs.version_numbers(name):
+        folder = layout.versions_folder(name)
+        for number in _listed(reach, folder, partial(repo.refs.version_numbers, name)):
             label = f"{name}:{number}"
             try:
                 version_ref = repo.refs.read_version(name, number)
                 if version_ref is None:
-                    continue
+                    raise CastoreError("the version ref vanished while being read")
                 if version_ref.deleted:
                     reach.deleted_versions += 1
                     continue

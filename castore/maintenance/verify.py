@@ -36,6 +36,8 @@ class VerifyReport:
     streams_checked: int = 0
     versions_checked: int = 0
     bytes_read: int = 0
+    orphan_signatures: int = 0
+    """Signatures of versions gc has collected: garbage the next gc deletes, not damage."""
     problems: list[str] = field(default_factory=list)
     affected: list[str] = field(default_factory=list)
     """Versions (name:n) and put digests that cannot be read back intact."""
@@ -103,7 +105,9 @@ def verify(repo: Repository, *, read_data: bool = True, subset: str | None = Non
                     bad_chunks.setdefault(entry.chunk_id, f"is in damaged pack {pack_id.hex()}")
     if read_data and subset is None:
         _check_put_streams(repo, report)
-    report.problems.extend(signing.verify_signatures(repo).problems)
+    audit = signing.verify_signatures(repo)
+    report.problems.extend(audit.problems)
+    report.orphan_signatures = audit.orphans
     affected = set(report.affected)
     for chunk_id, why in bad_chunks.items():
         users = reach.users.get(chunk_id, [])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import copyreg
 import functools
+import io
 import math
 import os
 import pickle
@@ -24,7 +25,7 @@ import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
 
 from castore.errors import CastoreError, DeserializationError, InvalidInputError, UnsafeObjectError
 from castore.trust.userconfig import config_dir, read_config_lines
@@ -99,8 +100,8 @@ CALL = "call"
 HOLD = "hold"
 """The global may only be held by the loaded object (e.g. a metric function), never called."""
 
-_BUILTIN_TYPES = ("dict", "list", "tuple", "set", "frozenset", "str", "int", "float", "complex")
-_BUILTIN_TYPES += ("bool", "slice", "object")
+_BUILTIN_TYPES: tuple[str, ...] = ("dict", "list", "tuple", "set", "frozenset", "str", "int")
+_BUILTIN_TYPES += ("float", "complex", "bool", "slice", "object")
 SAFE_GLOBALS: dict[tuple[str, str], str] = {
     **{("builtins", name): CALL for name in _BUILTIN_TYPES},
     ("builtins", "Ellipsis"): HOLD,
@@ -519,7 +520,9 @@ class _CheckedReconstructors:
             and _empty(baseshape),
             f"numpy.ma _mareconstruct of {subtype!r}",
         )
-        return np.ma.core._mareconstruct(subtype, baseclass, baseshape, basetype)
+        return import_module("numpy.ma.core")._mareconstruct(
+            subtype, baseclass, baseshape, basetype
+        )
 
     def new_object(self, cls: Any) -> Any:
         """scikit-learn's newObj: ``cls.__new__(cls)`` for admitted classes."""
@@ -528,7 +531,7 @@ class _CheckedReconstructors:
 
     def bit_generator(self, bit_generator: Any = "MT19937") -> Any:
         """numpy.random's bit generator constructor, by name or admitted class."""
-        from numpy.random import BitGenerator, _pickle  # type: ignore[attr-defined]
+        from numpy.random import BitGenerator, _pickle
 
         self._require(
             isinstance(bit_generator, str)
@@ -538,7 +541,7 @@ class _CheckedReconstructors:
         return getattr(_pickle, _BIT_GENERATOR_CTOR[1])(bit_generator)
 
     def _from_bit_generator(self, make: Any, source: Any, ctor: Any) -> Any:
-        from numpy.random import BitGenerator, _pickle  # type: ignore[attr-defined]
+        from numpy.random import BitGenerator, _pickle
 
         known = (None, self._named[_BIT_GENERATOR_CTOR], getattr(_pickle, _BIT_GENERATOR_CTOR[1]))
         self._require(any(ctor is k for k in known), f"numpy.random constructor {ctor!r}")
@@ -722,9 +725,11 @@ def _structured_dtype(state: tuple[Any, ...]) -> Any:
     names, fields, elsize, flags = state[3], state[4], state[5], state[7]
     if not (isinstance(names, tuple) and isinstance(fields, dict) and isinstance(flags, int)):
         raise DeserializationError("a numpy structured dtype has malformed fields")
-    parts = [fields.get(name) for name in names]
-    if not all(isinstance(part, tuple) and len(part) in (2, 3) for part in parts):
-        raise DeserializationError("a numpy structured dtype has malformed fields")
+    parts: list[tuple[Any, ...]] = []
+    for part in [fields.get(name) for name in names]:
+        if not (isinstance(part, tuple) and len(part) in (2, 3)):
+            raise DeserializationError("a numpy structured dtype has malformed fields")
+        parts.append(part)
     spec = {
         "names": list(names),
         "formats": [part[0] for part in parts],
@@ -775,7 +780,8 @@ def _check_sklearn_binary_tree(tree: Any) -> None:
     import numpy as np
 
     state = tree.__getstate__()
-    data, indices, nodes, bounds, n_levels, n_nodes = *state[:4], state[5], state[6]
+    n_levels, n_nodes = state[5], state[6]  # indexed first: a short state fails here
+    data, indices, nodes, bounds = state[:4]
     samples = len(data)
     weights = state[12] if len(state) > 12 else None
     ok = (
@@ -890,10 +896,11 @@ def _check_hgb_predictor(predictor: Any) -> None:
 def _check_hist_gradient_boosting(estimator: Any) -> None:
     """Every tree of a HistGradientBoosting model tests only features the model has."""
     features = getattr(estimator, "n_features_in_", None)
-    predictor = _lookup("sklearn.ensemble._hist_gradient_boosting.predictor", "TreePredictor")
+    found = _lookup("sklearn.ensemble._hist_gradient_boosting.predictor", "TreePredictor")
+    predictor: type[Any] | None = found if isinstance(found, type) else None
     for trees in getattr(estimator, "_predictors", None) or []:
         for tree in trees if isinstance(trees, list) else []:
-            if isinstance(predictor, type) and isinstance(tree, predictor):
+            if predictor is not None and isinstance(tree, predictor):
                 nodes = tree.nodes
                 tested = nodes["feature_idx"][~nodes["is_leaf"].astype(bool)]
                 if not isinstance(features, int) or bool((tested >= features).any()):
@@ -933,7 +940,33 @@ _NOT_INSTANCES = (
 )
 
 
-class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+if TYPE_CHECKING:
+
+    class _PurePythonUnpickler(pickle._Unpickler):
+        """What pickle._Unpickler defines and typeshed leaves out: the opcode handlers
+        RestrictedUnpickler overrides and calls through super()."""
+
+        def _instantiate(self, klass: Any, args: list[Any]) -> None: ...
+        def load_build(self) -> None: ...
+        def load_append(self) -> None: ...
+        def load_appends(self) -> None: ...
+        def load_setitem(self) -> None: ...
+        def load_setitems(self) -> None: ...
+        def load_additems(self) -> None: ...
+
+else:
+    _PurePythonUnpickler = pickle._Unpickler
+
+
+class _Unframer(Protocol):
+    """pickle's (undeclared) _Unframer, as far as load_bytearray8 uses it."""
+
+    current_frame: io.BytesIO | None
+
+    def readinto(self, buffer: bytearray) -> int: ...
+
+
+class RestrictedUnpickler(_PurePythonUnpickler):
     """Python's own unpickler, with every global, call and state change checked.
 
     Only admitted globals resolve; only globals admitted as callable may be called or
@@ -942,7 +975,16 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
     their state are checked; no length field allocates beyond the stream.
     """
 
-    dispatch = pickle._Unpickler.dispatch.copy()  # type: ignore[attr-defined]
+    # State pickle._Unpickler sets in __init__ and load() that typeshed does not declare.
+    proto: int
+    fix_imports: bool
+    stack: list[Any]
+    metastack: list[list[Any]]
+    append: Callable[[Any], None]
+    read: Callable[[int], bytes]
+    _unframer: _Unframer
+
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = pickle._Unpickler.dispatch.copy()
 
     def __init__(self, source: LimitedReader, allowlist: Allowlist) -> None:
         super().__init__(source)
@@ -1252,6 +1294,7 @@ class JoblibUnpickler(RestrictedUnpickler):
 
         self._skip_padding(header)
         self._check_size(header)
+        data: bytes | bytearray | np.ndarray[Any, Any]
         if self.source.remaining is None:
             data = bytearray(self.source.read(header.nbytes))
             flat = np.frombuffer(data, dtype=header.dtype, count=len(data) // header.dtype.itemsize)

@@ -217,6 +217,7 @@ def load_private_key(
             f"the private key {source} is accessible by other users "
             f"(mode {source.stat().st_mode & 0o777:o}): run chmod 600 {source}"
         )
+    key: object
     try:
         if b"OPENSSH PRIVATE KEY" in data:
             key = serialization.load_ssh_private_key(data, password)
@@ -488,6 +489,8 @@ class SignatureAudit:
 
     checked: int = 0
     valid: int = 0
+    orphans: int = 0
+    """Valid signatures of versions whose manifests are gone: garbage for gc, not damage."""
     problems: list[str] = field(default_factory=list)
 
 
@@ -496,23 +499,60 @@ _SIGNATURE_PATH = re.compile(
 )
 
 
+def _signed_digest(path: str) -> bytes | None:
+    """The version digest a signature object's path names, or None if it is no such path."""
+    match = _SIGNATURE_PATH.fullmatch(path)
+    if match is None or not match.group(2).startswith(match.group(1)):
+        return None
+    return bytes.fromhex(match.group(2))
+
+
 def verify_signatures(repo: Repository) -> SignatureAudit:
     """Check every signature object in the store: its name, format, signature and version."""
     audit = SignatureAudit()
     for path in repo.backend.list(layout.SIGNATURES):
         audit.checked += 1
-        match = _SIGNATURE_PATH.fullmatch(path)
-        if match is None or not match.group(2).startswith(match.group(1)):
+        digest = _signed_digest(path)
+        if digest is None:
             audit.problems.append(f"{path}: not a signature object path")
             continue
-        digest = bytes.fromhex(match.group(2))
         check_result = _check_object(repo, digest, path)
         if check_result is None:
             continue
         if not check_result.valid:
             audit.problems.append(f"{path}: {check_result.problem}")
         elif not repo.backend.exists(layout.manifest_path(digest)):
-            audit.problems.append(f"{path}: signs {format_digest(digest)}, a missing version")
+            audit.orphans += 1
         else:
             audit.valid += 1
     return audit
+
+
+def delete_orphan_signatures(repo: Repository) -> int:
+    """Delete the signature objects of versions whose manifests are gone (gc's last step).
+
+    Objects under ``signatures/`` that are not signature paths are left for verify to
+    report: gc deletes only what it knows to be garbage.
+    """
+    manifests = {layout.name_of(p) for p in repo.backend.list(layout.MANIFESTS)}
+    deleted = 0
+    for path in repo.backend.list(layout.SIGNATURES):
+        digest = _signed_digest(path)
+        if digest is not None and digest not in manifests:
+            repo.backend.delete(path)
+            deleted += 1
+    return deleted
+
+
+def copy_signatures(source: Repository, dest: Repository, version_digest: bytes) -> int:
+    """Copy the valid signatures of one version into `dest`, byte for byte; return how many.
+
+    Call it after the version's manifest is in `dest`. Invalid objects stay behind.
+    """
+    copied = 0
+    paths = source.backend.list(layout.signature_folder(version_digest))
+    for check_result in _check_all(source, version_digest, paths):
+        if check_result.valid and not dest.backend.exists(check_result.path):
+            dest.backend.write(check_result.path, source.backend.read(check_result.path))
+            copied += 1
+    return copied

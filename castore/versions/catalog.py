@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from castore.engine.refs import TagEvent
 from castore.errors import (
+    ConflictError,
     IntegrityError,
     InvalidInputError,
     NotFoundError,
@@ -150,11 +151,12 @@ def resolve(repo: Repository, ref: str | Reference) -> tuple[Manifest, bytes]:
         return manifest, parsed.digest
     name = parsed.name
     assert name is not None
+    tagged: bytes | None = None
     if parsed.tag is not None:
         event = repo.refs.current_tag(name, parsed.tag)
         if event is None or event.version is None:
             raise NotFoundError(f"no tag {parsed.tag!r} on {name}: {_describe(repo, name)}")
-        number = event.version
+        number, tagged = event.version, event.manifest
     elif parsed.version is not None:
         number = parsed.version
     else:
@@ -167,7 +169,7 @@ def resolve(repo: Repository, ref: str | Reference) -> tuple[Manifest, bytes]:
         raise NotFoundError(f"no version {number} of {name}: {_describe(repo, name)}")
     if version_ref.deleted:
         raise NotFoundError(f"version {number} of {name} was deleted at {version_ref.deleted}")
-    if parsed.tag is not None and event.manifest != version_ref.manifest:
+    if parsed.tag is not None and tagged != version_ref.manifest:
         raise IntegrityError(f"tag {parsed.tag} of {name} disagrees with version {number}'s ref")
     where = f"version {number} of {name}"
     manifest = read_manifest(repo, version_ref.manifest, referrer=where)
@@ -261,8 +263,9 @@ def commit_version(
             continue  # another writer took this number: rebuild on the new latest
         _apply_tags(repo, name, number, digest, tags)
         return Version.of(manifest, digest)
-    raise IntegrityError(
-        f"could not take a version number for {name} after {MAX_SAVE_ATTEMPTS} tries"
+    raise ConflictError(
+        f"could not take a version number for {name} after {MAX_SAVE_ATTEMPTS} tries: "
+        "other writers kept taking them; retry"
     )
 
 

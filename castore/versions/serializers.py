@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from typing import IO, Any, Protocol
 
+from castore.engine.writer import StreamWriter
 from castore.errors import IncompatibleEnvironmentError, InvalidInputError
 from castore.safety import unpickler as safety
 
@@ -48,8 +49,8 @@ class Serializer(Protocol):
         """The version of the library that writes the stream."""
         ...
 
-    def dump(self, obj: Any, file: IO[bytes]) -> None:
-        """Write the object's serialized bytes to `file`."""
+    def dump(self, obj: Any, file: StreamWriter) -> None:
+        """Write the object's serialized bytes into a store stream."""
         ...
 
     def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
@@ -74,7 +75,7 @@ class JoblibSerializer:
         """joblib's version."""
         return _distribution_version("joblib")
 
-    def dump(self, obj: Any, file: IO[bytes]) -> None:
+    def dump(self, obj: Any, file: StreamWriter) -> None:
         """joblib.dump into the file, uncompressed (castore compresses per chunk)."""
         import joblib
 
@@ -108,7 +109,7 @@ class PickleSerializer:
         """The pickle protocol used."""
         return "protocol-5"
 
-    def dump(self, obj: Any, file: IO[bytes]) -> None:
+    def dump(self, obj: Any, file: StreamWriter) -> None:
         """pickle.dump with protocol 5."""
         pickle.dump(obj, file, protocol=5)
 
@@ -130,7 +131,7 @@ class CloudpickleSerializer(PickleSerializer):
         """cloudpickle's version."""
         return _distribution_version("cloudpickle")
 
-    def dump(self, obj: Any, file: IO[bytes]) -> None:
+    def dump(self, obj: Any, file: StreamWriter) -> None:
         """cloudpickle.dump with protocol 5."""
         try:
             import cloudpickle
@@ -152,15 +153,15 @@ class RawSerializer:
         """No library is involved."""
         return "1"
 
-    def dump(self, obj: Any, file: IO[bytes]) -> None:
+    def dump(self, obj: Any, file: StreamWriter) -> None:
         """Copy the bytes, file object or file at a path."""
         if isinstance(obj, bytes | bytearray | memoryview):
             file.write(obj)
         elif isinstance(obj, os.PathLike):
             with open(obj, "rb") as source:
-                file.copy_from(source)  # type: ignore[attr-defined]
+                file.copy_from(source)
         elif hasattr(obj, "read"):
-            file.copy_from(obj)  # type: ignore[attr-defined]
+            file.copy_from(obj)
         else:
             raise InvalidInputError(
                 f"serializer 'raw' takes bytes, a binary file or a path, not {type(obj).__name__}"
