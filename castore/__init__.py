@@ -21,7 +21,9 @@ from castore.errors import (
 from castore.format.config import ChunkerParams, CompressionParams, StoreConfig
 from castore.format.digests import PREFIX as DIGEST_PREFIX
 from castore.maintenance.gc import DEFAULT_REPACK_THRESHOLD, GcReport
-from castore.maintenance.verify import RepairReport, StoreStats, VerifyReport
+from castore.maintenance.repair import RepairReport
+from castore.maintenance.stats import StoreStats
+from castore.maintenance.verify import VerifyReport
 from castore.snapshots.backup import BackupStats, Change, RestoreStats, Snapshot
 from castore.store import Store, init, load
 from castore.store import open_store as open

@@ -22,9 +22,11 @@ from castore.format.streams import encode_stream_object
 from castore.format.tree import Entry
 from castore.maintenance import copy as transfer
 from castore.maintenance.gc import DEFAULT_REPACK_THRESHOLD, GcReport, gc
-from castore.maintenance.verify import RepairReport, StoreStats, VerifyReport
-from castore.maintenance.verify import repair as repair_store
-from castore.maintenance.verify import stats as store_stats
+from castore.maintenance.repair import RepairReport
+from castore.maintenance.repair import repair as repair_store
+from castore.maintenance.stats import StoreStats
+from castore.maintenance.stats import stats as store_stats
+from castore.maintenance.verify import VerifyReport
 from castore.maintenance.verify import verify as verify_store
 from castore.snapshots import backup as backups
 from castore.snapshots import retention

@@ -123,7 +123,14 @@ def _location_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callabl
     return make
 
 
-@pytest.fixture(params=BACKENDS)
+BACKEND_PARAMS = [
+    pytest.param(kind, marks=pytest.mark.slow) if kind == "s3-radosgw" else kind
+    for kind in BACKENDS
+]
+"""radosgw runs in the full suite; the quick loop covers S3 through moto alone."""
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
 def new_location(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Location]:
     """Makes fresh, empty store locations on the parametrized backend."""
     return _location_factory(request, tmp_path)

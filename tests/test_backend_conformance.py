@@ -24,7 +24,12 @@ from castore.testing.backend_conformance import (
 from tests.conftest import BUCKET, _prepare_bucket, _s3_options
 from tests.servers.radosgw import S3Server
 
-BACKEND_KINDS = ["local", "memory", "s3-moto", "s3-radosgw"]
+BACKEND_KINDS = [
+    "local",
+    "memory",
+    "s3-moto",
+    pytest.param("s3-radosgw", marks=pytest.mark.slow),
+]
 
 
 @pytest.fixture(params=BACKEND_KINDS)

@@ -1,4 +1,4 @@
-"""Store health: verify, stats and repair, all built on one walk of the store's roots."""
+"""verify: check every root, manifest, hash chain, chunk location and (optionally) byte."""
 
 from __future__ import annotations
 
@@ -10,15 +10,7 @@ from typing import TYPE_CHECKING
 from castore.errors import CastoreError, InvalidInputError, ObjectNotFoundError
 from castore.format import layout
 from castore.format.digests import format_digest
-from castore.format.packs import (
-    ENTRY,
-    HEADER,
-    TRAILER,
-    PackEntry,
-    check_pack,
-    footer_location,
-    parse_footer,
-)
+from castore.format.packs import check_pack
 from castore.format.streams import decode_stream_object
 from castore.maintenance.reachability import walk
 from castore.trust import signatures as signing
@@ -134,125 +126,3 @@ def _check_put_streams(repo: Repository, report: VerifyReport) -> None:
             if label not in report.affected:
                 report.problems.append(f"{label}: {exc}")
                 report.affected.append(label)
-
-
-@dataclass
-class StoreStats:
-    """Sizes and counts of a store."""
-
-    names: int
-    versions: int
-    deleted_versions: int
-    put_streams: int
-    manifests: int
-    packs: int
-    chunks: int
-    referenced_chunks: int
-    logical_bytes: int
-    """Sum of the sizes of every live version and put stream."""
-    unique_bytes: int
-    """Raw size of the distinct chunks they reference."""
-    referenced_stored_bytes: int
-    """What those chunks take in packs (after compression)."""
-    stored_bytes: int
-    """Size of all packs, garbage included."""
-    overhead_bytes: int
-    """Pack headers, footers and trailers."""
-
-    @property
-    def dedup_ratio(self) -> float:
-        """logical / unique: how much deduplication saves."""
-        return self.logical_bytes / self.unique_bytes if self.unique_bytes else 1.0
-
-    @property
-    def compression_ratio(self) -> float:
-        """unique / stored: how much compression saves."""
-        stored = self.referenced_stored_bytes
-        return self.unique_bytes / stored if stored else 1.0
-
-    @property
-    def garbage_bytes(self) -> int:
-        """Chunk bytes in packs that no root reaches (what gc can free)."""
-        return self.stored_bytes - self.referenced_stored_bytes - self.overhead_bytes
-
-
-def stats(repo: Repository) -> StoreStats:
-    """Count and size everything; one walk of the roots plus one listing of the packs."""
-    repo.index.reload()
-    reach = walk(repo)
-    locations = repo.index.locations()
-    stored = sum(repo.backend.size(p) for p in repo.backend.list(layout.PACKS))
-    return StoreStats(
-        names=reach.names,
-        versions=reach.versions,
-        deleted_versions=reach.deleted_versions,
-        put_streams=reach.streams,
-        manifests=len(repo.backend.list(layout.MANIFESTS)),
-        packs=len(repo.index.packs),
-        chunks=len(locations),
-        referenced_chunks=len(reach.chunks),
-        logical_bytes=reach.logical_bytes,
-        unique_bytes=sum(reach.chunks.values()),
-        referenced_stored_bytes=sum(
-            locations[c].entry.stored_len for c in reach.chunks if c in locations
-        ),
-        stored_bytes=stored,
-        overhead_bytes=sum(
-            len(HEADER) + TRAILER.size + len(entries) * ENTRY.size
-            for entries in repo.index.packs.values()
-        ),
-    )
-
-
-@dataclass
-class RepairReport:
-    """What `repair` recovered and what it could not."""
-
-    packs_reindexed: int = 0
-    index_objects_removed: int = 0
-    unreadable_packs: list[str] = field(default_factory=list)
-    lost_chunks: int = 0
-    affected: list[str] = field(default_factory=list)
-    """Versions and put digests that need chunks no pack holds any more."""
-
-
-def read_footer(repo: Repository, pack_id: bytes) -> list[PackEntry]:
-    """A pack's entries from its footer alone (two ranged reads), checked against its name."""
-    path = layout.pack_path(pack_id)
-    what = f"pack {pack_id.hex()}"
-    size = repo.backend.size(path)
-    trailer = repo.backend.read_range(path, max(size - TRAILER.size, 0), TRAILER.size)
-    start, length, digest = footer_location(trailer, size, what)
-    if digest != pack_id:
-        raise CastoreError(f"{what} does not match its name: its footer is damaged")
-    return parse_footer(repo.backend.read_range(path, start, length), digest, start, what)
-
-
-def repair(repo: Repository) -> RepairReport:
-    """Rebuild lost or damaged index objects from pack footers; report what stays lost."""
-    report = RepairReport()
-    repo.index.reload()
-    recovered = []
-    for pack_id in repo.index.unindexed_packs():
-        try:
-            recovered.append((pack_id, read_footer(repo, pack_id)))
-        except CastoreError as exc:
-            report.unreadable_packs.append(f"{layout.pack_path(pack_id)}: {exc}")
-    with repo.lease.held():
-        if recovered:
-            repo.index.commit(recovered)
-            report.packs_reindexed = len(recovered)
-        for path in list(repo.index.damaged):
-            repo.backend.delete(path)
-            report.index_objects_removed += 1
-    repo.index.reload()
-    reach = walk(repo, track_users=True)
-    present = {layout.name_of(p) for p in repo.backend.list(layout.PACKS)}
-    lost = [
-        c
-        for c in reach.chunks
-        if (location := repo.index.lookup(c)) is None or location.pack_id not in present
-    ]
-    report.lost_chunks = len(lost)
-    report.affected = sorted({user for c in lost for user in reach.users.get(c, [])})
-    return report
