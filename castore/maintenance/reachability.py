@@ -34,6 +34,8 @@ class Reachable:
     users: dict[bytes, list[str]] = field(default_factory=dict)
     """With tracking on: which versions or digests need each chunk."""
     live_manifests: set[bytes] = field(default_factory=set)
+    listed_names: list[str] = field(default_factory=list)
+    """Every name the walk found under refs/, live versions or not."""
     logical_bytes: int = 0
     names: int = 0
     versions: int = 0
@@ -79,7 +81,8 @@ def walk(repo: Repository, *, track_users: bool = False) -> Reachable:
         reach._add(descriptor.chunks(), label, track_users)
     for path in _listed(reach, layout.REFS, repo.refs.strays):
         reach.problems.append(f"{path}: not a ref castore writes (a version ref or tag event)")
-    for name in _listed(reach, layout.REFS, repo.refs.names):
+    reach.listed_names = _listed(reach, layout.REFS, repo.refs.names)
+    for name in reach.listed_names:
         reach.names += 1
         folder = layout.versions_folder(name)
         for number in _listed(reach, folder, partial(repo.refs.version_numbers, name)):
@@ -91,7 +94,7 @@ def walk(repo: Repository, *, track_users: bool = False) -> Reachable:
                 if version_ref.deleted:
                     reach.deleted_versions += 1
                     continue
-                manifest = catalog.read_manifest(repo, version_ref.manifest, label)
+                manifest = catalog.read_version_manifest(repo, name, number, version_ref.manifest)
                 reach._add(chunks_of(repo, manifest), label, track_users)
             except CastoreError as exc:
                 reach.problems.append(f"{label}: {exc}")

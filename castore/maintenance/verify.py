@@ -70,7 +70,7 @@ def verify(repo: Repository, *, read_data: bool = True, subset: str | None = Non
     report.affected.extend(problem.split(": ", 1)[0] for problem in reach.problems)
     report.streams_checked = reach.streams
     report.versions_checked = reach.versions
-    for name in repo.refs.names():
+    for name in reach.listed_names:
         for problem in catalog.verify_history(repo, name):
             report.problems.append(problem)
             report.affected.append(problem.split(": ", 1)[0])

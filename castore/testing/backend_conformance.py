@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,12 @@ import pytest
 
 from castore.backend import Backend
 from castore.backend.local import LocalBackend
-from castore.errors import InvalidInputError, ObjectExistsError, ObjectNotFoundError
+from castore.errors import (
+    BackendError,
+    InvalidInputError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+)
 
 __all__ = ["BackendConformance", "BackendSpec", "LocalBackendConformance"]
 
@@ -661,24 +667,137 @@ class LocalBackendConformance:
         backend = LocalBackend(tmp_path / "not-yet")
         assert backend.list("packs") == []
 
-    def test_list_does_not_follow_symlinked_folders(self, backend: Backend, root: Path) -> None:
-        """Links to folders, inside or outside the root, loops included, are not listed."""
-        backend.write("links/real/object", b"x")
-        outside = root.parent / f"{root.name}-outside"
-        outside.mkdir()
-        (outside / "foreign").write_bytes(b"not ours")
-        (root / "links" / "to-outside").symlink_to(outside, target_is_directory=True)
-        (root / "links" / "loop").symlink_to(root / "links", target_is_directory=True)
-        (root / "links" / "to-real").symlink_to(root / "links" / "real", target_is_directory=True)
-        assert backend.list("links") == ["links/real/object"]
+    @pytest.fixture
+    def outside(self, root: Path) -> Path:
+        """A folder beside the store, with one file, that no operation may touch."""
+        folder = root.parent / f"{root.name}-outside"
+        folder.mkdir()
+        (folder / "foreign").write_bytes(b"not ours")
+        return folder
 
-    def test_list_holds_regular_files_only(self, backend: Backend, root: Path) -> None:
-        """Symbolic links to files, dangling links and named pipes are not objects."""
+    def _assert_untouched(self, outside: Path) -> None:
+        assert sorted(os.listdir(outside)) == ["foreign"]
+        assert (outside / "foreign").read_bytes() == b"not ours"
+
+    @pytest.mark.parametrize("planted", ["to-outside", "loop", "to-real"])
+    def test_list_refuses_symlinked_folders(
+        self, backend: Backend, root: Path, outside: Path, planted: str
+    ) -> None:
+        """A link to a folder, inside or outside the root, fails the listing and names
+        it: reads never follow it, so leaving it out would hide what it stands for."""
+        backend.write("links/real/object", b"x")
+        targets = {"to-outside": outside, "loop": root / "links", "to-real": root / "links/real"}
+        (root / "links" / planted).symlink_to(targets[planted], target_is_directory=True)
+        with pytest.raises(BackendError, match=f"links/{planted} .*symbolic link"):
+            backend.list("links")
+
+    @pytest.mark.parametrize("planted", ["link", "dangling", "pipe", "socket"])
+    def test_list_refuses_what_is_not_a_regular_file(
+        self, backend: Backend, root: Path, planted: str
+    ) -> None:
+        """Links to files, dangling links, named pipes and sockets are no objects, and a
+        listing that skipped them would let gc collect what a reader finds through them."""
         backend.write("kinds/regular", b"x")
-        (root / "kinds" / "link").symlink_to(root / "kinds" / "regular")
-        (root / "kinds" / "dangling").symlink_to(root / "kinds" / "nothing")
-        os.mkfifo(root / "kinds" / "pipe")
-        assert backend.list("kinds") == ["kinds/regular"]
+        place = root / "kinds" / planted
+        if planted == "link":
+            place.symlink_to(root / "kinds" / "regular")
+        elif planted == "dangling":
+            place.symlink_to(root / "kinds" / "nothing")
+        elif planted == "pipe":
+            os.mkfifo(place)
+        else:
+            with contextlib.closing(socket.socket(socket.AF_UNIX)) as bound:
+                bound.bind(str(place))
+        with pytest.raises(BackendError, match=f"kinds/{planted} "):
+            backend.list("kinds")
+
+    def test_a_symlinked_prefix_is_refused(
+        self, backend: Backend, root: Path, outside: Path
+    ) -> None:
+        """The listed folder itself may not be a link either."""
+        (root / "refs").symlink_to(outside, target_is_directory=True)
+        with pytest.raises(BackendError, match="symbolic link"):
+            backend.list("refs")
+
+    @pytest.mark.parametrize("where", ["leaf", "folder"])
+    def test_reads_never_follow_links(
+        self, backend: Backend, root: Path, outside: Path, where: str
+    ) -> None:
+        """read, read_range, size, modified and exists refuse a link, at the object or at
+        any folder above it, with BackendError: it is neither the object nor its absence."""
+        if where == "leaf":
+            (root / "refs").mkdir()
+            (root / "refs" / "ref").symlink_to(outside / "foreign")
+            path = "refs/ref"
+        else:
+            (root / "refs").symlink_to(outside, target_is_directory=True)
+            path = "refs/foreign"
+        for operation in (
+            lambda: backend.read(path),
+            lambda: backend.read_range(path, 0, 4),
+            lambda: backend.size(path),
+            lambda: backend.modified(path),
+            lambda: backend.exists(path),
+        ):
+            with pytest.raises(BackendError, match="symbolic link"):
+                operation()
+
+    def test_writes_never_follow_linked_folders(
+        self, backend: Backend, root: Path, outside: Path
+    ) -> None:
+        """write, create and delete below a linked folder fail and leave its target alone."""
+        (root / "tags").symlink_to(outside, target_is_directory=True)
+        for operation in (
+            lambda: backend.write("tags/new", b"planted"),
+            lambda: backend.create("tags/new", b"planted"),
+            lambda: backend.write("tags/foreign", b"planted"),
+            lambda: backend.delete("tags/foreign"),
+        ):
+            with pytest.raises(BackendError, match="symbolic link"):
+                operation()
+        self._assert_untouched(outside)
+
+    def test_writing_over_a_linked_object_replaces_the_link(
+        self, backend: Backend, root: Path, outside: Path
+    ) -> None:
+        """An object planted as a link is replaced by write and removed by delete; the
+        file it pointed to keeps its bytes."""
+        (root / "objects").mkdir()
+        (root / "objects" / "one").symlink_to(outside / "foreign")
+        (root / "objects" / "two").symlink_to(outside / "foreign")
+        backend.write("objects/one", b"ours")
+        assert not (root / "objects" / "one").is_symlink()
+        assert backend.read("objects/one") == b"ours"
+        backend.delete("objects/two")
+        assert not (root / "objects" / "two").exists()
+        with pytest.raises(ObjectExistsError):
+            backend.create("objects/one", b"again")
+        self._assert_untouched(outside)
+
+    @pytest.mark.parametrize("planted", ["pipe", "device"])
+    def test_special_files_are_refused_without_blocking(
+        self, backend: Backend, root: Path, planted: str
+    ) -> None:
+        """A named pipe with no writer, or /dev/zero linked in, would block a read or
+        stream forever: they are refused at once with BackendError."""
+        (root / "refs").mkdir()
+        if planted == "pipe":
+            os.mkfifo(root / "refs" / "ref")
+        else:
+            (root / "refs" / "ref").symlink_to("/dev/zero")
+        outcome: list[BaseException | bytes] = []
+
+        def read() -> None:
+            try:
+                outcome.append(backend.read("refs/ref"))
+            except BaseException as exc:  # reported to the test thread
+                outcome.append(exc)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(60)  # a bound on a hang, not a timing assumption
+        assert outcome, "read blocked on a special file"
+        assert isinstance(outcome[0], BackendError), outcome
 
     def test_no_temporary_files_are_left(self, backend: Backend, root: Path) -> None:
         """write, create and a refused create leave only the object in its directory."""

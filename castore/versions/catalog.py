@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from castore.engine.refs import TagEvent
 from castore.errors import (
+    CastoreError,
     ConflictError,
     IntegrityError,
     InvalidInputError,
@@ -171,14 +172,20 @@ def resolve(repo: Repository, ref: str | Reference) -> tuple[Manifest, bytes]:
         raise NotFoundError(f"version {number} of {name} was deleted at {version_ref.deleted}")
     if parsed.tag is not None and tagged != version_ref.manifest:
         raise IntegrityError(f"tag {parsed.tag} of {name} disagrees with version {number}'s ref")
+    return read_version_manifest(repo, name, number, version_ref.manifest), version_ref.manifest
+
+
+def read_version_manifest(repo: Repository, name: str, number: int, digest: bytes) -> Manifest:
+    """The manifest that version `number` of `name` points at, checked to be that version's:
+    a ref swapped for another version's would otherwise pass its digest check."""
     where = f"version {number} of {name}"
-    manifest = read_manifest(repo, version_ref.manifest, referrer=where)
+    manifest = read_manifest(repo, digest, referrer=where)
     if manifest.name != name or manifest.number != number:
         raise IntegrityError(
             f"{where} points at the manifest of version {manifest.number} of {manifest.name}: "
             "the ref was swapped"
         )
-    return manifest, version_ref.manifest
+    return manifest
 
 
 def names(repo: Repository) -> list[str]:
@@ -368,28 +375,36 @@ def log(repo: Repository, name: str, *, verify: bool = False) -> list[LogEntry]:
 
 
 def verify_history(repo: Repository, name: str) -> list[str]:
-    """Problems in a name's hash chain: missing, rewritten, swapped or unreadable versions."""
+    """Problems in a name's hash chain: missing, rewritten, swapped or unreadable versions.
+
+    Whatever cannot be read is a problem in the list, never an exception or a skip.
+    """
     check_name(name)
     problems = []
-    numbers = repo.refs.version_numbers(name)
+    try:
+        numbers = repo.refs.version_numbers(name)
+    except CastoreError as exc:
+        return [f"{name}: its versions cannot be listed: {exc}"]
     previous_digest: bytes | None = None
     for number in range(1, (numbers[-1] if numbers else 0) + 1):
         where = f"{name}:{number}"
-        version_ref = repo.refs.read_version(name, number)
+        try:
+            version_ref = repo.refs.read_version(name, number)
+        except CastoreError as exc:
+            version_ref = None
+            problems.append(f"{where}: {exc}")
+        else:
+            if version_ref is None:
+                problems.append(f"{where}: version is missing from the history")
         if version_ref is None:
-            problems.append(f"{where}: version is missing from the history")
             previous_digest = None
             continue
         if not version_ref.deleted:
             try:
-                manifest = read_manifest(repo, version_ref.manifest, where)
-            except (IntegrityError, NotFoundError) as exc:
+                manifest = read_version_manifest(repo, name, number, version_ref.manifest)
+            except CastoreError as exc:
                 problems.append(f"{where}: {exc}")
             else:
-                if manifest.name != name or manifest.number != number:
-                    problems.append(
-                        f"{where}: points at {manifest.name}:{manifest.number}'s manifest"
-                    )
                 if (
                     number > 1
                     and previous_digest is not None

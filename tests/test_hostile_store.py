@@ -1,0 +1,175 @@
+"""Hostile stores: what someone with write access to a local store plants in it.
+
+Each case plants links, pipes or devices where castore keeps objects, as an attacker with
+write access (and no key) would, then runs the commands a victim runs. None may follow a
+link out of the store, hang, exhaust memory or, worst, let gc delete a committed version
+because a listing did not show what a read would have found.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import castore
+from castore.errors import BackendError, CastoreError
+from castore.format import layout
+from tests.helpers import pattern
+
+Plant = Callable[[Path, castore.Version], None]
+
+
+def _objects(root: Path) -> dict[str, bytes]:
+    """Every regular file below the store root, by relative path (links not followed)."""
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            if path.is_file() and not path.is_symlink():
+                found[str(path.relative_to(root))] = path.read_bytes()
+    return found
+
+
+def _store_with_garbage(root: Path) -> castore.Version:
+    """A kept version and a deleted one, so that gc has a pack it would free."""
+    with castore.init(root) as store:
+        kept = store.save(pattern(50_000, seed=1), "keep/me", serializer="raw")
+        store.put(pattern(30_000, seed=3))
+        store.save(pattern(50_000, seed=2), "gone", serializer="raw")
+        store.delete("gone:1")
+        return kept
+
+
+def _move_out(root: Path, relative: str, *, as_folder: bool) -> None:
+    """Move `relative` outside the store and leave a link to it in its place."""
+    place = root / relative
+    outside = root.parent / "elsewhere" / relative.replace("/", "_")
+    outside.parent.mkdir(exist_ok=True)
+    shutil.move(place, outside)
+    place.symlink_to(outside, target_is_directory=as_folder)
+
+
+def _linked_versions_folder(root: Path, kept: castore.Version) -> None:
+    _move_out(root, layout.versions_folder(kept.name), as_folder=True)
+
+
+def _linked_name_folder(root: Path, kept: castore.Version) -> None:
+    _move_out(root, f"{layout.REFS}/keep", as_folder=True)
+
+
+def _linked_version_ref(root: Path, kept: castore.Version) -> None:
+    _move_out(root, layout.version_ref_path(kept.name, kept.version), as_folder=False)
+
+
+def _linked_manifest(root: Path, kept: castore.Version) -> None:
+    digest = bytes.fromhex(kept.digest.removeprefix("sha256:"))
+    _move_out(root, layout.manifest_path(digest), as_folder=False)
+
+
+def _linked_stream(root: Path, kept: castore.Version) -> None:
+    (stream,) = _files(root / layout.STREAMS)
+    _move_out(root, str(stream.relative_to(root)), as_folder=False)
+
+
+def _linked_pack_folder(root: Path, kept: castore.Version) -> None:
+    first = sorted((root / layout.PACKS).iterdir())[0]
+    _move_out(root, str(first.relative_to(root)), as_folder=True)
+
+
+def _fifo_manifest(root: Path, kept: castore.Version) -> None:
+    digest = bytes.fromhex(kept.digest.removeprefix("sha256:"))
+    place = root / layout.manifest_path(digest)
+    place.unlink()
+    os.mkfifo(place)
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+PLANTS: dict[str, Plant] = {
+    "linked @versions folder": _linked_versions_folder,
+    "linked name folder": _linked_name_folder,
+    "linked version ref": _linked_version_ref,
+    "linked manifest": _linked_manifest,
+    "linked put stream": _linked_stream,
+    "linked pack folder": _linked_pack_folder,
+    "named pipe for a manifest": _fifo_manifest,
+}
+
+
+@pytest.mark.parametrize("plant", PLANTS.values(), ids=PLANTS.keys())
+def test_gc_deletes_nothing_in_a_store_with_planted_links(tmp_path: Path, plant: Plant) -> None:
+    """The red team's data loss: listings skipped links that reads follow, so gc believed
+    a version, a stream or a pack folder absent and freed what it needed. Now gc names
+    what it cannot trust and deletes nothing, inside the store or outside it."""
+    root = tmp_path / "store"
+    kept = _store_with_garbage(root)
+    plant(root, kept)
+    inside, outside = _objects(root), _objects(tmp_path / "elsewhere")
+    with castore.open(root) as store:
+        try:
+            problems = store.gc().problems
+        except CastoreError as exc:  # stopping with an error is as safe as a report
+            problems = [str(exc)]
+        assert any("symbolic link" in p or "named pipe" in p for p in problems), problems
+        try:
+            assert not store.verify().ok
+        except CastoreError as exc:
+            assert "symbolic link" in str(exc)
+    assert _objects(root) == inside
+    assert _objects(tmp_path / "elsewhere") == outside
+
+
+@pytest.mark.parametrize("command", [["ls"], ["log", "keep/me"], ["verify"], ["gc"], ["stats"]])
+def test_commands_refuse_a_named_pipe_for_config_without_hanging(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A named pipe in place of `config` once hung every command forever."""
+    root = tmp_path / "store"
+    _store_with_garbage(root)
+    (root / layout.CONFIG).unlink()
+    os.mkfifo(root / layout.CONFIG)
+    result = subprocess.run(
+        [sys.executable, "-m", "castore", "--store", str(root), *command],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a bound on a hang, not a timing assumption
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "named pipe" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_ref_linked_to_dev_zero_is_a_castore_error(tmp_path: Path) -> None:
+    """A ref symlinked to /dev/zero once ended in a raw MemoryError."""
+    root = tmp_path / "store"
+    kept = _store_with_garbage(root)
+    ref = root / layout.version_ref_path(kept.name, kept.version)
+    ref.unlink()
+    ref.symlink_to("/dev/zero")
+    with castore.open(root) as store, pytest.raises(CastoreError, match="symbolic link"):
+        store.load(f"{kept.name}:{kept.version}")
+
+
+def test_tag_never_writes_through_a_linked_folder(tmp_path: Path) -> None:
+    """`castore tag` once wrote a file into a folder outside the store."""
+    root = tmp_path / "store"
+    kept = _store_with_garbage(root)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    tags = root / layout.tags_folder(kept.name)
+    if tags.exists():
+        shutil.rmtree(tags)
+    tags.parent.mkdir(parents=True, exist_ok=True)
+    tags.symlink_to(outside, target_is_directory=True)
+    with castore.open(root) as store, pytest.raises(BackendError, match="symbolic link"):
+        store.tag(f"{kept.name}:1", "production")
+    assert list(outside.iterdir()) == []
