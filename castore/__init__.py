@@ -22,7 +22,9 @@ from castore.format.config import ChunkerParams, CompressionParams, StoreConfig
 from castore.format.digests import PREFIX as DIGEST_PREFIX
 from castore.maintenance.gc import DEFAULT_REPACK_THRESHOLD, GcReport
 from castore.maintenance.verify import RepairReport, StoreStats, VerifyReport
-from castore.snapshots.backup import BackupStats, Change, RestoreStats, Snapshot
+from castore.snapshots.backup import BackupStats, Snapshot
+from castore.snapshots.browse import Change
+from castore.snapshots.restore import RestoreStats
 from castore.store import Store, init, load
 from castore.store import open_store as open
 from castore.trust.signatures import (
