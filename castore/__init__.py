@@ -24,7 +24,9 @@ from castore.maintenance.gc import DEFAULT_REPACK_THRESHOLD, GcReport
 from castore.maintenance.repair import RepairReport
 from castore.maintenance.stats import StoreStats
 from castore.maintenance.verify import VerifyReport
-from castore.snapshots.backup import BackupStats, Change, RestoreStats, Snapshot
+from castore.snapshots.backup import BackupStats, Snapshot
+from castore.snapshots.browse import Change
+from castore.snapshots.restore import RestoreStats
 from castore.store import Store, init, load
 from castore.store import open_store as open
 from castore.trust.signatures import (

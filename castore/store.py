@@ -29,7 +29,10 @@ from castore.maintenance.stats import stats as store_stats
 from castore.maintenance.verify import VerifyReport
 from castore.maintenance.verify import verify as verify_store
 from castore.snapshots import backup as backups
-from castore.snapshots import retention
+from castore.snapshots import browse, retention
+from castore.snapshots.progress import ProgressCallback
+from castore.snapshots.restore import RestoreStats
+from castore.snapshots.restore import restore as restore_snapshot
 from castore.trust import signatures
 from castore.trust.signatures import PrivateKey, Signature, SignatureCheck, TrustPolicy
 from castore.versions import catalog, loading
@@ -264,7 +267,7 @@ class Store:
         *,
         exclude: Iterable[str] = (),
         tags: Iterable[str] = (),
-        progress: backups.ProgressCallback | None = None,
+        progress: ProgressCallback | None = None,
     ) -> backups.Snapshot:
         """Snapshot a directory as the next version of `name`, deduplicated against
         everything in the store; files unchanged since the last snapshot are not read.
@@ -279,19 +282,19 @@ class Store:
         target: str | os.PathLike[str],
         paths: Iterable[str] = (),
         *,
-        progress: backups.ProgressCallback | None = None,
-    ) -> backups.RestoreStats:
+        progress: ProgressCallback | None = None,
+    ) -> RestoreStats:
         """Restore a snapshot (or some of its `paths`) under `target`, verified, never
         writing outside it; files already identical are left alone."""
-        return backups.restore(self.repository, ref, target, paths, progress=progress)
+        return restore_snapshot(self.repository, ref, target, paths, progress=progress)
 
     def snapshot_entries(self, ref: str, path: str | None = None) -> Iterator[Entry]:
         """The entries of a snapshot, or of one directory of it."""
-        return backups.list_snapshot(self.repository, ref, path)
+        return browse.list_snapshot(self.repository, ref, path)
 
-    def snapshot_diff(self, a: str, b: str) -> Iterator[backups.Change]:
+    def snapshot_diff(self, a: str, b: str) -> Iterator[browse.Change]:
         """Files added, removed and changed between two snapshots."""
-        return backups.diff_snapshots(self.repository, a, b)
+        return browse.diff_snapshots(self.repository, a, b)
 
     def forget(self, name: str, **policy: Any) -> retention.ForgetResult:
         """Delete the snapshots (versions) of `name` that a restic-style policy does not keep:

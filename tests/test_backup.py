@@ -43,7 +43,9 @@ from castore.format.tree import (
     sort_key,
 )
 from castore.snapshots import backup as bk
+from castore.snapshots import scan
 from castore.snapshots.ignore import IgnoreRules
+from castore.snapshots.progress import Progress
 from castore.snapshots.retention import RetentionPolicy, keep_reasons
 from castore.versions.catalog import commit_version
 from tests.conftest import Location
@@ -146,7 +148,7 @@ def test_round_trip_restores_every_kind_of_entry(
     src, out = tmp_path / "src", tmp_path / "out"
     build_round_trip_tree(src)
     expected = describe(src)
-    seen: list[bk.Progress] = []
+    seen: list[Progress] = []
     snap = small_store.backup(src, "backups/src", progress=seen.append)
 
     files = len(ROUND_TRIP_FILES) + 1
@@ -159,7 +161,7 @@ def test_round_trip_restores_every_kind_of_entry(
     listed = [entry.path for entry in small_store.snapshot_entries(snap.reference)]
     assert listed == sorted(expected, key=sort_key)
 
-    restored: list[bk.Progress] = []
+    restored: list[Progress] = []
     stats = small_store.restore("backups/src:1", out, progress=restored.append)
     assert describe(out) == expected
     assert restored[-1].files == files and restored[-1].bytes == snap.stats.bytes
@@ -194,14 +196,14 @@ def test_objects_do_not_grow_with_the_number_of_files(store: castore.Store, tmp_
 def opened_files(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Record every file the backup opens for reading."""
     opened: list[str] = []
-    real = bk._open_regular
+    real = scan.open_regular
 
     def spy(abspath: str, listed: os.stat_result) -> Any:
         opened.append(os.path.basename(abspath))
         return real(abspath, listed)
 
     with monkeypatch.context() as patch:
-        patch.setattr(bk, "_open_regular", spy)
+        patch.setattr(scan, "open_regular", spy)
         yield opened
 
 
@@ -282,14 +284,14 @@ def test_special_and_vanished_files_are_skipped_and_recorded(
     os.mkfifo(src / "fifo")
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(src / "sock"))
-        real = bk._open_regular
+        real = scan.open_regular
 
         def remove_first(abspath: str, listed: os.stat_result) -> Any:
             if os.path.basename(abspath).startswith("gone"):
                 os.unlink(abspath)  # listed, then gone before it is opened
             return real(abspath, listed)
 
-        monkeypatch.setattr(bk, "_open_regular", remove_first)
+        monkeypatch.setattr(scan, "open_regular", remove_first)
         snap = store.backup(src, "backups/sk")
     expected = {
         "fifo": "unsupported file type: fifo",
@@ -311,7 +313,6 @@ def test_special_and_vanished_files_are_skipped_and_recorded(
 UNREADABLE_SCRIPT = """
 import json, sys
 import castore
-from castore.snapshots import backup as bk
 url, options, src = json.loads(sys.argv[1])
 with castore.init(url, **options) as store:
     snap = store.backup(src, "backups/denied")
@@ -755,7 +756,7 @@ def test_walk_order_is_tree_order(paths: list[list[str]]) -> None:
             if not Path(folder, parts[-1]).is_dir():
                 Path(folder, parts[-1]).write_bytes(b"")
         with ThreadPoolExecutor(2) as pool:
-            found = list(bk._walk(root, IgnoreRules(), pool))
+            found = list(scan.walk(root, IgnoreRules(), pool))
         order = TreeOrder("walk")
         for item in found:
             assert item.stat is not None
@@ -826,7 +827,7 @@ def test_excludes_agree_with_git(rules: list[str], files: list[list[str]]) -> No
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"")
         with ThreadPoolExecutor(2) as pool:
-            found = list(bk._walk(str(root), IgnoreRules(rules), pool))
+            found = list(scan.walk(str(root), IgnoreRules(rules), pool))
         ours = {f.rel for f in found if f.stat is not None and not stat.S_ISDIR(f.stat.st_mode)}
         assert ours == git_included_files(root, rules)
 

@@ -1,0 +1,125 @@
+"""Reading snapshots back: find a snapshot's manifest, list its entries, diff two of them.
+
+Both listing and diffing stream the tree (castore.format.tree) in path order: a subtree
+is contiguous, and two trees merge by path like two sorted lists.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from castore.errors import NotFoundError
+from castore.format.manifest import Manifest
+from castore.format.tree import FILE, SKIPPED, SYMLINK, Entry, is_within, normalize_path, sort_key
+from castore.versions import catalog
+from castore.versions.contents import check_tree_manifest, tree_entries
+
+if TYPE_CHECKING:
+    from castore.engine.repository import Repository
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between two snapshots."""
+
+    kind: str
+    """"added", "removed" or "changed"."""
+    path: bytes
+    before: Entry | None
+    after: Entry | None
+    what: tuple[str, ...] = ()
+    """For "changed": which of "type", "content", "target", "reason", "mode", "mtime"."""
+
+    @property
+    def path_str(self) -> str:
+        """The path as a str."""
+        return os.fsdecode(self.path)
+
+
+def snapshot_manifest(repo: Repository, ref: str) -> Manifest:
+    """The manifest of the snapshot `ref` designates; InvalidInputError if not a backup."""
+    manifest, _ = catalog.resolve(repo, ref)
+    check_tree_manifest(manifest, ref)
+    return manifest
+
+
+def list_snapshot(repo: Repository, ref: str, path: str | bytes | None = None) -> Iterator[Entry]:
+    """The entries of a snapshot in path order; with `path`, that entry and all below it.
+
+    NotFoundError (raised when the listing ends) if the snapshot has no such path.
+    """
+    manifest = snapshot_manifest(repo, ref)
+    top = normalize_path(path) if path is not None else b""
+    return _list_entries(repo, manifest, top, f"{ref} has no path {path!r}")
+
+
+def _list_entries(
+    repo: Repository, manifest: Manifest, top: bytes, missing: str
+) -> Iterator[Entry]:
+    found = False
+    with tree_entries(repo, manifest) as entries:
+        for entry in entries:
+            if is_within(entry.path, top):
+                found = True
+                yield entry
+            elif found:
+                break  # a subtree is contiguous in path order: nothing more below `top`
+    if top and not found:
+        raise NotFoundError(missing)
+
+
+def diff_snapshots(repo: Repository, a: str, b: str) -> Iterator[Change]:
+    """What changed from snapshot `a` to snapshot `b`, in path order, streamed.
+
+    Files differ in "content" when their SHA-256 differ; "mode", "mtime", "type" and
+    "target" (of symlinks) are reported too. Directories differ only by type or mode.
+    """
+    before, after = snapshot_manifest(repo, a), snapshot_manifest(repo, b)
+    return _diff_entries(repo, before, after)
+
+
+def _diff_entries(repo: Repository, a: Manifest, b: Manifest) -> Iterator[Change]:
+    with tree_entries(repo, a) as old, tree_entries(repo, b) as new:
+        for before, after in _merge(old, new):
+            if before is None:
+                assert after is not None
+                yield Change("added", after.path, None, after)
+            elif after is None:
+                yield Change("removed", before.path, before, None)
+            elif what := _differences(before, after):
+                yield Change("changed", after.path, before, after, what)
+
+
+def _merge(
+    old: Iterator[Entry], new: Iterator[Entry]
+) -> Iterator[tuple[Entry | None, Entry | None]]:
+    """Pair the entries of two sorted trees by path (None where one tree lacks it)."""
+    left, right = next(old, None), next(new, None)
+    while left is not None or right is not None:
+        left_key = sort_key(left.path) if left is not None else None
+        right_key = sort_key(right.path) if right is not None else None
+        if right_key is None or (left_key is not None and left_key < right_key):
+            yield left, None
+            left = next(old, None)
+        elif left_key is None or right_key < left_key:
+            yield None, right
+            right = next(new, None)
+        else:
+            yield left, right
+            left, right = next(old, None), next(new, None)
+
+
+def _differences(before: Entry, after: Entry) -> tuple[str, ...]:
+    if before.type != after.type:
+        return ("type",)
+    checks = {
+        "content": before.type == FILE and before.sha256 != after.sha256,
+        "target": before.type == SYMLINK and before.target != after.target,
+        "reason": before.type == SKIPPED and before.reason != after.reason,
+        "mode": before.mode != after.mode,
+        "mtime": before.type == FILE and before.mtime_ns != after.mtime_ns,
+    }
+    return tuple(name for name, differs in checks.items() if differs)

@@ -1,0 +1,470 @@
+"""Restoring a snapshot into a directory, verified, and never writing outside it.
+
+Restores verify every chunk and each file's SHA-256, write files through a temporary
+name and a rename, never follow a symlink inside the target, and leave alone files
+whose size, mtime and content already match.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, suppress
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from castore.errors import CastoreError, IntegrityError, InvalidInputError, NotFoundError
+from castore.format.manifest import Manifest
+from castore.format.streams import StreamDescriptor
+from castore.format.tree import DIR, FILE, SYMLINK, Entry, is_within, normalize_path
+from castore.snapshots.browse import snapshot_manifest
+from castore.snapshots.progress import Progress, ProgressCallback
+from castore.snapshots.scan import os_reason
+from castore.versions.contents import tree_entries
+
+if TYPE_CHECKING:
+    from castore.engine.repository import Repository
+
+RESTORE_THREADS_LOCAL = 4
+RESTORE_THREADS_REMOTE = 8
+"""Files restored at once (each reads ahead up to castore.engine.reader.READ_AHEAD bytes)."""
+MAX_PENDING_RESTORES = 256
+RESTORE_BATCH_BYTES = 8 * 1024 * 1024
+RESTORE_BATCH_FILES = 128
+"""Files restored by one task, whose chunks are fetched as one stream (few ranged reads)."""
+TEMPORARY_PREFIX = b".castore-"
+
+
+@dataclass
+class RestoreStats:
+    """What one restore wrote and what it found already in place."""
+
+    files_written: int = 0
+    files_unchanged: int = 0
+    """Files left alone: same size, mtime and SHA-256 as in the snapshot."""
+    dirs: int = 0
+    symlinks: int = 0
+    skipped: int = 0
+    """Entries the snapshot records as skipped at backup time (nothing to restore)."""
+    bytes_written: int = 0
+    elapsed: float = 0.0
+
+
+def _lstat(dir_fd: int, name: bytes) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _remove(dir_fd: int, name: bytes, st: os.stat_result) -> None:
+    """Remove what is at `name` (a whole directory tree, without following symlinks)."""
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _replace(
+    dir_fd: int, name: bytes, current: os.stat_result | None, create: Callable[[bytes], None]
+) -> None:
+    """Create the new object under a temporary name, then rename it over `name`."""
+    temporary = TEMPORARY_PREFIX + secrets.token_hex(8).encode() + b".tmp"
+    try:
+        create(temporary)
+        if current is not None and stat.S_ISDIR(current.st_mode):
+            shutil.rmtree(name, dir_fd=dir_fd)
+        os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temporary, dir_fd=dir_fd)
+        raise
+
+
+def _open_dir(dir_fd: int, name: bytes) -> int:
+    """Open a directory without following a symlink in its place."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise InvalidInputError(
+                f"refusing to restore into {os.fsdecode(name)!r}: it is not a directory but "
+                "a symlink or file, and restore never follows symlinks"
+            ) from exc
+        raise
+
+
+def _prepare_dir(dir_fd: int, name: bytes) -> int:
+    """Make `name` a real directory we can write into; return it opened."""
+    current = _lstat(dir_fd, name)
+    if current is not None and not stat.S_ISDIR(current.st_mode):
+        _remove(dir_fd, name, current)
+        current = None
+    if current is None:
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+    fd = _open_dir(dir_fd, name)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if mode & stat.S_IRWXU != stat.S_IRWXU:
+        os.fchmod(fd, mode | stat.S_IRWXU)  # until its own mode is set, after its contents
+    return fd
+
+
+def _restore_symlink(dir_fd: int, name: bytes, entry: Entry) -> bool:
+    """Create or fix a symlink (never followed); True if it had to be written."""
+    current = _lstat(dir_fd, name)
+    same = (
+        current is not None
+        and stat.S_ISLNK(current.st_mode)
+        and os.readlink(name, dir_fd=dir_fd) == entry.target
+    )
+    if not same:
+        _replace(dir_fd, name, current, lambda tmp: os.symlink(entry.target, tmp, dir_fd=dir_fd))
+    times = (entry.mtime_ns, entry.mtime_ns)
+    os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
+    return not same
+
+
+def _keep_existing_file(dir_fd: int, name: bytes, current: os.stat_result, entry: Entry) -> bool:
+    """Whether the file in place already has the entry's size, mtime and SHA-256.
+
+    If so its mode is corrected and it is kept; otherwise it is left for rewriting.
+    """
+    if not stat.S_ISREG(current.st_mode) or (current.st_size, current.st_mtime_ns) != (
+        entry.size,
+        entry.mtime_ns,
+    ):
+        return False
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    with open(os.open(name, flags, dir_fd=dir_fd), "rb", buffering=0) as file:
+        if hashlib.file_digest(file, "sha256").digest() != entry.sha256:
+            return False
+        if stat.S_IMODE(os.fstat(file.fileno()).st_mode) != entry.mode:
+            os.fchmod(file.fileno(), entry.mode)
+    return True
+
+
+def _write_content(
+    chunks: Iterator[bytes | memoryview], entry: Entry, dir_fd: int, name: bytes
+) -> None:
+    """Write a file's content (its chunks, the next ones of `chunks`), mode and mtime to a
+    new file `name`; IntegrityError unless the content hashes to the entry's SHA-256."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    whole = hashlib.sha256()
+    with open(os.open(name, flags, 0o600, dir_fd=dir_fd), "wb") as out:
+        for _ in entry.chunk_sizes:
+            chunk = next(chunks)
+            whole.update(chunk)
+            out.write(chunk)
+        if whole.digest() != entry.sha256:
+            raise IntegrityError(
+                f"{entry.path_str!r} restores as sha256:{whole.hexdigest()}, not as the "
+                f"sha256:{entry.sha256.hex()} its snapshot records"
+            )
+        out.flush()
+        os.fchmod(out.fileno(), entry.mode)
+        os.utime(out.fileno(), ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+class _EntryFailed(Exception):
+    """An OSError while restoring one entry of a task that restores several."""
+
+    def __init__(self, entry: Entry, cause: OSError) -> None:
+        super().__init__(entry.path_str, cause)
+        self.entry = entry
+        self.cause = cause
+
+
+def _restore_files(repo: Repository, files: list[tuple[_OpenDir, Entry]]) -> list[bool]:
+    """Restore a batch of files, in order; for each, True if written, False if kept.
+
+    The chunks of all the files to write are read as one stream, so that files stored
+    next to each other cost one ranged read, not one each. Every chunk is verified
+    against its id as it is read, every file against its SHA-256 before it is renamed
+    into place.
+    """
+    written = []
+    to_write = []
+    for parent, entry in files:
+        try:
+            dir_fd = parent.fd()
+            current = _lstat(dir_fd, entry.name)
+            keep = current is not None and _keep_existing_file(dir_fd, entry.name, current, entry)
+        except OSError as exc:
+            raise _EntryFailed(entry, exc) from exc
+        written.append(not keep)
+        if not keep:
+            to_write.append((dir_fd, entry, current))
+    # The tree is authenticated by its version digest, so are the chunk lists in it.
+    content = _concatenation([entry for _, entry, _ in to_write])
+    with closing(repo.iter_chunks(content, authenticated=True)) as chunks:
+        for dir_fd, entry, current in to_write:
+            write = partial(_write_content, chunks, entry, dir_fd)
+            try:
+                _replace(dir_fd, entry.name, current, write)
+            except OSError as exc:
+                raise _EntryFailed(entry, exc) from exc
+    return written
+
+
+def _concatenation(entries: list[Entry]) -> StreamDescriptor:
+    """One descriptor for the files' contents one after the other (its digest unused)."""
+    return StreamDescriptor(
+        sha256=bytes(32),
+        size=sum(entry.size for entry in entries),
+        chunk_ids=b"".join(entry.chunk_ids for entry in entries),
+        chunk_sizes=tuple(size for entry in entries for size in entry.chunk_sizes),
+    )
+
+
+class _OpenDir:
+    """A directory being restored: its path, its entry, and its descriptor once prepared.
+
+    Preparing it (creating, opening) is a task of the restore's pool like any other;
+    finishing it (mode, mtime, close) waits until every task inside it is done.
+    """
+
+    def __init__(self, path: bytes, entry: Entry | None, opened: Future[int]) -> None:
+        self.path = path
+        self.entry = entry
+        self.opened = opened
+        self._closed = False
+
+    def fd(self) -> int:
+        """The open directory (waits until it is prepared; raises if that failed)."""
+        return self.opened.result()
+
+    def finish(self) -> None:
+        """Set the mode and mtime (once everything inside is written), and close it."""
+        try:
+            if self.entry is not None:
+                os.fchmod(self.fd(), self.entry.mode)
+                os.utime(self.fd(), ns=(self.entry.mtime_ns, self.entry.mtime_ns))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the descriptor, if it was opened and is not closed yet."""
+        opened = self.opened
+        if self._closed or not opened.done() or opened.cancelled() or opened.exception():
+            return
+        self._closed = True
+        os.close(opened.result())
+
+
+def _done(value: int) -> Future[int]:
+    future: Future[int] = Future()
+    future.set_result(value)
+    return future
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """Restore work, in tree order: what it restores and how to account for it."""
+
+    entries: list[Entry]
+    future: Future[Any] | None
+    """The task; None for the completion of a directory, done when its turn comes."""
+    directory: _OpenDir | None = None
+
+
+class _Restorer:
+    """Restores entries in tree order: worker threads create directories and symlinks and
+    write files (in batches); the thread that decodes the tree only finishes directories
+    (mode, mtime), when every task before them in tree order, hence everything inside
+    them, is done.
+
+    Every call is relative to an open directory descriptor obtained with O_NOFOLLOW,
+    starting at the target, so nothing is ever created through a symlink. Tasks leave
+    the pool's queue in the order they were submitted, so a task waiting for its
+    directory's descriptor waits for a task already started: no deadlock. Keeping
+    system calls off the decoding thread matters: after each one it would wait for the
+    GIL behind busy workers.
+    """
+
+    def __init__(
+        self, repo: Repository, root_fd: int, target: str, progress: ProgressCallback | None
+    ) -> None:
+        self.repo = repo
+        self.target = target
+        self.progress = progress
+        self.stats = RestoreStats()
+        self.started = time.monotonic()
+        self.dirs = [_OpenDir(b"", None, _done(root_fd))]
+        self.batch: list[tuple[_OpenDir, Entry]] = []
+        self.batch_bytes = 0
+        self.pending: deque[_Job] = deque()
+        threads = RESTORE_THREADS_REMOTE if repo.backend.is_remote else RESTORE_THREADS_LOCAL
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="castore-restore")
+
+    def add(self, entry: Entry) -> None:
+        """Restore one entry (its parent directory was added before it)."""
+        self._leave_dirs(entry.parent)
+        parent = self.dirs[-1]
+        if parent.path != entry.parent:
+            raise IntegrityError(f"{entry.path_str!r} has no directory entry above it")
+        name, pool = entry.name, self.pool
+        if entry.type == DIR:
+            opened = pool.submit(lambda: _prepare_dir(parent.fd(), name))
+            self.dirs.append(_OpenDir(entry.path, entry, opened))
+            self.pending.append(_Job([entry], opened))
+        elif entry.type == SYMLINK:
+            linked = pool.submit(lambda: _restore_symlink(parent.fd(), name, entry))
+            self.pending.append(_Job([entry], linked))
+        elif entry.type == FILE:
+            self._batch_file(parent, entry)
+        else:
+            self.stats.skipped += 1
+        self._drain(MAX_PENDING_RESTORES)
+
+    def finish(self) -> None:
+        """Complete every file and directory."""
+        self._leave_dirs(b"")
+        self._flush_batch()
+        self._drain(0)
+        self.stats.elapsed = time.monotonic() - self.started
+
+    def close(self) -> None:
+        """Stop the workers and close every descriptor (after success or failure)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for job in self.pending:
+            if job.directory is not None:
+                job.directory.close()
+        for directory in self.dirs:
+            directory.close()
+
+    def _batch_file(self, parent: _OpenDir, entry: Entry) -> None:
+        self.batch.append((parent, entry))
+        self.batch_bytes += entry.size
+        if self.batch_bytes >= RESTORE_BATCH_BYTES or len(self.batch) >= RESTORE_BATCH_FILES:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        if self.batch:
+            files, self.batch, self.batch_bytes = self.batch, [], 0
+            job = self.pool.submit(_restore_files, self.repo, files)
+            self.pending.append(_Job([entry for _, entry in files], job))
+
+    def _leave_dirs(self, parent: bytes) -> None:
+        """Queue the completion of directories the walk has left, after their files."""
+        if len(self.dirs) > 1 and self.dirs[-1].path != parent:
+            self._flush_batch()
+        while len(self.dirs) > 1 and self.dirs[-1].path != parent:
+            directory = self.dirs.pop()
+            assert directory.entry is not None
+            self.pending.append(_Job([directory.entry], None, directory))
+
+    def _drain(self, limit: int) -> None:
+        """Account for finished tasks in order; wait while too many are in flight."""
+        while self.pending:
+            job = self.pending[0]
+            if len(self.pending) <= limit and job.future is not None and not job.future.done():
+                return
+            self.pending.popleft()
+            try:
+                if job.directory is not None:
+                    job.directory.finish()  # every task before it, so inside it, is done
+                else:
+                    assert job.future is not None
+                    self._count(job.entries, job.future.result())
+            except _EntryFailed as failed:
+                raise self._error(failed.entry, failed.cause) from failed.cause
+            except OSError as exc:
+                raise self._error(job.entries[0], exc) from exc
+
+    def _count(self, entries: list[Entry], result: object) -> None:
+        stats = self.stats
+        kind = entries[0].type
+        if kind == DIR:
+            stats.dirs += 1
+        elif kind == SYMLINK:
+            stats.symlinks += 1
+        else:
+            assert isinstance(result, list)
+            for entry, written in zip(entries, result, strict=True):
+                stats.files_written += written
+                stats.bytes_written += entry.size if written else 0
+                stats.files_unchanged += not written
+            if self.progress is not None:
+                done = stats.files_written + stats.files_unchanged
+                elapsed = time.monotonic() - self.started
+                path = entries[-1].path_str
+                self.progress(Progress(done, stats.bytes_written, 0, elapsed, path))
+
+    def _error(self, entry: Entry, exc: OSError) -> CastoreError:
+        return InvalidInputError(
+            f"cannot restore {entry.path_str!r} into {self.target!r}: {os_reason(exc)}"
+        )
+
+
+def _open_target(target: str | os.PathLike[str]) -> int:
+    try:
+        os.makedirs(target, exist_ok=True)
+        return os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot restore into {os.fspath(target)!r}: {os_reason(exc)}"
+        ) from exc
+
+
+def _selected(path: bytes, selection: Sequence[bytes]) -> bool:
+    """Whether an entry is selected, inside a selected path, or a directory above one."""
+    return not selection or any(
+        is_within(path, chosen) or is_within(chosen, path) for chosen in selection
+    )
+
+
+def _check_selection(
+    repo: Repository, manifest: Manifest, selection: list[bytes], ref: str
+) -> None:
+    """NotFoundError, before anything is written, if a selected path is not in the snapshot."""
+    missing = set(selection)
+    with tree_entries(repo, manifest) as entries:
+        for entry in entries:
+            missing.discard(entry.path)
+    if missing:
+        listed = ", ".join(sorted(repr(os.fsdecode(path)) for path in missing))
+        raise NotFoundError(f"{ref} has no {listed}")
+
+
+def restore(
+    repo: Repository,
+    ref: str,
+    target: str | os.PathLike[str],
+    paths: Iterable[str | bytes] = (),
+    *,
+    progress: ProgressCallback | None = None,
+) -> RestoreStats:
+    """Restore snapshot `ref` (or only `paths` in it) into the directory `target`.
+
+    Every chunk and every file's SHA-256 is verified before the file appears (written to
+    a temporary name, then renamed). Modes, mtimes and symlinks are restored; owners are
+    not. Files already in place with the same size, mtime and SHA-256 are kept, and
+    files in `target` that the snapshot lacks are left alone. Nothing is ever created
+    outside `target`, whatever the snapshot holds.
+    """
+    manifest = snapshot_manifest(repo, ref)
+    selection = [normalize_path(path) for path in paths]
+    if b"" in selection:
+        selection = []
+    if selection:
+        _check_selection(repo, manifest, selection, ref)
+    restorer = _Restorer(repo, _open_target(target), os.fspath(target), progress)
+    try:
+        with tree_entries(repo, manifest) as entries:
+            for entry in entries:
+                if _selected(entry.path, selection):
+                    restorer.add(entry)
+        restorer.finish()
+    finally:
+        restorer.close()
+    return restorer.stats

@@ -1,0 +1,173 @@
+"""Reading the source tree of a backup: walk it in tree order and open its files safely.
+
+The walk lists each directory in the order of its names' bytes (tree order), lstat-s
+every entry in worker threads a few directories ahead, and reports what it cannot read
+instead of failing. Files are opened without following symlinks or blocking on FIFOs,
+and only if they are still the regular file the walk listed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from castore.errors import InvalidInputError
+from castore.snapshots.ignore import IgnoreRules
+
+READ_BYTES = 1024 * 1024
+"""Bytes per read() of a file being backed up."""
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One path met by the walk: its lstat (and link target), or why it could not be read."""
+
+    rel: str
+    abspath: str
+    stat: os.stat_result | None
+    error: str | None = None
+    target: bytes | None = None
+    """A symlink's target, read along with the listing."""
+
+
+def os_reason(exc: OSError) -> str:
+    """Why a system call failed, in words (for skip reasons and error messages)."""
+    return exc.strerror or str(exc)
+
+
+def _inspect(item: os.DirEntry[str], rel: str) -> Found:
+    """lstat one directory entry (and read it if it is a symlink)."""
+    try:
+        st = item.stat(follow_symlinks=False)
+        target = os.readlink(os.fsencode(item.path)) if stat.S_ISLNK(st.st_mode) else None
+    except OSError as exc:
+        return Found(rel, item.path, None, os_reason(exc))
+    return Found(rel, item.path, st, target=target)
+
+
+def _scan(path: str, rel: str) -> list[Found]:
+    """A directory's entries in the order of their names' bytes, each lstat-ed.
+
+    Scans run in worker threads: the thread that records entries then makes no system
+    call per file, each of which would have it wait for the GIL behind busy workers.
+    """
+    with os.scandir(path) as scan:
+        items = sorted(scan, key=lambda item: os.fsencode(item.name))
+    return [_inspect(item, f"{rel}/{item.name}" if rel else item.name) for item in items]
+
+
+def _is_dir(found: Found) -> bool:
+    return found.stat is not None and stat.S_ISDIR(found.stat.st_mode)
+
+
+class _Listing:
+    """The entries of one directory being walked, with scans of its subdirectories
+    started a few ahead of the walk."""
+
+    PREFETCH = 8
+
+    def __init__(self, entries: list[Found], rules: IgnoreRules, pool: Executor) -> None:
+        self.entries = [e for e in entries if not rules.excluded(e.rel, _is_dir(e))]
+        self.position = 0
+        self._pool = pool
+        self._cursor = 0
+        self._scans: dict[int, Future[list[Found]]] = {}
+
+    def next(self) -> Found | None:
+        """The next entry, or None at the end."""
+        if self.position >= len(self.entries):
+            return None
+        self.position += 1
+        return self.entries[self.position - 1]
+
+    def scan_current(self) -> list[Found]:
+        """The listing of the directory `next` returned last (OSError if unreadable)."""
+        self._prefetch()
+        return self._scans.pop(self.position - 1).result()
+
+    def _prefetch(self) -> None:
+        while len(self._scans) < self.PREFETCH and self._cursor < len(self.entries):
+            entry = self.entries[self._cursor]
+            if self._cursor >= self.position - 1 and _is_dir(entry):
+                self._scans[self._cursor] = self._pool.submit(_scan, entry.abspath, entry.rel)
+            self._cursor += 1
+
+    def cancel(self) -> None:
+        """Drop scans not needed any more."""
+        for future in self._scans.values():
+            future.cancel()
+
+
+def walk(root: str, rules: IgnoreRules, pool: Executor) -> Iterator[Found]:
+    """Every path below `root` not excluded by `rules`, in tree order (depth first).
+
+    A directory that cannot be listed is reported with its error instead of descended.
+    """
+    try:
+        top = _scan(root, "")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the directory {root!r}: {os_reason(exc)}") from exc
+    stack = [_Listing(top, rules, pool)]
+    try:
+        while stack:
+            found = stack[-1].next()
+            if found is None:
+                stack.pop()
+            elif not _is_dir(found):
+                yield found
+            else:
+                try:
+                    entries = stack[-1].scan_current()
+                except OSError as exc:
+                    reason = f"cannot list the directory: {os_reason(exc)}"
+                    yield Found(found.rel, found.abspath, found.stat, reason)
+                    continue
+                yield found
+                stack.append(_Listing(entries, rules, pool))
+    finally:
+        for listing in stack:
+            listing.cancel()
+
+
+class _Replaced(OSError):
+    """The path no longer holds the regular file that was listed."""
+
+
+@contextmanager
+def open_regular(abspath: str, listed: os.stat_result) -> Iterator[tuple[BinaryIO, os.stat_result]]:
+    """Open the regular file the walk listed, never a FIFO or a symlink swapped in since.
+
+    O_NONBLOCK keeps a FIFO from blocking the open; fstat then proves it is the same
+    regular file (device and inode) that was listed.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    with open(os.open(abspath, flags), "rb", buffering=0) as file:
+        st = os.fstat(file.fileno())
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (
+            listed.st_dev,
+            listed.st_ino,
+        ):
+            raise _Replaced("it was replaced while being backed up")
+        yield file, st
+
+
+def pieces(file: BinaryIO) -> Iterator[bytes]:
+    """The content of an opened file, READ_BYTES at a time."""
+    while piece := file.read(READ_BYTES):
+        yield piece
+
+
+def file_kind(mode: int) -> str:
+    """What kind of special file `mode` is, for the reason it is skipped."""
+    kinds = {
+        stat.S_ISFIFO: "fifo",
+        stat.S_ISSOCK: "socket",
+        stat.S_ISCHR: "character device",
+        stat.S_ISBLK: "block device",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), f"mode {mode:o}")
