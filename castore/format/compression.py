@@ -12,7 +12,7 @@ from castore.format.config import CompressionParams
 
 
 class Codec(IntEnum):
-    """Codec ids as written in pack footers (docs/FORMAT.md)."""
+    """Codec ids as written in pack entries (docs/FORMAT.md, section 6)."""
 
     RAW = 0
     ZSTD = 1

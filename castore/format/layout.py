@@ -1,4 +1,10 @@
-"""Where each kind of object lives below a store's root (docs/FORMAT.md, "Layout")."""
+"""Where each kind of object lives below a store's root (docs/FORMAT.md, section 3).
+
+Objects are named by 32-byte SHA-256 digests, but not all of their own bytes: a pack is
+named by the SHA-256 of its entry table (section 7.5), a stream object by the content
+digest of the stream it describes (section 9); index objects and manifests are named by
+the SHA-256 of their complete bytes (sections 8 and 11).
+"""
 
 import hashlib
 
@@ -22,7 +28,11 @@ def _fanned(folder: str, name: bytes) -> str:
 
 
 def pack_path(pack_id: bytes) -> str:
-    """``packs/<hh>/<hex>`` for a pack named by the SHA-256 of its footer."""
+    """``packs/<hh>/<hex>`` for a pack id: the SHA-256 of the pack's entry table.
+
+    Not of the pack's bytes: the table lists every chunk id, offset, length and codec,
+    so the name commits to the content without another hash pass over the records.
+    """
     return _fanned(PACKS, pack_id)
 
 
@@ -37,7 +47,7 @@ def manifest_path(version_digest: bytes) -> str:
 
 
 def digest_of(data: bytes | bytearray | memoryview) -> bytes:
-    """The SHA-256 that names a content-addressed object."""
+    """The SHA-256 of an object's complete bytes: the name of index objects and manifests."""
     return hashlib.sha256(data).digest()
 
 

@@ -5,7 +5,8 @@ recorded as a version whose manifest has kind ``"tree"`` and serializer ``"tree"
 Entries are written and read one at a time, so no tree is ever held whole in memory;
 every entry read back is validated before anyone sees it: field types and bounds, path
 syntax (relative, no ``.`` or ``..``), strict ordering, and that every entry's parent
-is a directory entry that came before it. docs/FORMAT.md, section 20, specifies the format.
+is a directory entry that came before it. The format is specified in docs/FORMAT.md,
+section 20 ("Directory snapshots").
 """
 
 from __future__ import annotations

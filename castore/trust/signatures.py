@@ -1,10 +1,10 @@
 """Signed versions: Ed25519 signatures over version digests, and the policy that trusts them.
 
 A signature object ``signatures/<hh>/<version hex>/<key id>`` says that the holder of one
-Ed25519 key vouches for one version digest (docs/FORMAT-signatures.md). The version digest
-authenticates the manifest, which authenticates every chunk, so a valid signature by a
-trusted key proves who stored every byte of the version. Which keys are trusted is the
-user's choice (a `TrustPolicy`), never the store's.
+Ed25519 key vouches for one version digest (docs/FORMAT.md, section 21 "Signatures"). The
+version digest authenticates the manifest, which authenticates every chunk, so a valid
+signature by a trusted key proves who stored every byte of the version. Which keys are
+trusted is the user's choice (a `TrustPolicy`), never the store's.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """What a version's manifest reaches: its stream and, per kind, what that stream names.
 
 Every kind is listed here explicitly, so that gc, stats, verify and copy agree on what a
-version needs, whatever modules a process has imported (docs/FORMAT.md, "References").
+version needs, whatever modules a process has imported (docs/FORMAT.md, 14.2 "Kinds of
+references", and 20.10).
 """
 
 from __future__ import annotations
