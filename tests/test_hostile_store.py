@@ -8,6 +8,7 @@ because a listing did not show what a read would have found.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -18,8 +19,15 @@ from pathlib import Path
 import pytest
 
 import castore
-from castore.errors import BackendError, CastoreError
+from castore.errors import BackendError, CastoreError, IntegrityError
 from castore.format import layout
+from castore.format.index import encode_index_object
+from castore.format.manifest import Manifest
+from castore.format.packs import PackEntry, encode_entries
+from castore.format.streams import StreamDescriptor
+from castore.format.tree import TREE_SERIALIZER
+from castore.maintenance.reachability import walk
+from castore.versions.contents import check_tree_manifest
 from tests.helpers import pattern
 
 Plant = Callable[[Path, castore.Version], None]
@@ -173,3 +181,78 @@ def test_tag_never_writes_through_a_linked_folder(tmp_path: Path) -> None:
     with castore.open(root) as store, pytest.raises(BackendError, match="symbolic link"):
         store.tag(f"{kept.name}:1", "production")
     assert list(outside.iterdir()) == []
+
+
+def _index_paths(store: castore.Store) -> list[str]:
+    return store.repository.backend.list(layout.INDEX)
+
+
+def test_gc_keeps_a_pack_whose_index_object_was_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the index objects gone, a committed version's pack looked like an old orphan
+    and gc deleted it. A needed chunk that no index object places now stops gc."""
+    root = tmp_path / "store"
+    kept = _store_with_garbage(root)
+    monkeypatch.setenv("CASTORE_LEASE_TTL", "-1")  # every pack is old enough to be an orphan
+    with castore.open(root) as store:
+        for path in _index_paths(store):
+            store.repository.backend.delete(path)
+        before = _objects(root)
+        report = store.gc()
+        assert report.packs_deleted == 0 and report.orphan_packs == 0
+        assert any("in no index object" in p for p in report.problems), report.problems
+        assert _objects(root) == before
+        store.repair()
+        assert store.load(kept.reference) == pattern(50_000, seed=1)
+
+
+def test_gc_keeps_the_real_copy_when_a_planted_index_lies(tmp_path: Path) -> None:
+    """A planted index object listing a needed chunk in a pack that does not exist once won
+    the index lookup, so the pack really holding it looked dead and was deleted."""
+    root = tmp_path / "store"
+    kept = _store_with_garbage(root)
+    with castore.open(root) as store:
+        repo = store.repository
+        users = walk(repo, track_users=True).users
+        needed = next(c for c, who in users.items() if f"{kept.name}:1" in who)
+        real = repo.index.lookup(needed)
+        assert real is not None
+        first_real = min(_index_paths(store))
+        start = real.entry.offset
+        lie = PackEntry(needed, start, real.entry.stored_len, real.entry.raw_len, real.entry.codec)
+        for attempt in range(10_000):  # vary a second entry until the lie sorts, and loads, first
+            filler = hashlib.sha256(b"%d" % attempt).digest()
+            entries = [lie, PackEntry(filler, start + lie.stored_len, 10, 10, 0)]
+            phantom = hashlib.sha256(encode_entries(entries)).digest()
+            data = encode_index_object([(phantom, entries)])
+            planted = layout.index_path(hashlib.sha256(data).digest())
+            if planted < first_real:
+                break
+        repo.backend.write(planted, data)
+    with castore.open(root) as store:
+        store.repository.index.reload()
+        assert not store.repository.index.damaged
+        located = store.repository.index.lookup(needed)
+        assert located is not None and located.pack_id == phantom  # the lie wins the lookup
+        store.gc()
+        assert store.repository.backend.exists(layout.pack_path(real.pack_id))
+        store.repository.backend.delete(planted)
+    with castore.open(root) as store:
+        assert store.load(kept.reference) == pattern(50_000, seed=1)
+        assert store.verify(read_data=True).ok
+
+
+def test_a_tree_format_version_of_odd_digits_is_damage(tmp_path: Path) -> None:
+    """ "²" passes str.isdigit and then crashed int(); 5000 digits cost a big-int parse."""
+    for version in ("²", "1" * 5000, "01", "-1", ""):
+        manifest = Manifest(
+            name="b",
+            number=1,
+            kind="tree",
+            serializer=TREE_SERIALIZER,
+            serializer_version=version,
+            stream=StreamDescriptor(hashlib.sha256(b"").digest(), 0, b"", ()),
+        )
+        with pytest.raises(IntegrityError, match="invalid tree format version"):
+            check_tree_manifest(manifest, "b:1")

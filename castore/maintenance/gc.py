@@ -70,17 +70,24 @@ def gc(
                 "gc deleted nothing: fix the problems above first ('castore repair')"
             )
             return report
-        locations = repo.index.locations()
+        stored = _stored_packs(repo)
+        report.problems.extend(_unlocated_chunks(repo, reach.chunks, stored))
+        if report.problems:
+            report.problems.append(
+                "gc deleted nothing: a needed chunk is in no stored pack the index lists"
+                " ('castore repair' re-indexes packs)"
+            )
+            return report
         dead: list[bytes] = []
         repack: dict[bytes, list[PackEntry]] = {}
         survivors: list[PackListing] = []
         for pack_id, entries in repo.index.packs.items():
+            if pack_id not in stored:
+                continue  # listed, never stored: the new index leaves the listing out
             report.packs += 1
-            live = [
-                e
-                for e in entries
-                if e.chunk_id in reach.chunks and locations[e.chunk_id].pack_id == pack_id
-            ]
+            # Every copy of a needed chunk is kept: whichever copy the index would pick
+            # may be one that an untrusted writer listed in a pack that does not hold it.
+            live = [e for e in entries if e.chunk_id in reach.chunks]
             size = _pack_size(entries)
             garbage = sum(e.stored_len for e in entries) - sum(e.stored_len for e in live)
             if not live:
@@ -92,7 +99,7 @@ def gc(
                 report.bytes_rewritten += size - garbage
             else:
                 survivors.append((pack_id, entries))
-        orphans = _orphan_packs(repo, marker_time)
+        orphans = _orphan_packs(repo, stored, marker_time)
         report.orphan_packs = len(orphans)
         report.packs_deleted = len(dead)
         report.packs_repacked = len(repack)
@@ -131,10 +138,47 @@ def _repack(
     return session.index_object, set(session.stats.packs)
 
 
-def _orphan_packs(repo: Repository, marker_time: float) -> list[bytes]:
+def _stored_packs(repo: Repository) -> set[bytes]:
+    """The ids of the packs in storage now (objects not named by a digest are no packs)."""
+    return {
+        pack_id
+        for path in repo.backend.list(layout.PACKS)
+        if (pack_id := layout.name_of(path)) is not None
+    }
+
+
+def _unlocated_chunks(repo: Repository, needed: dict[bytes, int], stored: set[bytes]) -> list[str]:
+    """Problems for needed chunks that no index object places in a stored pack.
+
+    Such a chunk may live in a pack no index lists (an orphan to gc), so nothing may go.
+    """
+    problems = []
+    displaced = {}
+    for chunk_id in needed:
+        location = repo.index.lookup(chunk_id)
+        if location is None:
+            problems.append(f"chunk {chunk_id.hex()} is needed but in no index object")
+        elif location.pack_id not in stored:
+            displaced[chunk_id] = location.pack_id
+    if displaced:
+        elsewhere = {
+            entry.chunk_id
+            for pack_id, entries in repo.index.packs.items()
+            if pack_id in stored
+            for entry in entries
+        }
+        problems.extend(
+            f"chunk {chunk_id.hex()} is needed but its pack {pack_id.hex()} is missing"
+            for chunk_id, pack_id in displaced.items()
+            if chunk_id not in elsewhere
+        )
+    return problems
+
+
+def _orphan_packs(repo: Repository, stored: set[bytes], marker_time: float) -> list[bytes]:
     """Packs no index object lists, old enough that no writer can still be committing them."""
     orphans = []
-    for pack_id in repo.index.unindexed_packs():
+    for pack_id in sorted(stored - repo.index.packs.keys()):
         try:
             if marker_time - repo.backend.modified(layout.pack_path(pack_id)) > lease_ttl():
                 orphans.append(pack_id)

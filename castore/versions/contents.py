@@ -7,6 +7,7 @@ references", and 20.10).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -47,6 +48,10 @@ def chunks_of(repo: Repository, manifest: Manifest) -> Iterator[tuple[bytes, int
                 yield entry.chunk_ids[number * DIGEST_SIZE : (number + 1) * DIGEST_SIZE], size
 
 
+_TREE_VERSION = re.compile(r"[1-9][0-9]{0,8}")
+"""A tree format version as written: ASCII digits, no leading zero, bounded."""
+
+
 def check_tree_manifest(manifest: Manifest, ref: str) -> None:
     """Raise unless `manifest` is a snapshot in a tree format this castore reads."""
     where = f"{manifest.name}:{manifest.number}"
@@ -56,7 +61,7 @@ def check_tree_manifest(manifest: Manifest, ref: str) -> None:
             "not a backup"
         )
     version = manifest.serializer_version
-    if not version.isdigit() or int(version) < 1:
+    if not _TREE_VERSION.fullmatch(version):
         raise IntegrityError(f"{where} has an invalid tree format version {version!r}")
     if int(version) > TREE_FORMAT_VERSION:
         raise UnsupportedFormatError(
