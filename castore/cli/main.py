@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 import castore
+from castore.cli.terminal import guarded, shown
 from castore.errors import (
     BackendError,
     CastoreError,
@@ -103,7 +104,7 @@ class Command:
         if self.args.json:
             print(json.dumps(data, indent=2, default=str))
         else:
-            print(text() if callable(text) else text)
+            print(guarded(text() if callable(text) else text))
 
     @contextmanager
     def progress(self, total: int | None, description: str) -> Iterator[tqdm]:
@@ -269,9 +270,9 @@ def _list_snapshot(command: Command, ref: str, path: str | None) -> int:
     command.emit(
         entries,
         lambda: "\n".join(
-            f"{e['type']:<8} {e['mode']:>7} {_human_size(e['size']):>10}  {e['path']}"
-            + (f" -> {e['target']}" if "target" in e else "")
-            + (f"  (skipped: {e['reason']})" if "reason" in e else "")
+            f"{e['type']:<8} {e['mode']:>7} {_human_size(e['size']):>10}  {shown(e['path'])}"
+            + (f" -> {shown(e['target'])}" if "target" in e else "")
+            + (f"  (skipped: {shown(e['reason'])})" if "reason" in e else "")
             for e in entries
         ),
     )
@@ -310,7 +311,7 @@ def cmd_ls(command: Command) -> int:
             for v in entries
         ],
         lambda: "\n".join(
-            f"{v.version:<5} {v.digest[:19]}  {_human_size(v.size):>10}  {v.created[:19]}  "
+            f"{v.version:<5} {v.digest[:19]}  {_human_size(v.size):>10}  {shown(v.created[:19])}  "
             + " ".join(sorted(t for t, n in tags.items() if n == v.version))
             for v in entries
         ),
@@ -347,13 +348,14 @@ def cmd_log(command: Command) -> int:
         lines = []
         for e in entries:
             if e.details is None:
-                lines.append(f"{name}:{e.version}  {e.digest}  (deleted {e.deleted})")
+                lines.append(f"{name}:{e.version}  {e.digest}  (deleted {shown(e.deleted)})")
             else:
                 meta = json.dumps(e.details.metadata) if e.details.metadata else ""
-                lines.append(f"{name}:{e.version}  {e.digest}  {e.details.created[:19]}  {meta}")
+                created = shown(e.details.created[:19])
+                lines.append(f"{name}:{e.version}  {e.digest}  {created}  {meta}")
         if command.args.verify:
             lines.append("history verified: hash chain intact" if not problems else "BROKEN:")
-            lines.extend(f"  {p}" for p in problems)
+            lines.extend(f"  {shown(p)}" for p in problems)
         return "\n".join(lines)
 
     command.emit(data, text)
@@ -379,7 +381,8 @@ def cmd_tag(command: Command) -> int:
         command.emit(
             [vars(e) | {"manifest": e.manifest.hex() if e.manifest else None} for e in events],
             lambda: "\n".join(
-                f"{e.time}  {'removed' if e.version is None else f'-> {e.version}'}" for e in events
+                f"{shown(e.time)}  {'removed' if e.version is None else f'-> {e.version}'}"
+                for e in events
             ),
         )
     else:
@@ -407,7 +410,8 @@ def _diff_snapshots(command: Command) -> int:
         [{"kind": c.kind, "path": c.path_str, "what": list(c.what)} for c in changes],
         lambda: (
             "\n".join(
-                f"{marks[c.kind]} {c.path_str}" + (f"  ({', '.join(c.what)})" if c.what else "")
+                f"{marks[c.kind]} {shown(c.path_str)}"
+                + (f"  ({', '.join(c.what)})" if c.what else "")
                 for c in changes
             )
             or "no differences"
@@ -523,11 +527,11 @@ def cmd_forget(command: Command) -> int:
         },
         lambda: "\n".join(
             [
-                f"keep   {args.name}:{k.version.version}  {k.version.created[:19]}  "
+                f"keep   {args.name}:{k.version.version}  {shown(k.version.created[:19])}  "
                 f"({', '.join(k.reasons)})"
                 for k in result.kept
             ]
-            + [f"{verb} {args.name}:{v.version}  {v.created[:19]}" for v in result.removed]
+            + [f"{verb} {args.name}:{v.version}  {shown(v.created[:19])}" for v in result.removed]
         ),
     )
     return 0
@@ -585,8 +589,12 @@ def cmd_verify(command: Command) -> int:
                 f"checked {report.versions_checked} versions, {report.streams_checked} put "
                 f"streams, {report.packs_checked} packs ({_human_size(report.bytes_read)} read)"
             ]
-            + (["no problems found"] if report.ok else [f"PROBLEM: {p}" for p in report.problems])
-            + ([f"affected: {', '.join(report.affected)}"] if report.affected else [])
+            + (
+                ["no problems found"]
+                if report.ok
+                else [f"PROBLEM: {shown(p)}" for p in report.problems]
+            )
+            + ([f"affected: {shown(', '.join(report.affected))}"] if report.affected else [])
         ),
     )
     return 0 if report.ok else 1
@@ -607,7 +615,7 @@ def cmd_gc(command: Command) -> int:
                 f"{report.manifests_deleted} manifests, "
                 f"{report.signatures_deleted} signatures"
             ]
-            + [f"PROBLEM: {p}" for p in report.problems]
+            + [f"PROBLEM: {shown(p)}" for p in report.problems]
         ),
     )
     return 1 if report.problems else 0
@@ -650,9 +658,9 @@ def cmd_repair(command: Command) -> int:
                 f"re-indexed {report.packs_reindexed} packs, removed "
                 f"{report.index_objects_removed} damaged index objects",
                 f"{report.lost_chunks} chunks are lost"
-                + (f"; affected: {', '.join(report.affected)}" if report.affected else ""),
+                + (f"; affected: {shown(', '.join(report.affected))}" if report.affected else ""),
             ]
-            + [f"unreadable: {p}" for p in report.unreadable_packs]
+            + [f"unreadable: {shown(p)}" for p in report.unreadable_packs]
         ),
     )
     return 1 if report.lost_chunks or report.unreadable_packs else 0
@@ -817,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(command)
     except CastoreError as exc:
-        print(f"castore: error: {exc}", file=sys.stderr)
+        print(f"castore: error: {shown(exc)}", file=sys.stderr)
         return next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
     except KeyboardInterrupt:
         print("castore: interrupted", file=sys.stderr)
