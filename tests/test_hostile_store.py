@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -256,3 +257,25 @@ def test_a_tree_format_version_of_odd_digits_is_damage(tmp_path: Path) -> None:
         )
         with pytest.raises(IntegrityError, match="invalid tree format version"):
             check_tree_manifest(manifest, "b:1")
+
+
+@pytest.mark.parametrize("planted", ["config", "version ref"])
+def test_a_giant_small_object_is_refused_unread(tmp_path: Path, planted: str) -> None:
+    """Objects whose decoders refuse more than a few KiB are read no further than that: a
+    planted 4 GiB (sparse) config or ref once went whole into memory first."""
+    root = tmp_path / "store"
+    kept = _store_with_garbage(root)
+    path = layout.CONFIG if planted == "config" else layout.version_ref_path(kept.name, 1)
+    with open(root / path, "r+b") as file:
+        file.truncate(4 * 1024**3)
+    tracemalloc.start()
+    try:
+        with (
+            pytest.raises(IntegrityError, match=r"bytes, more than|too large"),
+            castore.open(root) as store,
+        ):
+            store.load(f"{kept.name}:1")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024**2

@@ -62,6 +62,15 @@ class Backend(Protocol):
         ...
 
 
+def read_bounded(backend: Backend, path: str, limit: int) -> bytes:
+    """The whole object if it has at most `limit` bytes, else its first `limit` + 1.
+
+    For objects whose decoder refuses more than `limit` bytes: it still sees that a planted
+    object is too large, and no one reads a giant (or an endless stream) to find out.
+    """
+    return backend.read_range(path, 0, limit + 1)
+
+
 def open_backend(url: str, storage_options: dict[str, Any] | None = None) -> Backend:
     """Open the backend for a plain local path or any fsspec URL."""
     if not isinstance(url, str) or not url:

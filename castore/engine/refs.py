@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from castore.backend import Backend
+from castore.backend import Backend, read_bounded
 from castore.errors import ConflictError, IntegrityError, ObjectExistsError, ObjectNotFoundError
 from castore.format import layout, wire
 from castore.format.names import NAME_PATTERN, NUMBER_PATTERN, TAG_PATTERN
@@ -61,7 +61,7 @@ class RefStore:
     # -- reading --------------------------------------------------------------------------
 
     def _read(self, path: str) -> dict[str, Any]:
-        data = self._backend.read(path)
+        data = read_bounded(self._backend, path, MAX_REF_OBJECT)
         if len(data) > MAX_REF_OBJECT:
             raise IntegrityError(f"ref object {path} is {len(data)} bytes, too large")
         return wire.decode_map(data, f"ref object {path}")

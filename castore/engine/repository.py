@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from castore.backend import Backend, open_backend
+from castore.backend import Backend, open_backend, read_bounded
 from castore.engine.cache import LocalCache
 from castore.engine.index import Index
 from castore.engine.leases import WriterLease
@@ -31,7 +31,7 @@ from castore.errors import (
     StoreExistsError,
 )
 from castore.format import layout
-from castore.format.config import StoreConfig
+from castore.format.config import MAX_CONFIG_SIZE, StoreConfig
 from castore.format.digests import format_digest
 from castore.format.streams import StreamDescriptor, decode_stream_object
 
@@ -99,7 +99,7 @@ class Repository:
         """Open the existing store at `url`."""
         backend = open_backend(url, storage_options)
         try:
-            data = backend.read(layout.CONFIG)
+            data = read_bounded(backend, layout.CONFIG, MAX_CONFIG_SIZE)
         except ObjectNotFoundError as exc:
             raise NotAStoreError(
                 f"{backend.url} is not a castore store (it has no config object); "

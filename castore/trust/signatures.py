@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from castore.backend import read_bounded
 from castore.errors import (
     CastoreError,
     IntegrityError,
@@ -397,7 +398,9 @@ def _check_object(repo: Repository, version_digest: bytes, path: str) -> Signatu
     if path != layout.signature_path(version_digest, key_id) or not _KEY_ID.fullmatch(key_id):
         return SignatureCheck(key_id, path, False, problem="not named by a key id")
     try:
-        signature = Signature.decode(repo.backend.read(path), version_digest, key_id)
+        signature = Signature.decode(
+            read_bounded(repo.backend, path, MAX_SIGNATURE_OBJECT), version_digest, key_id
+        )
     except ObjectNotFoundError:
         return None
     except CastoreError as exc:
@@ -430,7 +433,11 @@ def sign(repo: Repository, digest: bytes, private_key: PrivateKey) -> Signature:
     except ObjectExistsError:
         existing = _check_object(repo, digest, signature.path)
         if existing is not None and existing.valid:
-            return Signature.decode(repo.backend.read(signature.path), digest, signature.key_id)
+            return Signature.decode(
+                read_bounded(repo.backend, signature.path, MAX_SIGNATURE_OBJECT),
+                digest,
+                signature.key_id,
+            )
         repo.backend.write(signature.path, signature.encode())
     return signature
 
