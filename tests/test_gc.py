@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import random
 import signal
 import subprocess
@@ -117,7 +118,7 @@ def _spawn(role: str, location: Location, seed: int, env: dict[str, str]) -> sub
     return spawn("gc_workers", role, *location_args(location), str(seed), env=env)
 
 
-def _check_committed(location: Location, outputs: list[str]) -> None:
+def _check_committed(location: Location, outputs: list[str], saves: int = 5) -> None:
     saved, deleted = {}, set()
     for line in "\n".join(outputs).splitlines():
         kind, *what = line.split() or [""]
@@ -125,7 +126,7 @@ def _check_committed(location: Location, outputs: list[str]) -> None:
             saved[what[0]] = what[1]
         elif kind == "deleted" and what:
             deleted.add(what[0])
-    assert len(saved) >= 5, "the writers never got going"
+    assert len(saved) >= saves, "the writers never got going"
     with location.open() as store:
         live = [reference for version, reference in saved.items() if version not in deleted]
         for reference in live:
@@ -157,9 +158,43 @@ def test_writers_and_gc_in_parallel_processes_lose_nothing(location: Location) -
     _check_committed(location, outputs[:-1])
 
 
+def _kill_after_saves(workers: list[subprocess.Popen], saves: int) -> list[str]:
+    """SIGKILL every worker as soon as the first two (the writers) together reported `saves`
+    commits: they are then amid their next save or delete, the gc amid its run. Return
+    every line the writers printed."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def forward(worker: subprocess.Popen) -> None:
+        assert worker.stdout is not None
+        for line in worker.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    readers = [threading.Thread(target=forward, args=(w,), daemon=True) for w in workers[:2]]
+    for reader in readers:
+        reader.start()
+    seen: list[str] = []
+    while sum(line.startswith("saved") for line in seen) < saves:
+        line = lines.get(timeout=300)  # a bound on a hang, not a timing assumption
+        assert line is not None, "a writer exited"
+        seen.append(line)
+    for worker in workers:
+        worker.send_signal(signal.SIGKILL)
+    for worker in workers:
+        worker.wait(timeout=60)
+    for reader in readers:
+        reader.join(timeout=60)
+    while not lines.empty():
+        if (line := lines.get()) is not None:
+            seen.append(line)
+    return seen
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("new_location", ["local", "s3-moto"], indirect=True)
-def test_gc_and_writers_killed_at_random_points_lose_nothing(location: Location) -> None:
+def test_gc_and_writers_killed_at_random_points_lose_nothing(
+    location: Location, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ttl = {"CASTORE_LEASE_TTL": "3"}
     location.init(config=SMALL_PACKS).close()
     rng = random.Random(5)
@@ -167,18 +202,14 @@ def test_gc_and_writers_killed_at_random_points_lose_nothing(location: Location)
     for round_number in range(4):
         workers = [_spawn("writer", location, 10 * round_number + s, ttl) for s in range(2)]
         workers.append(_spawn("gc", location, round_number, ttl))
-        time.sleep(rng.uniform(1.5, 4.0))
-        for worker in workers:
-            worker.send_signal(signal.SIGKILL)
-            outputs.append(worker.communicate(timeout=60)[0])
-    time.sleep(3.5)  # let the leases of the killed writers and gc go stale
-    os.environ["CASTORE_LEASE_TTL"] = "3"
-    try:
-        with location.open() as store:
-            store.gc()  # takes over the dead gc's marker, cleans up
-    finally:
-        del os.environ["CASTORE_LEASE_TTL"]
-    _check_committed(location, [o for o in outputs if "saved" in o or "deleted" in o])
+        outputs += _kill_after_saves(workers, saves=rng.randint(1, 3))
+    # The killed writers' and gc's leases count as stale at once: the last gc takes over
+    # the dead gc's marker and cleans up.
+    monkeypatch.setenv("CASTORE_LEASE_TTL", "-1")
+    with location.open() as store:
+        store.gc()
+    monkeypatch.delenv("CASTORE_LEASE_TTL")
+    _check_committed(location, [o for o in outputs if "saved" in o or "deleted" in o], saves=4)
 
 
 def test_gc_keeps_the_files_of_snapshots(store: castore.Store, tmp_path: Path) -> None:
