@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from typing import IO, Any, Protocol
 
+from castore import safety
 from castore.engine.writer import StreamWriter
 from castore.errors import IncompatibleEnvironmentError, InvalidInputError
-from castore.safety import unpickler as safety
 
 
 @dataclass(frozen=True)
