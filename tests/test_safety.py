@@ -552,3 +552,35 @@ def test_checked_models_still_round_trip() -> None:
     for fmt in ("csr", "csc", "coo", "bsr", "dia", "lil", "dok"):
         loaded = _load(pickle.dumps(matrices.asformat(fmt), protocol=5))
         assert loaded.format == fmt and (loaded != matrices).nnz == 0
+
+
+def test_a_lambda_saved_with_joblib_suggests_cloudpickle(store: castore.Store) -> None:
+    for serializer in ("joblib", "pickle"):
+        with pytest.raises(castore.InvalidInputError, match="serializer='cloudpickle'"):
+            store.save({"f": lambda x: x}, "fn", serializer=serializer)
+
+
+def test_castore_load_takes_load_options(tmp_path: Path) -> None:
+    with castore.init(tmp_path / "store") as store:
+        ref = store.qualified(store.save(Custom(5), "custom", serializer="pickle").reference)
+    with pytest.raises(UnsafeObjectError, match=r"trusted=\['tests\.test_safety\.Custom'\]"):
+        castore.load(ref)
+    assert castore.load(ref, trusted=[Custom]).value == 5
+    with pytest.raises(castore.errors.UntrustedVersionError):
+        castore.load(ref, trusted=[Custom], require_signature=True)
+
+
+def test_a_refusal_names_every_refused_global_at_once() -> None:
+    data = _opcodes(
+        pickle.MARK,
+        _global_pickle("pandas.core.frame", "DataFrame")[2:-1],
+        _global_pickle("pyarrow.lib", "Table")[2:-1],
+        _global_pickle("os", "system")[2:-1],
+        pickle.TUPLE,
+    )
+    with pytest.raises(UnsafeObjectError) as error:
+        _load(data)
+    assert error.value.refused == ("pandas.core.frame.DataFrame", "pyarrow.lib.Table", "os.system")
+    assert "trusted=['pandas.core.frame.DataFrame', 'pyarrow.lib.Table', 'os.system']" in str(
+        error.value
+    )
