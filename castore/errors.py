@@ -44,10 +44,14 @@ class ObjectNotFoundError(NotFoundError):
 class UnsafeObjectError(CastoreError):
     """A serialized object needs a global (or a call) that the load policy does not allow."""
 
-    def __init__(self, message: str, global_name: str | None = None) -> None:
+    def __init__(
+        self, message: str, global_name: str | None = None, refused: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(message)
         self.global_name = global_name
-        """The refused global, as ``module.qualified_name``; None for a refused operation."""
+        """The (first) refused global, as ``module.qualified_name``; None for an operation."""
+        self.refused = refused or ((global_name,) if global_name else ())
+        """Every refused global of the stream, in order."""
 
 
 class DeserializationError(CastoreError):

@@ -360,8 +360,20 @@ def open_store(
     return Store(Repository.open(os.fspath(url), storage_options, cache))
 
 
-def load(reference: str, *, mmap_mode: str | None = None, **storage_options: Any) -> Any:
-    """Load from a store-qualified reference ``<store url>#<reference>`` in one call."""
+def load(
+    reference: str,
+    *,
+    mmap_mode: str | None = None,
+    trusted: Iterable[Any] = (),
+    require_signature: bool = False,
+    policy: TrustPolicy | None = None,
+    **storage_options: Any,
+) -> Any:
+    """Load from a store-qualified reference ``<store url>#<reference>`` in one call.
+
+    `trusted`, `require_signature` and `policy` are load options as in `Store.load`;
+    other keyword arguments are storage options for fsspec.
+    """
     parsed = parse_reference(reference)
     if parsed.store_url is None:
         raise InvalidInputError(
@@ -369,4 +381,10 @@ def load(reference: str, *, mmap_mode: str | None = None, **storage_options: Any
             "or open the store and call its load()"
         )
     with open_store(parsed.store_url, **storage_options) as store:
-        return store.load(reference, mmap_mode=mmap_mode)
+        return store.load(
+            reference,
+            mmap_mode=mmap_mode,
+            trusted=trusted,
+            require_signature=require_signature,
+            policy=policy,
+        )

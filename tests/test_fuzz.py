@@ -36,6 +36,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
+from castore import safety
 from castore.backend import open_backend
 from castore.engine.refs import RefStore
 from castore.errors import CastoreError
@@ -56,7 +57,6 @@ from castore.format.packs import (
 )
 from castore.format.streams import StreamDescriptor, decode_stream_object, encode_stream_object
 from castore.format.tree import Entry, read_tree
-from castore.safety import unpickler as safety
 from castore.trust import signatures as signing
 from tests.helpers import pattern
 

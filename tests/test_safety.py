@@ -29,9 +29,9 @@ from sklearn.preprocessing import StandardScaler
 
 import castore
 import castore.errors
+from castore import safety
 from castore.errors import DeserializationError, UnsafeObjectError
-from castore.safety import unpickler as safety
-from castore.safety.unpickler import Allowlist
+from castore.safety import Allowlist
 from castore.trust import userconfig
 from castore.versions import catalog, loading
 
@@ -340,13 +340,13 @@ GLOBAL_ACCURACY = (
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        # a function the model may hold (a scorer) but the stream may not call
-        (_opcodes(GLOBAL_ACCURACY, pickle.EMPTY_TUPLE, pickle.REDUCE), "calls accuracy_score"),
+        # a function: neither called nor held under the default policy
+        (_opcodes(GLOBAL_ACCURACY, pickle.EMPTY_TUPLE, pickle.REDUCE), "accuracy_score is refused"),
         # calling an instance (its __call__), not an admitted constructor
         (
             _opcodes(GLOBAL_ORDERED_DICT, pickle.EMPTY_TUPLE, pickle.REDUCE, pickle.EMPTY_TUPLE,
                      pickle.REDUCE),
-            "calls OrderedDict",
+            "calls a OrderedDict",
         ),
         # state set on a class, not an instance
         (_opcodes(GLOBAL_ORDERED_DICT, pickle.EMPTY_DICT, pickle.BUILD), "sets the state of"),
@@ -372,14 +372,14 @@ GLOBAL_ACCURACY = (
                      GLOBAL_ACCURACY, pickle.TUPLE1, pickle.REDUCE, pickle.MARK,
                      _short("numpy"), _short("memmap"), pickle.STACK_GLOBAL,
                      pickle.EMPTY_TUPLE, pickle.NONE, pickle.NONE, pickle.TUPLE, pickle.BUILD),
-            "refused function",
+            "accuracy_score is refused",
         ),
         # numpy's Generator helper called with an arbitrary callable
         (
             _opcodes(_short("numpy.random._pickle"), _short("__generator_ctor"),
                      pickle.STACK_GLOBAL, _short("MT19937"), GLOBAL_ACCURACY, pickle.TUPLE2,
                      pickle.REDUCE),
-            "numpy.random constructor",
+            "accuracy_score is refused",
         ),
     ],
 )  # fmt: skip
@@ -388,10 +388,13 @@ def test_calls_and_state_changes_are_checked_too(data: bytes, message: str) -> N
         _load(data)
 
 
-def test_an_admitted_scorer_function_is_held_not_called() -> None:
+def test_functions_are_refused_even_as_held_values_unless_trusted() -> None:
     from sklearn.metrics import accuracy_score
 
-    assert _load(_opcodes(GLOBAL_ACCURACY)) is accuracy_score
+    with pytest.raises(UnsafeObjectError, match="holds no code unless trusted"):
+        _load(_opcodes(GLOBAL_ACCURACY))
+    trusted = Allowlist(["sklearn.metrics._classification.accuracy_score"])
+    assert _load(_opcodes(GLOBAL_ACCURACY), trusted) is accuracy_score
 
 
 def test_declared_sizes_beyond_the_stream_allocate_nothing() -> None:
@@ -549,3 +552,35 @@ def test_checked_models_still_round_trip() -> None:
     for fmt in ("csr", "csc", "coo", "bsr", "dia", "lil", "dok"):
         loaded = _load(pickle.dumps(matrices.asformat(fmt), protocol=5))
         assert loaded.format == fmt and (loaded != matrices).nnz == 0
+
+
+def test_a_lambda_saved_with_joblib_suggests_cloudpickle(store: castore.Store) -> None:
+    for serializer in ("joblib", "pickle"):
+        with pytest.raises(castore.InvalidInputError, match="serializer='cloudpickle'"):
+            store.save({"f": lambda x: x}, "fn", serializer=serializer)
+
+
+def test_castore_load_takes_load_options(tmp_path: Path) -> None:
+    with castore.init(tmp_path / "store") as store:
+        ref = store.qualified(store.save(Custom(5), "custom", serializer="pickle").reference)
+    with pytest.raises(UnsafeObjectError, match=r"trusted=\['tests\.test_safety\.Custom'\]"):
+        castore.load(ref)
+    assert castore.load(ref, trusted=[Custom]).value == 5
+    with pytest.raises(castore.errors.UntrustedVersionError):
+        castore.load(ref, trusted=[Custom], require_signature=True)
+
+
+def test_a_refusal_names_every_refused_global_at_once() -> None:
+    data = _opcodes(
+        pickle.MARK,
+        _global_pickle("pandas.core.frame", "DataFrame")[2:-1],
+        _global_pickle("pyarrow.lib", "Table")[2:-1],
+        _global_pickle("os", "system")[2:-1],
+        pickle.TUPLE,
+    )
+    with pytest.raises(UnsafeObjectError) as error:
+        _load(data)
+    assert error.value.refused == ("pandas.core.frame.DataFrame", "pyarrow.lib.Table", "os.system")
+    assert "trusted=['pandas.core.frame.DataFrame', 'pyarrow.lib.Table', 'os.system']" in str(
+        error.value
+    )

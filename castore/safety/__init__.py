@@ -1,1 +1,22 @@
-"""The restricted loader: unpickling store content without running its code."""
+"""The restricted loader: unpickling store content as data, without running its code.
+
+Modules, one job each: `names` (global names and trust patterns), `policy` (admission),
+`reconstructors` (checked constructors), `data` (what counts as data), `state` (BUILD
+rules), `bounds` (sizes and numbers), `checks` (structural checks on the final objects),
+`audit` (the second wall), `unpickler`, `joblib_arrays` and `loader` (entry points).
+docs/SECURITY.md states the invariant and which wall stops each attack.
+"""
+
+from castore.safety.loader import hint, load_joblib, load_pickle
+from castore.safety.names import Pattern, Trustable
+from castore.safety.policy import TRUSTED_GLOBALS_FILE, Allowlist
+
+__all__ = [
+    "TRUSTED_GLOBALS_FILE",
+    "Allowlist",
+    "Pattern",
+    "Trustable",
+    "hint",
+    "load_joblib",
+    "load_pickle",
+]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from castore.errors import IntegrityError
 from castore.format.digests import format_digest
-from castore.safety.unpickler import Allowlist
+from castore.safety import Allowlist
 from castore.trust.signatures import TrustPolicy, trusted_signers
 from castore.versions.catalog import resolve
 from castore.versions.serializers import LoadOptions, check_loadable, serializer_named

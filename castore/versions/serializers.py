@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import pickle
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from typing import IO, Any, Protocol
 
+from castore import safety
 from castore.engine.writer import StreamWriter
 from castore.errors import IncompatibleEnvironmentError, InvalidInputError
-from castore.safety import unpickler as safety
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,22 @@ def _distribution_version(name: str) -> str:
         return "unknown"
 
 
+@contextmanager
+def _picklable(obj: Any, serializer: str) -> Iterator[None]:
+    """Turn pickle's refusal of functions defined in place into a castore error."""
+    try:
+        yield
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        if "pickle" not in str(exc).lower():
+            raise
+        raise InvalidInputError(
+            f"serializer {serializer!r} cannot save this {type(obj).__name__}: {exc}. "
+            "Lambdas, local functions and classes defined in __main__ need "
+            "serializer='cloudpickle' (which loads only with a trusted signature or "
+            "allow_unsafe=True)"
+        ) from exc
+
+
 class JoblibSerializer:
     """joblib.dump / joblib.load: numpy arrays stored raw, memory-mappable."""
 
@@ -79,7 +97,8 @@ class JoblibSerializer:
         """joblib.dump into the file, uncompressed (castore compresses per chunk)."""
         import joblib
 
-        joblib.dump(obj, file)
+        with _picklable(obj, self.name):
+            joblib.dump(obj, file)
 
     def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
         """joblib's format, restricted unless `unsafe`; mmap loads map the local copy."""
@@ -111,7 +130,8 @@ class PickleSerializer:
 
     def dump(self, obj: Any, file: StreamWriter) -> None:
         """pickle.dump with protocol 5."""
-        pickle.dump(obj, file, protocol=5)
+        with _picklable(obj, self.name):
+            pickle.dump(obj, file, protocol=5)
 
     def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
         """pickle.load if `unsafe`, else the restricted unpickler (cloudpickle streams too)."""

@@ -1,0 +1,369 @@
+"""An adversarial corpus: attacks built as a store writer would build them, each refused.
+
+Every case is a stream planted as a version (hand-assembled opcodes, or an ordinary
+pickle edited after the fact) whose globals the previous allowlist admitted. Each check
+shows, where that is cheap, that Python's plain unpickler runs the attack; then that
+`store.load` refuses it with UnsafeObjectError before any side effect, which a marker
+file and an audit-hook recorder confirm.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import shutil
+import struct
+import sys
+import threading
+import time
+import traceback
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import castore
+from castore.errors import UnsafeObjectError
+from castore.versions import catalog
+
+# -- an opcode assembler --------------------------------------------------------------------
+
+
+def text(value: str) -> bytes:
+    """Push a str."""
+    encoded = value.encode()
+    return pickle.SHORT_BINUNICODE + bytes([len(encoded)]) + encoded
+
+
+def glob(module: str, name: str) -> bytes:
+    """Push a global."""
+    return text(module) + text(name) + pickle.STACK_GLOBAL
+
+
+def call(func: bytes, *args: bytes) -> bytes:
+    """func(*args) through REDUCE."""
+    return func + pickle.MARK + b"".join(args) + pickle.TUPLE + pickle.REDUCE
+
+
+def build(target: bytes, state: dict[str, bytes]) -> bytes:
+    """`target` with its state set by BUILD."""
+    items = b"".join(text(key) + value for key, value in state.items())
+    return target + pickle.EMPTY_DICT + pickle.MARK + items + pickle.SETITEMS + pickle.BUILD
+
+
+def stream(body: bytes) -> bytes:
+    """A protocol 4 pickle of one object."""
+    return pickle.PROTO + b"\x04" + body + pickle.STOP
+
+
+def integer(value: int) -> bytes:
+    """Push an int of any size (LONG4)."""
+    data = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    return pickle.LONG4 + struct.pack("<i", len(data)) + data
+
+
+# -- side effects ---------------------------------------------------------------------------
+
+WATCHED = ("os.system", "exec", "compile", "subprocess.Popen", "os.mkdir", "os.exec")
+WATCHED += ("os.posix_spawn", "socket.connect", "os.remove", "code.__new__")
+
+
+class Recorder:
+    """An audit hook recording side-effect events while a test loads an attack."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.thread: int | None = None
+        self.listening = False
+        sys.addaudithook(self._hook)
+
+    def _hook(self, event: str, args: tuple[Any, ...]) -> None:
+        if not self.listening or self.thread != threading.get_ident():
+            return
+        writes = event == "open" and isinstance(args[1], str) and any(c in args[1] for c in "wax+")
+        if event == "exec" and getattr(args[0], "co_filename", "").startswith(sys.prefix):
+            return  # a module imported to look an admitted global up
+        if event in WATCHED or event.startswith(("os.exec", "socket.")) or writes:
+            self.events.append((event, repr(args)[:200]))
+
+
+_RECORDER = Recorder()
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    """The recorder, listening to this thread for the test."""
+    _RECORDER.events.clear()
+    _RECORDER.thread = threading.get_ident()
+    yield _RECORDER
+    _RECORDER.thread = None
+    _RECORDER.listening = False
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> Iterator[castore.Store]:
+    """A store on local disk."""
+    with castore.init(tmp_path / "store") as store:
+        yield store
+
+
+def plant(store: castore.Store, data: bytes, serializer: str = "pickle") -> str:
+    """Commit `data` as a version, as a store writer without a key can."""
+    version = catalog.commit_version(
+        store.repository,
+        "victim/model",
+        store.repository.write_stream(data),
+        kind="object",
+        serializer=serializer,
+        serializer_version="x",
+        metadata={},
+        tags=(),
+        force=True,
+    )
+    return version.reference
+
+
+def refused(store: castore.Store, data: bytes, recorder: Recorder, marker: Path | None) -> str:
+    """Load the planted `data` by default: UnsafeObjectError, no side effect. The message."""
+    ref = plant(store, data)
+    store.info(ref)  # the store's own cache is filled before listening
+    recorder.listening = True
+    try:
+        with pytest.raises(UnsafeObjectError) as error:
+            store.load(ref)
+    finally:
+        recorder.listening = False
+    assert recorder.events == [], recorder.events
+    assert marker is None or not marker.exists()
+    return str(error.value)
+
+
+def naive_runs(data: bytes, function: str) -> bool:
+    """Whether plain pickle.loads gets as far as running `function` (seen in the traceback)."""
+    try:
+        pickle.loads(data)
+    except Exception as exc:
+        return any(frame.name == function for frame in traceback.extract_tb(exc.__traceback__))
+    return True
+
+
+# -- code execution through admitted globals ---------------------------------------------------
+
+PARTIAL = glob("functools", "partial")
+ORDERED_DICT = glob("collections", "OrderedDict")
+
+
+def shadowing(method: str, helper: tuple[str, str], *bound: bytes) -> bytes:
+    """An OrderedDict whose instance attribute `method` is a partial of a scikit-learn helper."""
+    gadget = call(PARTIAL, glob(*helper), *bound)
+    return build(call(ORDERED_DICT), {method: gadget})
+
+
+CHECK_MEMORY = ("sklearn.utils.validation", "check_memory")
+CHECK_RESPONSE = ("sklearn.utils.validation", "_check_response_method")
+
+
+def test_dict_of_a_shadowed_keys_calling_a_held_helper(
+    local_store: castore.Store, tmp_path: Path, recorder: Recorder
+) -> None:
+    # dict(x) calls x.keys() from C; keys is partial(check_memory, path), which makes
+    # joblib create a folder: the first step of the reported chain to exec.
+    marker = tmp_path / "pwned"
+    data = stream(
+        call(glob("builtins", "dict"), shadowing("keys", CHECK_MEMORY, text(str(marker))))
+    )
+    with pytest.raises(TypeError):
+        pickle.loads(data)
+    assert marker.is_dir(), "plain pickle runs the helper"
+    shutil.rmtree(marker)
+    message = refused(local_store, data, recorder, marker)
+    assert "sklearn.utils.validation.check_memory is refused" in message
+
+
+@pytest.mark.parametrize(
+    ("outer", "method"),
+    [
+        (glob("collections", "OrderedDict"), "keys"),  # OrderedDict(x) calls x.keys()
+        (glob("uuid", "UUID"), "replace"),  # UUID(x) calls x.replace("urn:", "")
+    ],
+)
+def test_other_c_level_lookups_of_a_shadowed_method(
+    local_store: castore.Store, recorder: Recorder, outer: bytes, method: str
+) -> None:
+    bound = (text("obj"), text("x")) if method == "keys" else ()
+    data = stream(call(outer, shadowing(method, CHECK_RESPONSE, *bound)))
+    assert naive_runs(data, "_check_response_method")
+    refused(local_store, data, recorder, None)
+
+
+def test_shadowing_without_a_partial_is_refused_too(
+    local_store: castore.Store, recorder: Recorder
+) -> None:
+    # The second wall of data: even a harmless value may not shadow a method, nor be
+    # set on a builtin container, nor be a dunder such as numpy's __array__.
+    import sklearn.linear_model  # imported now, so that only the load is recorded
+
+    assert sklearn.linear_model.LinearRegression
+    for state in ({"keys": text("x")}, {"__array__": text("x")}):
+        target = build(call(ORDERED_DICT), state)
+        assert "sets state on a OrderedDict" in refused(local_store, stream(target), recorder, None)
+    estimator = build(call(glob("sklearn.linear_model._base", "LinearRegression")),
+                      {"predict": text("x")})  # fmt: skip
+    assert "shadow behaviour" in refused(local_store, stream(estimator), recorder, None)
+    dunder = build(call(glob("sklearn.linear_model._base", "LinearRegression")),
+                   {"__array__": text("x")})  # fmt: skip
+    assert "never dunders" in refused(local_store, stream(dunder), recorder, None)
+
+
+def test_a_saved_model_holding_a_partial_of_a_private_helper(
+    local_store: castore.Store, recorder: Recorder
+) -> None:
+    # An ordinary store.save: the attacker's object pickles with admitted globals only.
+    from functools import partial
+
+    from sklearn.metrics._scorer import _cached_call
+    from sklearn.preprocessing import FunctionTransformer
+
+    model = FunctionTransformer(func=partial(_cached_call, None))
+    data = pickle.dumps(model, protocol=5)
+    ref = local_store.save(model, "victim/model", serializer="pickle").reference
+    assert local_store.open_version(ref).read() == data
+    message = refused(local_store, data, recorder, None)
+    assert "_cached_call" in message and "trusted=" in message
+    assert ref
+
+
+# -- check, then mutate -----------------------------------------------------------------------
+
+
+def test_an_append_after_a_checked_hist_gradient_boosting_model(
+    local_store: castore.Store, recorder: Recorder
+) -> None:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((200, 3))
+    model = HistGradientBoostingRegressor(max_iter=2).fit(features, features[:, 0])
+    predictors = model._predictors[0]
+    forged = pickle.loads(pickle.dumps(predictors[0]))
+    inner = np.flatnonzero(~forged.nodes["is_leaf"].astype(bool))
+    forged.nodes["feature_idx"][inner[0]] = 2**40  # predict() reads far outside X
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=4)
+    pickler.dump((model, forged))
+    memo = pickler.memo.copy()
+    late_append = b"".join(
+        pickle.LONG_BINGET + struct.pack("<I", memo[id(obj)][0]) for obj in (predictors, forged)
+    )
+    data = buffer.getvalue()[:-1] + late_append + pickle.APPEND + pickle.POP + pickle.STOP
+    loaded, _ = pickle.loads(data)
+    assert loaded._predictors[0][-1].nodes["feature_idx"].max() == 2**40  # plain pickle takes it
+    message = refused(local_store, data, recorder, None)
+    assert "after an object took it" in message
+
+
+# -- tiny streams, huge costs -----------------------------------------------------------------
+
+
+def _quick(store: castore.Store, data: bytes, recorder: Recorder) -> str:
+    started = time.perf_counter()
+    tracemalloc.start()
+    try:
+        message = refused(store, data, recorder, None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 2 and peak < 32 * 1024 * 1024
+    return message
+
+
+def test_fraction_text_with_a_huge_exponent(local_store: castore.Store, recorder: Recorder) -> None:
+    data = stream(call(glob("fractions", "Fraction"), text("1e10000000")))
+    assert len(data) < 64
+    assert "exponent" in _quick(local_store, data, recorder)
+
+
+def test_numpy_void_scalars_of_two_gigabytes(
+    local_store: castore.Store, recorder: Recorder
+) -> None:
+    void = call(glob("numpy", "void"), pickle.BININT + struct.pack("<i", 2**31 - 1))
+    data = stream(pickle.MARK + void * 3 + pickle.TUPLE)
+    assert "numpy.void" in _quick(local_store, data, recorder)
+
+
+def test_scalars_and_arrays_need_the_bytes_they_claim(
+    local_store: castore.Store, recorder: Recorder
+) -> None:
+    dtype = call(glob("numpy", "dtype"), text("V2147483647"))
+    scalar = call(glob("numpy._core.multiarray", "scalar"), dtype, pickle.SHORT_BINBYTES + b"\x01x")
+    assert "numpy scalar" in _quick(local_store, stream(scalar), recorder)
+    frombuffer = call(glob("numpy._core.numeric", "_frombuffer"), pickle.SHORT_BINBYTES + b"\x00",
+                      call(glob("numpy", "dtype"), text("f8")),
+                      integer(2**40) + pickle.TUPLE1, text("C"))  # fmt: skip
+    assert "size mismatch" in _quick(local_store, stream(frombuffer), recorder)
+
+
+def test_big_integers_given_to_constructors(local_store: castore.Store, recorder: Recorder) -> None:
+    big = integer(1 << 100_000)
+    for func in (glob("fractions", "Fraction"), glob("datetime", "timedelta")):
+        assert "integer" in _quick(local_store, stream(call(func, big)), recorder)
+
+
+def test_a_memo_index_of_a_billion_allocates_nothing(
+    local_store: castore.Store, recorder: Recorder
+) -> None:
+    # C's unpickler sizes its memo by the index: this 9-byte stream costs it 16 GiB.
+    bomb = pickle.PROTO + b"\x02" + pickle.NONE + pickle.LONG_BINPUT + struct.pack("<I", 2**30)
+    data = bomb + pickle.POP + glob("os", "system") + pickle.STOP
+    assert "os.system" in _quick(local_store, data, recorder)
+
+
+# -- the second wall ---------------------------------------------------------------------------
+
+
+def test_the_audit_hook_turns_a_missed_gadget_into_an_error(tmp_path: Path) -> None:
+    # A user who trusts a function that turns out to run code still gets no side effect.
+    marker = tmp_path / "pwned"
+    data = stream(call(glob("os", "system"), text(f"touch {marker}")))
+    allowlist = castore.safety.Allowlist(["os.system"])
+    with pytest.raises(UnsafeObjectError, match=r"os\.system while loading"):
+        castore.safety.load_pickle(io.BytesIO(data), allowlist, size=len(data))
+    assert not marker.exists()
+    exec_data = stream(call(glob("builtins", "exec"), text(f"open({str(marker)!r}, 'w')")))
+    with pytest.raises(UnsafeObjectError, match=r"(exec|compile) while loading"):
+        castore.safety.load_pickle(
+            io.BytesIO(exec_data), castore.safety.Allowlist(["builtins.exec"]), size=len(exec_data)
+        )
+    assert not marker.exists()
+
+
+class Waiter:
+    """A trusted class whose construction holds a load open until the test releases it."""
+
+    started = threading.Event()
+    release = threading.Event()
+
+    def __init__(self) -> None:
+        Waiter.started.set()
+        Waiter.release.wait(10)
+
+
+def test_the_hook_is_active_only_in_the_loading_thread() -> None:
+    data = stream(call(glob(__name__, "Waiter")))
+    loaded: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: loaded.append(
+            castore.safety.load_pickle(io.BytesIO(data), castore.safety.Allowlist([Waiter]))
+        )
+    )
+    thread.start()
+    try:
+        assert Waiter.started.wait(10)
+        assert eval(compile("6 * 7", "<other thread>", "eval")) == 42  # not refused here
+    finally:
+        Waiter.release.set()
+        thread.join()
+    assert isinstance(loaded[0], Waiter)
