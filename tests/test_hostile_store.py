@@ -8,9 +8,12 @@ because a listing did not show what a read would have found.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tracemalloc
@@ -21,7 +24,7 @@ import pytest
 
 import castore
 from castore.errors import BackendError, CastoreError, IntegrityError
-from castore.format import layout
+from castore.format import layout, wire
 from castore.format.index import encode_index_object
 from castore.format.manifest import Manifest
 from castore.format.packs import PackEntry, encode_entries
@@ -279,3 +282,136 @@ def test_a_giant_small_object_is_refused_unread(tmp_path: Path, planted: str) ->
     finally:
         tracemalloc.stop()
     assert peak < 64 * 1024**2
+
+
+# -- every reading command against every planted store ----------------------------------
+
+KEPT_BYTES = pattern(50_000, seed=1)
+
+
+def _fifo_config(root: Path, kept: castore.Version) -> None:
+    (root / layout.CONFIG).unlink()
+    os.mkfifo(root / layout.CONFIG)
+
+
+def _ref_to_dev_zero(root: Path, kept: castore.Version) -> None:
+    ref = root / layout.version_ref_path(kept.name, kept.version)
+    ref.unlink()
+    ref.symlink_to("/dev/zero")
+
+
+def _giant_ref(root: Path, kept: castore.Version) -> None:
+    with open(root / layout.version_ref_path(kept.name, kept.version), "r+b") as file:
+        file.truncate(4 * 1024**3)
+
+
+def _corrupted_chunk(root: Path, kept: castore.Version) -> None:
+    with castore.open(root) as store:
+        repo = store.repository
+        users = walk(repo, track_users=True).users
+        needed = next(c for c, who in users.items() if f"{kept.name}:1" in who)
+        location = repo.index.lookup(needed)
+        assert location is not None
+        path = root / layout.pack_path(location.pack_id)
+    data = bytearray(path.read_bytes())
+    data[location.entry.offset + location.entry.stored_len // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _swapped_ref(root: Path, kept: castore.Version) -> None:
+    with castore.open(root) as store:
+        other = store.version("backups/b:1")
+        store.repository.backend.write(
+            layout.version_ref_path(kept.name, kept.version),
+            wire.encode({"manifest": bytes.fromhex(other.digest.removeprefix("sha256:"))}),
+        )
+
+
+HOSTILE: dict[str, Plant | None] = {
+    "intact": None,
+    **PLANTS,
+    "named pipe for config": _fifo_config,
+    "ref linked to /dev/zero": _ref_to_dev_zero,
+    "4 GiB ref": _giant_ref,
+    "corrupted chunk": _corrupted_chunk,
+    "swapped ref": _swapped_ref,
+}
+
+COMMANDS = [
+    ["ls"],
+    ["ls", "keep/me"],
+    ["log", "keep/me", "--verify"],
+    ["info", "keep/me:1"],
+    ["diff", "keep/me:1", "keep/me:1"],
+    ["ls", "backups/b:1"],
+    ["cat", "keep/me:1"],
+    ["get", "keep/me:1", "-o", "{out}"],
+    ["restore", "backups/b:1", "{target}"],
+    ["copy", "keep/me", "{dest}"],
+    ["verify"],
+    ["stats"],
+    ["gc", "--dry-run"],
+    ["gc"],
+]
+CASTORE_EXIT_CODES = {0, 1, 2, 3, 4, 5}
+
+
+def _tree(folder: Path) -> dict[str, bytes | str]:
+    """Every entry below `folder`: file bytes, link targets (not followed)."""
+    found: dict[str, bytes | str] = {}
+    for path in sorted(folder.rglob("*")):
+        relative = str(path.relative_to(folder))
+        if path.is_symlink():
+            found[relative] = os.readlink(path)
+        elif path.is_file():
+            found[relative] = path.read_bytes()
+    return found
+
+
+@pytest.mark.parametrize("plant", HOSTILE.values(), ids=HOSTILE.keys())
+def test_every_command_on_a_hostile_store(tmp_path: Path, plant: Plant | None) -> None:
+    """Each reading command gives a castore error or correct output, in bounded time and
+    memory (the driver's watchdog and address-space limit), writes nothing outside its
+    target or the stores, and creates no setuid file."""
+    root, dest, target, out = (tmp_path / n for n in ("store", "dest", "target", "out.bin"))
+    kept = _store_with_garbage(root)
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "file").write_bytes(pattern(10_000, seed=7))
+    with castore.open(root) as store:
+        store.backup(source, "backups/b")
+    castore.init(dest).close()
+    bystander = tmp_path / "bystander"
+    bystander.mkdir()
+    (bystander / "precious").write_bytes(b"keep me")
+    if plant is not None:
+        plant(root, kept)
+    (tmp_path / "elsewhere").mkdir(exist_ok=True)
+    outside = {"elsewhere": _tree(tmp_path / "elsewhere"), "bystander": _tree(bystander)}
+    places = {"out": str(out), "target": str(target), "dest": str(dest)}
+    commands = [["--store", str(root), *(a.format(**places) for a in c)] for c in COMMANDS]
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.hostile_driver", json.dumps(commands)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=20 * 60,
+        check=False,
+    )
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(reports) == len(commands), f"a command hung or died: {result.stderr[-2000:]}"
+    for command, report in zip(COMMANDS, reports, strict=True):
+        assert report["crash"] is None, (command, report["crash"])
+        assert report["code"] in CASTORE_EXIT_CODES, (command, report)
+        assert "Traceback" not in report["stderr"], (command, report["stderr"])
+        if plant is None:
+            assert report["code"] == 0, (command, report["stderr"])
+        if command[0] == "cat":
+            emitted = base64.b64decode(report["stdout"])
+            assert emitted == (KEPT_BYTES if report["code"] == 0 else b""), command
+        if command[0] == "get":
+            assert out.read_bytes() == KEPT_BYTES if report["code"] == 0 else not out.exists()
+    assert {"elsewhere": _tree(tmp_path / "elsewhere"), "bystander": _tree(bystander)} == outside
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert not path.stat().st_mode & (stat.S_ISUID | stat.S_ISGID), path
