@@ -1,5 +1,6 @@
 """castore: a content-addressed, deduplicated, verified store for ML models and backups."""
 
+from castore.engine.leases import LeaseHolder
 from castore.engine.writer import WriteStats
 from castore.errors import (
     BackendError,
@@ -59,6 +60,7 @@ __all__ = [
     "IntegrityError",
     "InvalidInputError",
     "LeaseExpiredError",
+    "LeaseHolder",
     "LogEntry",
     "NotAStoreError",
     "NotFoundError",

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from castore.engine import leases
 from castore.engine.cache import LocalCache
 from castore.engine.reader import VerifiedStream
 from castore.engine.refs import TagEvent
@@ -337,6 +338,16 @@ class Store:
         hold fresh leases it raises StoreBusyError (retry later).
         """
         return gc(self.repository, dry_run=dry_run, repack_threshold=repack_threshold)
+
+    def locks(self) -> list[leases.LeaseHolder]:
+        """Every writer lease and the gc marker: who holds it, how fresh it is."""
+        return leases.holders(self.repository.backend)
+
+    def unlock(self, *, remove_all: bool = False) -> list[leases.LeaseHolder]:
+        """Remove stale leases and those of processes gone from this host (restic's
+        unlock); with `remove_all`, every lease and the gc marker, whoever holds them:
+        only when no writer or gc is running anywhere. Return what was removed."""
+        return leases.remove_leases(self.repository.backend, remove_all=remove_all)
 
 
 def init(

@@ -621,6 +621,35 @@ def cmd_gc(command: Command) -> int:
     return 1 if report.problems else 0
 
 
+def _holder_json(holder: castore.LeaseHolder) -> dict[str, Any]:
+    return {
+        "path": holder.path,
+        "host": holder.host,
+        "pid": holder.pid,
+        "age_seconds": round(holder.age, 1),
+        "fresh": holder.fresh,
+    }
+
+
+def cmd_unlock(command: Command) -> int:
+    """castore unlock [--remove-all]."""
+    store = command.store
+    removed = store.unlock(remove_all=command.args.remove_all)
+    remaining = store.locks()
+    command.emit(
+        {
+            "removed": [_holder_json(h) for h in removed],
+            "remaining": [_holder_json(h) for h in remaining],
+        },
+        lambda: "\n".join(
+            [f"removed {shown(h.describe())}" for h in removed]
+            + [f"kept {shown(h.describe())}" for h in remaining]
+            or ["no locks"]
+        ),
+    )
+    return 0
+
+
 def cmd_stats(command: Command) -> int:
     """castore stats."""
     stats = command.store.stats()
@@ -805,6 +834,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("stats", cmd_stats, "sizes, counts, dedup and compression ratios")
     add("repair", cmd_repair, "rebuild lost or damaged index objects from pack footers")
+    unlock = add(
+        "unlock",
+        cmd_unlock,
+        "remove stale locks and those of writers that died on this host",
+    )
+    unlock.add_argument(
+        "--remove-all",
+        action="store_true",
+        help="remove every lock, whoever holds it (only when nothing writes anywhere)",
+    )
     copy = add("copy", cmd_copy, "copy a version, or all versions of a name, to another store")
     copy.add_argument("ref", help="NAME (every version), or a version reference")
     copy.add_argument("dest", help="destination store URL")

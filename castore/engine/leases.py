@@ -18,9 +18,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from castore.backend import Backend
+from castore.backend import Backend, read_bounded
 from castore.errors import (
     CastoreError,
     LeaseExpiredError,
@@ -51,6 +52,107 @@ def _holder() -> bytes:
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
         }
     )
+
+
+MAX_HOLDER_OBJECT = 1024
+"""A lease or marker object is a small map; anything larger is not castore's."""
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """Who holds a writer lease or the gc marker, as its object says, and how fresh it is."""
+
+    path: str
+    host: str
+    pid: int | None
+    age: float
+    """Seconds since its last refresh, by the storage's clock."""
+    ttl: float
+
+    @property
+    def fresh(self) -> bool:
+        """Whether it still excludes gc (or, for a marker, writers)."""
+        return self.age < self.ttl
+
+    @property
+    def on_this_host(self) -> bool:
+        """Whether the holder names this machine."""
+        return self.host == socket.gethostname()
+
+    def process_gone(self) -> bool:
+        """True only when the holder ran on this host and no process has its pid now."""
+        if not self.on_this_host or self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def describe(self) -> str:
+        """One line for messages: holder, age and when it expires."""
+        who = f"{self.host} pid {self.pid}" if self.pid is not None else self.host
+        state = (
+            f"expires in {self.ttl - self.age:.0f}s"
+            if self.fresh
+            else f"stale for {self.age - self.ttl:.0f}s"
+        )
+        return f"{self.path} held by {who}, refreshed {self.age:.0f}s ago, {state}"
+
+
+def storage_now(backend: Backend) -> float:
+    """The storage's clock now: the modification time of a probe object written for it."""
+    probe = layout.writer_lease_path(f".probe-{uuid.uuid4().hex}")
+    backend.write(probe, b"")
+    try:
+        return backend.modified(probe)
+    finally:
+        backend.delete(probe)
+
+
+def _holder_of(backend: Backend, path: str, now: float, ttl: float) -> LeaseHolder | None:
+    """The holder recorded in `path` (None once it is gone); an unreadable holder is shown
+    as such rather than hidden, since it still counts as a lease."""
+    try:
+        age = now - backend.modified(path)
+    except ObjectNotFoundError:
+        return None
+    try:
+        raw = wire.decode_map(read_bounded(backend, path, MAX_HOLDER_OBJECT), path)
+    except ObjectNotFoundError:
+        return None
+    except CastoreError:
+        return LeaseHolder(path, "(unreadable holder)", None, age, ttl)
+    host, pid = raw.get("host"), raw.get("pid")
+    return LeaseHolder(
+        path,
+        host if isinstance(host, str) else "(unknown host)",
+        pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None,
+        age,
+        ttl,
+    )
+
+
+def holders(backend: Backend) -> list[LeaseHolder]:
+    """Every writer lease and the gc marker, with holder, age and freshness."""
+    ttl, now = lease_ttl(), storage_now(backend)
+    paths = [*backend.list(layout.WRITER_LEASES)]
+    if backend.exists(layout.GC_MARKER):
+        paths.append(layout.GC_MARKER)
+    return [h for p in paths if (h := _holder_of(backend, p, now, ttl)) is not None]
+
+
+def remove_leases(backend: Backend, *, remove_all: bool = False) -> list[LeaseHolder]:
+    """Delete stale leases and those of processes gone from this host (restic's unlock);
+    with `remove_all`, every lease and the gc marker. Return what was removed."""
+    removed = []
+    for holder in holders(backend):
+        if remove_all or not holder.fresh or holder.process_gone():
+            backend.delete(holder.path)
+            removed.append(holder)
+    return removed
 
 
 def _age_between(backend: Backend, path: str, reference: float) -> float | None:
@@ -166,32 +268,41 @@ class GcMarker:
         try:
             self._backend.create(layout.GC_MARKER, _holder())
         except ObjectExistsError:
-            probe = layout.writer_lease_path(f".probe-{uuid.uuid4().hex}")
-            self._backend.write(probe, b"")
-            now = self._backend.modified(probe)
-            self._backend.delete(probe)
-            age = _age_between(self._backend, layout.GC_MARKER, now)
-            if age is not None and age < ttl:
-                raise StoreBusyError(f"another gc is running on {self._backend.url}") from None
+            now = storage_now(self._backend)
+            holder = _holder_of(self._backend, layout.GC_MARKER, now, ttl)
+            if holder is not None and holder.fresh:
+                raise StoreBusyError(
+                    f"another gc is running on {self._backend.url}: {holder.describe()}"
+                ) from None
             self._backend.delete(layout.GC_MARKER)  # abandoned by a gc that died
             try:
                 self._backend.create(layout.GC_MARKER, _holder())
             except ObjectExistsError:
                 raise StoreBusyError(f"another gc started on {self._backend.url}") from None
-        marker_time = self._backend.modified(layout.GC_MARKER)
-        live = []
-        for path in self._backend.list(layout.WRITER_LEASES):
-            age = _age_between(self._backend, path, marker_time)
-            if age is not None and age < ttl:
-                live.append(path)
-        if live:
+        try:
+            self._check_no_fresh_writer(ttl)
+        except BaseException:
             self._backend.delete(layout.GC_MARKER)
-            raise StoreBusyError(
-                f"{len(live)} writer(s) hold fresh leases on {self._backend.url}; "
-                "gc runs only while nobody writes: retry later"
-            )
+            raise
         self._refresher = _Refresher(self._backend, layout.GC_MARKER, ttl)
         return self
+
+    def _check_no_fresh_writer(self, ttl: float) -> None:
+        marker_time = self._backend.modified(layout.GC_MARKER)
+        live = [
+            holder
+            for path in self._backend.list(layout.WRITER_LEASES)
+            if (holder := _holder_of(self._backend, path, marker_time, ttl)) is not None
+            and holder.fresh
+        ]
+        if live:
+            shown = "; ".join(h.describe() for h in live[:5])
+            more = f" and {len(live) - 5} more" if len(live) > 5 else ""
+            raise StoreBusyError(
+                f"{len(live)} writer(s) hold fresh leases on {self._backend.url}: {shown}{more}."
+                " gc runs only while nobody writes: retry later, or run 'castore unlock' to"
+                " remove the leases of writers that died on this host"
+            )
 
     def __exit__(self, *exc_info: object) -> None:
         if self._refresher is not None:

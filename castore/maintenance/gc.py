@@ -11,10 +11,11 @@ listed in the new objects. Readers that still see an old location reload the ind
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from castore.engine.leases import GcMarker, lease_ttl
+from castore.engine.leases import GcMarker, lease_ttl, storage_now
 from castore.errors import CastoreError, ObjectNotFoundError
 from castore.format import layout
 from castore.format.compression import Codec
@@ -57,8 +58,12 @@ def gc(
 ) -> GcReport:
     """Collect garbage; raise StoreBusyError while writers hold fresh leases."""
     report = GcReport(dry_run=dry_run)
-    with GcMarker(repo.backend):
-        marker_time = repo.backend.modified(layout.GC_MARKER)
+    # A dry run deletes nothing, so it needs no exclusion: it neither waits for writers
+    # nor keeps them out. Its figures are those of the moment it ran.
+    with contextlib.nullcontext() if dry_run else GcMarker(repo.backend):
+        marker_time = (
+            storage_now(repo.backend) if dry_run else repo.backend.modified(layout.GC_MARKER)
+        )
         repo.index.reload()
         reach = walk(repo)
         report.problems.extend(reach.problems)
