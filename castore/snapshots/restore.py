@@ -3,6 +3,11 @@
 Restores verify every chunk and each file's SHA-256, write files through a temporary
 name and a rename, never follow a symlink inside the target, and leave alone files
 whose size, mtime and content already match.
+
+Nothing is ever changed in place but what the restore may own: a file, directory or
+symlink it created, a directory of the target (directories cannot be hard links), or
+a file or symlink of the target with a single link. A hard link, whose other names may
+lie outside the target, is replaced, never chmodded or touched.
 """
 
 from __future__ import annotations
@@ -119,33 +124,60 @@ def _prepare_dir(dir_fd: int, name: bytes) -> int:
     return fd
 
 
+def _set_link_time(dir_fd: int, name: bytes, entry: Entry) -> None:
+    """The mtime of the symlink `name` itself, never followed."""
+    times = (entry.mtime_ns, entry.mtime_ns)
+    os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _new_symlink(dir_fd: int, entry: Entry, name: bytes) -> None:
+    os.symlink(entry.target, name, dir_fd=dir_fd)
+    _set_link_time(dir_fd, name, entry)
+
+
 def _restore_symlink(dir_fd: int, name: bytes, entry: Entry) -> bool:
-    """Create or fix a symlink (never followed); True if it had to be written."""
+    """Create or fix a symlink (never followed); True if it had to be written.
+
+    A symlink in place with the same target is kept only if it has no other name (a hard
+    link to a symlink elsewhere is replaced, so that nothing outside changes).
+    """
     current = _lstat(dir_fd, name)
     same = (
         current is not None
         and stat.S_ISLNK(current.st_mode)
+        and current.st_nlink == 1
         and os.readlink(name, dir_fd=dir_fd) == entry.target
     )
-    if not same:
-        _replace(dir_fd, name, current, lambda tmp: os.symlink(entry.target, tmp, dir_fd=dir_fd))
-    times = (entry.mtime_ns, entry.mtime_ns)
-    os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
+    if same:
+        _set_link_time(dir_fd, name, entry)
+    else:
+        _replace(dir_fd, name, current, partial(_new_symlink, dir_fd, entry))
     return not same
 
 
-def _keep_existing_file(dir_fd: int, name: bytes, current: os.stat_result, entry: Entry) -> bool:
-    """Whether the file in place already has the entry's size, mtime and SHA-256.
+def _may_keep(st: os.stat_result, entry: Entry) -> bool:
+    """Whether `st` is a regular file with one link (a hard link's other names may lie
+    outside the target) and the entry's size and mtime."""
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_nlink == 1
+        and (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns)
+    )
 
-    If so its mode is corrected and it is kept; otherwise it is left for rewriting.
+
+def _keep_existing_file(dir_fd: int, name: bytes, current: os.stat_result, entry: Entry) -> bool:
+    """Whether the file in place may stay: a regular file with one link and the entry's
+    size, mtime and SHA-256.
+
+    If so its mode is corrected and it is kept; otherwise it is left to be replaced (a
+    new file renamed over it), so that a hard link is never changed.
     """
-    if not stat.S_ISREG(current.st_mode) or (current.st_size, current.st_mtime_ns) != (
-        entry.size,
-        entry.mtime_ns,
-    ):
+    if not _may_keep(current, entry):
         return False
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     with open(os.open(name, flags, dir_fd=dir_fd), "rb", buffering=0) as file:
+        if not _may_keep(os.fstat(file.fileno()), entry):
+            return False  # replaced since the lstat
         if hashlib.file_digest(file, "sha256").digest() != entry.sha256:
             return False
         if stat.S_IMODE(os.fstat(file.fileno()).st_mode) != entry.mode:
@@ -448,9 +480,9 @@ def restore(
 
     Every chunk and every file's SHA-256 is verified before the file appears (written to
     a temporary name, then renamed). Modes, mtimes and symlinks are restored; owners are
-    not. Files already in place with the same size, mtime and SHA-256 are kept, and
-    files in `target` that the snapshot lacks are left alone. Nothing is ever created
-    outside `target`, whatever the snapshot holds.
+    not. Files already in place with the same size, mtime and SHA-256 are kept (unless
+    they are hard links), and files in `target` that the snapshot lacks are left alone.
+    Nothing is ever created or changed outside `target`, whatever the snapshot holds.
     """
     manifest = snapshot_manifest(repo, ref)
     selection = [normalize_path(path) for path in paths]
