@@ -1,23 +1,58 @@
 """Restores of snapshots planted by someone who can write to the store and holds no key.
 
-Each test backs up a directory and then rigs the target, as an attacker sharing the
-machine would, restores it, and checks that nothing outside the target changes: a hard
-link in the target is replaced, never changed.
+Each test plants a tree stream by hand, as docs/FORMAT.md section 20 describes it (or
+backs up a directory and then rigs the target), restores it, and checks what tar and
+restic users expect: hard links in the target never changed, and the size known before
+writing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import castore
+from castore.format.tree import DIR
+from tests.helpers import ROOT, pattern
+from tests.test_backup import commit_raw_tree, raw_file, raw_link, raw_meta
 
 OWNER, GROUP = 4242, 4343
-"""An owner and group that no user of the test machine has."""
+"""The owner and group the planted entries record (no such user on the test machine)."""
+
+
+def hostile_tree(store: castore.Store) -> list[object]:
+    """Entries with every set-id bit an attacker would plant: 4 of them carry one."""
+    content = store.repository.write_stream(b"#!/bin/sh\nid\n")
+    owned = {"uid": OWNER, "gid": GROUP}
+    return [
+        raw_meta(b"d", DIR, mode=0o7777, **owned),
+        raw_link(b"d/link", b"suid") | owned,
+        raw_file(b"d/suid", content, mode=0o4755, **owned),
+        raw_file(b"d/ugid", content, mode=0o6755, **owned),
+        raw_file(b"sgid", content, mode=0o2755, **owned),
+        raw_meta(b"sticky", DIR, mode=0o1777, **owned),
+    ]
+
+
+def cli(store: str, *args: str) -> str:
+    """Run the castore command line; its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-m", "castore", "--store", store, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 @pytest.fixture
@@ -69,3 +104,76 @@ def test_a_hard_link_in_the_target_is_replaced_and_its_outside_file_left_alone(
     assert stat.S_IMODE(restored.st_mode) == 0o644 and restored.st_ino != before[victim].st_ino
     assert (target / "l").lstat().st_mtime_ns == (src / "l").lstat().st_mtime_ns
     assert (stats.files_written, stats.files_unchanged) == (1, 0)
+
+
+# -- the size up front, dry runs --------------------------------------------------------------
+
+
+def amplified_file(
+    store: castore.Store, path: bytes, times: int, *, honest: bool
+) -> dict[str, object]:
+    """A file entry listing the chunks of one small stored stream `times` times: the
+    amplification a planted entry gets for free. Its SHA-256 is wrong unless `honest`."""
+    data = pattern(64 * 1024)
+    stored = store.repository.write_stream(data)
+    content = data * times
+    entry = raw_file(path, stored, size=len(content))
+    entry.update(chunks=stored.chunk_ids * times, sizes=list(stored.chunk_sizes) * times)
+    entry["sha256"] = hashlib.sha256(content if honest else b"other").digest()
+    return entry
+
+
+def test_the_size_is_known_before_anything_is_written(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    times = 256  # 16 MiB from one 64 KiB chunk
+    ref = commit_raw_tree(
+        local_store, "evil/big", [amplified_file(local_store, b"big", times, honest=True)]
+    )
+    target = tmp_path / "out"
+    plans: list[castore.RestorePlan] = []
+
+    def before_writing(plan: castore.RestorePlan) -> None:
+        assert not target.exists()
+        plans.append(plan)
+
+    stats = local_store.restore(ref, target, on_plan=before_writing)
+    assert [(plan.files, plan.bytes) for plan in plans] == [(1, times * 64 * 1024)]
+    assert stats.bytes_written == times * 64 * 1024
+    first = cli(local_store.url, "restore", ref, str(tmp_path / "cli")).splitlines()[0]
+    assert first == f"restoring 1 files, 16.0 MiB to {tmp_path / 'cli'}"
+
+    lying = commit_raw_tree(
+        local_store, "evil/lie", [amplified_file(local_store, b"big", times, honest=False)]
+    )
+    with pytest.raises(castore.IntegrityError, match="restores as"):
+        local_store.restore(lying, tmp_path / "lie")
+    assert list((tmp_path / "lie").iterdir()) == []  # no final name, no temporary left
+
+
+def test_a_dry_run_lists_what_it_would_write_and_writes_nothing(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    ref = commit_raw_tree(local_store, "evil/setid", hostile_tree(local_store))
+    target = tmp_path / "out"
+    stats = local_store.restore(ref, target, dry_run=True)
+    assert not target.exists()
+    assert stats.dry_run and stats.files_written == 0
+    plan = stats.plan
+    assert (plan.files, plan.dirs, plan.symlinks) == (3, 2, 1)
+    assert plan.bytes == 3 * len(b"#!/bin/sh\nid\n")
+    listed = [entry.path_str for entry in local_store.planned_entries(plan)]
+    assert listed == ["d", "d/link", "d/suid", "d/ugid", "sgid", "sticky"]
+
+    target.mkdir()
+    (target / "sgid").write_bytes(b"already here")
+    before = (target / "sgid").stat()
+    output = cli(local_store.url, "restore", "--dry-run", ref, str(target), "d")
+    lines = output.splitlines()
+    assert lines[0].startswith(f"would restore 2 files, 26 B to {target}")
+    assert [line.split()[-1] for line in lines[1:]] == ["d", "d/link", "d/suid", "d/ugid"]
+    assert [path.name for path in target.iterdir()] == ["sgid"]
+    assert (target / "sgid").stat() == before
+    planned = json.loads(cli(local_store.url, "--json", "restore", "--dry-run", ref, str(target)))
+    assert planned["dry_run"] and planned["plan"]["files"] == 3
+    assert {e["path"]: e["size"] for e in planned["entries"]}["sgid"] == len(b"#!/bin/sh\nid\n")

@@ -2,7 +2,9 @@
 
 Restores verify every chunk and each file's SHA-256, write files through a temporary
 name and a rename, never follow a symlink inside the target, and leave alone files
-whose size, mtime and content already match.
+whose size, mtime and content already match. Before writing anything, a first pass over
+the tree makes a plan: how many files and bytes the restore will write (a dry run stops
+there).
 
 Nothing is ever changed in place but what the restore may own: a file, directory or
 symlink it created, a directory of the target (directories cannot be hard links), or
@@ -22,8 +24,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, suppress
-from dataclasses import dataclass
+from contextlib import closing, contextmanager, suppress
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +51,30 @@ RESTORE_BATCH_FILES = 128
 TEMPORARY_PREFIX = b".castore-"
 
 
+@dataclass(frozen=True, slots=True)
+class RestorePlan:
+    """What a restore will write, known from the tree before anything is written."""
+
+    manifest: Manifest = field(repr=False)
+    """The snapshot's manifest: every pass of the restore reads this very tree."""
+    selection: tuple[bytes, ...]
+    """The entry paths chosen (each with everything below it); empty for all."""
+    files: int = 0
+    bytes: int = 0
+    """Bytes of the files: at most this much is written (files already in place are kept)."""
+    dirs: int = 0
+    symlinks: int = 0
+    skipped: int = 0
+
+
 @dataclass
 class RestoreStats:
     """What one restore wrote and what it found already in place."""
 
+    plan: RestorePlan
+    """What the restore set out to do: its totals."""
+    dry_run: bool = False
+    """True if nothing was written: the plan is all there is."""
     files_written: int = 0
     files_unchanged: int = 0
     """Files left alone: same size, mtime and SHA-256 as in the snapshot."""
@@ -324,12 +346,17 @@ class _Restorer:
     """
 
     def __init__(
-        self, repo: Repository, root_fd: int, target: str, progress: ProgressCallback | None
+        self,
+        repo: Repository,
+        plan: RestorePlan,
+        root_fd: int,
+        target: str,
+        progress: ProgressCallback | None,
     ) -> None:
         self.repo = repo
         self.target = target
         self.progress = progress
-        self.stats = RestoreStats()
+        self.stats = RestoreStats(plan)
         self.started = time.monotonic()
         self.dirs = [_OpenDir(b"", None, _done(root_fd))]
         self.batch: list[tuple[_OpenDir, Entry]] = []
@@ -455,17 +482,52 @@ def _selected(path: bytes, selection: Sequence[bytes]) -> bool:
     )
 
 
-def _check_selection(
-    repo: Repository, manifest: Manifest, selection: list[bytes], ref: str
-) -> None:
-    """NotFoundError, before anything is written, if a selected path is not in the snapshot."""
-    missing = set(selection)
+def _selection(paths: Iterable[str | bytes]) -> tuple[bytes, ...]:
+    """The entry paths `paths` name; empty (everything) if one of them is the root."""
+    selection = tuple(normalize_path(path) for path in paths)
+    return () if b"" in selection else selection
+
+
+def _tally(entries: Iterable[Entry]) -> dict[str, int]:
+    """The totals of a plan: entries by type, bytes of files."""
+    counts = dict.fromkeys(("files", "bytes", "dirs", "symlinks", "skipped"), 0)
+    kinds = {FILE: "files", DIR: "dirs", SYMLINK: "symlinks"}
+    for entry in entries:
+        counts[kinds.get(entry.type, "skipped")] += 1
+        counts["bytes"] += entry.size if entry.type == FILE else 0
+    return counts
+
+
+def _selected_entries(
+    entries: Iterable[Entry], selection: Sequence[bytes], found: set[bytes]
+) -> Iterator[Entry]:
+    """The entries `selection` chooses; adds to `found` the selected paths met."""
+    for entry in entries:
+        if entry.path in selection:
+            found.add(entry.path)
+        if _selected(entry.path, selection):
+            yield entry
+
+
+def plan_restore(repo: Repository, ref: str, paths: Iterable[str | bytes] = ()) -> RestorePlan:
+    """What restoring snapshot `ref` (or only `paths` in it) will write, from one pass
+    over its tree; NotFoundError if a path is not in the snapshot."""
+    manifest = snapshot_manifest(repo, ref)
+    selection = _selection(paths)
+    found: set[bytes] = set()
     with tree_entries(repo, manifest) as entries:
-        for entry in entries:
-            missing.discard(entry.path)
-    if missing:
+        counts = _tally(_selected_entries(entries, selection, found))
+    if missing := set(selection) - found:
         listed = ", ".join(sorted(repr(os.fsdecode(path)) for path in missing))
         raise NotFoundError(f"{ref} has no {listed}")
+    return RestorePlan(manifest, selection, **counts)
+
+
+@contextmanager
+def planned_entries(repo: Repository, plan: RestorePlan) -> Iterator[Iterator[Entry]]:
+    """The entries the plan restores, in tree order, streamed from the snapshot."""
+    with tree_entries(repo, plan.manifest) as entries:
+        yield _selected_entries(entries, plan.selection, set())
 
 
 def restore(
@@ -474,7 +536,9 @@ def restore(
     target: str | os.PathLike[str],
     paths: Iterable[str | bytes] = (),
     *,
+    dry_run: bool = False,
     progress: ProgressCallback | None = None,
+    on_plan: Callable[[RestorePlan], None] | None = None,
 ) -> RestoreStats:
     """Restore snapshot `ref` (or only `paths` in it) into the directory `target`.
 
@@ -483,19 +547,20 @@ def restore(
     not. Files already in place with the same size, mtime and SHA-256 are kept (unless
     they are hard links), and files in `target` that the snapshot lacks are left alone.
     Nothing is ever created or changed outside `target`, whatever the snapshot holds.
+
+    The plan (plan_restore) is made first and given to `on_plan` before anything is
+    written; with `dry_run`, nothing is: not even `target` is created.
     """
-    manifest = snapshot_manifest(repo, ref)
-    selection = [normalize_path(path) for path in paths]
-    if b"" in selection:
-        selection = []
-    if selection:
-        _check_selection(repo, manifest, selection, ref)
-    restorer = _Restorer(repo, _open_target(target), os.fspath(target), progress)
+    plan = plan_restore(repo, ref, paths)
+    if on_plan is not None:
+        on_plan(plan)
+    if dry_run:
+        return RestoreStats(plan, dry_run=True)
+    restorer = _Restorer(repo, plan, _open_target(target), os.fspath(target), progress)
     try:
-        with tree_entries(repo, manifest) as entries:
+        with planned_entries(repo, plan) as entries:
             for entry in entries:
-                if _selected(entry.path, selection):
-                    restorer.add(entry)
+                restorer.add(entry)
         restorer.finish()
     finally:
         restorer.close()
