@@ -282,6 +282,7 @@ class Store:
         target: str | os.PathLike[str],
         paths: Iterable[str] = (),
         *,
+        owners: bool = True,
         dry_run: bool = False,
         progress: ProgressCallback | None = None,
         on_plan: Callable[[RestorePlan], None] | None = None,
@@ -289,13 +290,16 @@ class Store:
         """Restore a snapshot (or some of its `paths`) under `target`, verified, never
         writing outside it; files already identical are left alone.
 
-        `on_plan` gets the plan (files and bytes to write) before anything is written;
-        with `dry_run` nothing is written at all."""
+        As root, owners are restored (by number) with setuid and setgid bits, unless
+        `owners` is False; otherwise those bits are stripped and counted. `on_plan` gets
+        the plan (files and bytes to write) before anything is written; with `dry_run`
+        nothing is written at all."""
         return restore_snapshot(
             self.repository,
             ref,
             target,
             paths,
+            owners=owners,
             dry_run=dry_run,
             progress=progress,
             on_plan=on_plan,

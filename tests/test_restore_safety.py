@@ -1,9 +1,9 @@
 """Restores of snapshots planted by someone who can write to the store and holds no key.
 
 Each test plants a tree stream by hand, as docs/FORMAT.md section 20 describes it (or
-backs up a directory and then rigs the target), restores it, and checks what tar and
-restic users expect: hard links in the target never changed, and the size known before
-writing.
+backs up a directory and then rigs the target), restores it as root or as an unprivileged
+user, and checks what tar and restic users expect: no setuid or setgid bit unless owners
+are restored, hard links in the target never changed, and the size known before writing.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +26,12 @@ from castore.format.tree import DIR
 from tests.helpers import ROOT, pattern
 from tests.test_backup import commit_raw_tree, raw_file, raw_link, raw_meta
 
+SETID = stat.S_ISUID | stat.S_ISGID
+NOBODY = 65534
 OWNER, GROUP = 4242, 4343
 """The owner and group the planted entries record (no such user on the test machine)."""
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="owners are restored only as root")
 
 
 def hostile_tree(store: castore.Store) -> list[object]:
@@ -42,13 +48,27 @@ def hostile_tree(store: castore.Store) -> list[object]:
     ]
 
 
-def cli(store: str, *args: str) -> str:
-    """Run the castore command line; its stdout."""
+STRIPPED_MODES = {"d": 0o1777, "d/suid": 0o755, "d/ugid": 0o755, "sgid": 0o755, "sticky": 0o1777}
+"""The modes the hostile tree restores with when owners are not restored."""
+
+
+def modes(target: Path) -> dict[str, int]:
+    """The permission bits of every file and directory below target (links left out)."""
+    return {
+        str(path.relative_to(target)): stat.S_IMODE(path.lstat().st_mode)
+        for path in target.rglob("*")
+        if not path.is_symlink()
+    }
+
+
+def cli(store: str, *args: str, prefix: tuple[str, ...] = (), **env: str) -> str:
+    """Run the castore command line (after `prefix`, e.g. setpriv); its stdout."""
     result = subprocess.run(
-        [sys.executable, "-m", "castore", "--store", store, *args],
+        [*prefix, sys.executable, "-m", "castore", "--store", store, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
+        env={**os.environ, **env},
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -60,6 +80,90 @@ def local_store(tmp_path: Path) -> Iterator[castore.Store]:
     """A store on the local file system (restore works the same on every backend)."""
     with castore.init(tmp_path / "store") as store:
         yield store
+
+
+# -- modes and owners ------------------------------------------------------------------------
+
+
+@requires_root
+def test_as_root_owners_are_restored_before_the_modes_that_need_them(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    ref = commit_raw_tree(local_store, "evil/owned", hostile_tree(local_store))
+    target = tmp_path / "out"
+    stats = local_store.restore(ref, target)
+    for path in target.rglob("*"):
+        info = path.lstat()
+        assert (info.st_uid, info.st_gid) == (OWNER, GROUP), path
+    expected = {"d": 0o7777, "d/suid": 0o4755, "d/ugid": 0o6755, "sgid": 0o2755, "sticky": 0o1777}
+    assert modes(target) == expected  # chown before chmod, or chown clears the set-id bits
+    assert stats.plan.owners_restored and stats.plan.setid_stripped == 0
+
+
+@requires_root
+def test_as_root_without_owners_setuid_and_setgid_are_stripped_and_counted(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    ref = commit_raw_tree(local_store, "evil/setid", hostile_tree(local_store))
+    target = tmp_path / "out"
+    stats = local_store.restore(ref, target, owners=False)
+    assert not stats.plan.owners_restored and stats.plan.setid_stripped == 4
+    assert modes(target) == STRIPPED_MODES
+    assert {path.lstat().st_uid for path in target.rglob("*")} == {0}
+
+    summary = json.loads(
+        cli(local_store.url, "--json", "restore", "--no-owner", ref, str(tmp_path / "cli"))
+    )
+    assert summary["plan"]["setid_stripped"] == 4 and not summary["plan"]["owners_restored"]
+    assert modes(tmp_path / "cli") == STRIPPED_MODES
+    text = cli(local_store.url, "restore", "--no-owner", ref, str(tmp_path / "cli"))
+    assert "setuid/setgid stripped from 4" in text.splitlines()[-1]
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder that an unprivileged user can reach (pytest's tmp_path is root's alone)."""
+    folder = Path(tempfile.mkdtemp(prefix="castore-restore-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+def unprivileged() -> tuple[str, ...]:
+    """A command prefix that runs as nobody: setpriv when root, nothing otherwise."""
+    if os.geteuid() != 0:
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot restore as another user")
+    return (setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--")
+
+
+def test_not_as_root_setuid_and_setgid_are_stripped_and_counted(shared_dir: Path) -> None:
+    prefix = unprivileged()
+    with castore.init(shared_dir / "store") as store:
+        ref = commit_raw_tree(store, "evil/setid", hostile_tree(store))
+    if prefix:
+        for folder, _, files in os.walk(shared_dir):
+            for name in [folder, *(os.path.join(folder, file) for file in files)]:
+                os.chown(name, NOBODY, NOBODY)
+    target = shared_dir / "out"
+    summary = json.loads(
+        cli(
+            str(shared_dir / "store"),
+            "--json",
+            "restore",
+            ref,
+            str(target),
+            prefix=prefix,
+            CASTORE_CACHE_DIR=str(shared_dir / "cache"),
+        )
+    )
+    assert not any(path.lstat().st_mode & SETID for path in target.rglob("*"))
+    assert modes(target) == STRIPPED_MODES
+    assert summary["plan"]["setid_stripped"] == 4 and not summary["plan"]["owners_restored"]
 
 
 # -- never change what the restore did not create ----------------------------------------
@@ -141,7 +245,8 @@ def test_the_size_is_known_before_anything_is_written(
     assert [(plan.files, plan.bytes) for plan in plans] == [(1, times * 64 * 1024)]
     assert stats.bytes_written == times * 64 * 1024
     first = cli(local_store.url, "restore", ref, str(tmp_path / "cli")).splitlines()[0]
-    assert first == f"restoring 1 files, 16.0 MiB to {tmp_path / 'cli'}"
+    owners = "owners restored" if os.geteuid() == 0 else "owners not restored"
+    assert first == f"restoring 1 files, 16.0 MiB to {tmp_path / 'cli'} ({owners})"
 
     lying = commit_raw_tree(
         local_store, "evil/lie", [amplified_file(local_store, b"big", times, honest=False)]
@@ -156,14 +261,14 @@ def test_a_dry_run_lists_what_it_would_write_and_writes_nothing(
 ) -> None:
     ref = commit_raw_tree(local_store, "evil/setid", hostile_tree(local_store))
     target = tmp_path / "out"
-    stats = local_store.restore(ref, target, dry_run=True)
+    stats = local_store.restore(ref, target, owners=False, dry_run=True)
     assert not target.exists()
     assert stats.dry_run and stats.files_written == 0
     plan = stats.plan
-    assert (plan.files, plan.dirs, plan.symlinks) == (3, 2, 1)
+    assert (plan.files, plan.dirs, plan.symlinks, plan.setid_stripped) == (3, 2, 1, 4)
     assert plan.bytes == 3 * len(b"#!/bin/sh\nid\n")
-    listed = [entry.path_str for entry in local_store.planned_entries(plan)]
-    assert listed == ["d", "d/link", "d/suid", "d/ugid", "sgid", "sticky"]
+    listed = {entry.path_str: plan.mode(entry) for entry in local_store.planned_entries(plan)}
+    assert {path: listed[path] for path in STRIPPED_MODES} == STRIPPED_MODES
 
     target.mkdir()
     (target / "sgid").write_bytes(b"already here")
