@@ -27,7 +27,7 @@ from castore.maintenance.stats import StoreStats
 from castore.maintenance.verify import VerifyReport
 from castore.snapshots.backup import BackupStats, Snapshot
 from castore.snapshots.browse import Change
-from castore.snapshots.restore import RestoreStats
+from castore.snapshots.restore import RestorePlan, RestoreStats
 from castore.store import Store, init, load
 from castore.store import open_store as open
 from castore.trust.signatures import (
@@ -67,6 +67,7 @@ __all__ = [
     "PrivateKey",
     "PublicKey",
     "RepairReport",
+    "RestorePlan",
     "RestoreStats",
     "Signature",
     "SignatureCheck",

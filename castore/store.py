@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from castore.maintenance.verify import verify as verify_store
 from castore.snapshots import backup as backups
 from castore.snapshots import browse, retention
 from castore.snapshots.progress import ProgressCallback
-from castore.snapshots.restore import RestoreStats
+from castore.snapshots.restore import RestorePlan, RestoreStats, planned_entries
 from castore.snapshots.restore import restore as restore_snapshot
 from castore.trust import signatures
 from castore.trust.signatures import PrivateKey, Signature, SignatureCheck, TrustPolicy
@@ -283,11 +283,33 @@ class Store:
         target: str | os.PathLike[str],
         paths: Iterable[str] = (),
         *,
+        owners: bool = True,
+        dry_run: bool = False,
         progress: ProgressCallback | None = None,
+        on_plan: Callable[[RestorePlan], None] | None = None,
     ) -> RestoreStats:
         """Restore a snapshot (or some of its `paths`) under `target`, verified, never
-        writing outside it; files already identical are left alone."""
-        return restore_snapshot(self.repository, ref, target, paths, progress=progress)
+        writing outside it; files already identical are left alone.
+
+        As root, owners are restored (by number) with setuid and setgid bits, unless
+        `owners` is False; otherwise those bits are stripped and counted. `on_plan` gets
+        the plan (files and bytes to write) before anything is written; with `dry_run`
+        nothing is written at all."""
+        return restore_snapshot(
+            self.repository,
+            ref,
+            target,
+            paths,
+            owners=owners,
+            dry_run=dry_run,
+            progress=progress,
+            on_plan=on_plan,
+        )
+
+    def planned_entries(self, plan: RestorePlan) -> Iterator[Entry]:
+        """The entries a restore plan restores, in tree order: what a dry run would write."""
+        with planned_entries(self.repository, plan) as entries:
+            yield from entries
 
     def snapshot_entries(self, ref: str, path: str | None = None) -> Iterator[Entry]:
         """The entries of a snapshot, or of one directory of it."""

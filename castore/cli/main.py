@@ -50,6 +50,7 @@ examples:
   castore backup runs/exp-42 --name backups/exp-42 --exclude '*.tmp'
   castore ls backups/exp-42:1 checkpoints; castore diff backups/exp-42:1 backups/exp-42:2
   castore restore backups/exp-42:1 out/ checkpoints/best.pt
+  castore restore --dry-run --no-owner backups/exp-42:1 out/
   castore forget backups/exp-42 --keep-last 3 --keep-daily 7 --dry-run
 
 The store is --store URL or $CASTORE_STORE (a path, file://, s3://bucket/prefix...).
@@ -485,18 +486,70 @@ def cmd_backup(command: Command) -> int:
     return 0
 
 
+def _plan_text(plan: castore.RestorePlan, target: str, verb: str) -> str:
+    owners = "owners restored" if plan.owners_restored else "owners not restored"
+    stripped = f", setuid/setgid stripped from {plan.setid_stripped}" if plan.setid_stripped else ""
+    return f"{verb} {plan.files} files, {_human_size(plan.bytes)} to {target} ({owners}{stripped})"
+
+
+def _restore_json(stats: castore.RestoreStats) -> dict[str, Any]:
+    plan = stats.plan
+    totals = ("files", "bytes", "dirs", "symlinks", "skipped", "setid_stripped")
+    return {
+        **{key: value for key, value in vars(stats).items() if key != "plan"},
+        "plan": {
+            "owners_restored": plan.owners_restored,
+            **{key: getattr(plan, key) for key in totals},
+        },
+    }
+
+
+def _restore_dry_run(command: Command) -> int:
+    """castore restore --dry-run: the plan and every entry it would write, nothing written."""
+    args, store = command.args, command.store
+    stats = store.restore(args.ref, args.target, args.paths, owners=not args.no_owner, dry_run=True)
+    plan = stats.plan
+    entries = [
+        {**_entry_json(entry), "mode": oct(plan.mode(entry))}
+        for entry in store.planned_entries(plan)
+        if entry.type != "skipped"
+    ]
+    command.emit(
+        {**_restore_json(stats), "entries": entries},
+        lambda: "\n".join(
+            [_plan_text(plan, args.target, "would restore")]
+            + [f"{e['type']:<8} {e['mode']:>7} {e['size']:>12}  {e['path']}" for e in entries]
+        ),
+    )
+    return 0
+
+
 def cmd_restore(command: Command) -> int:
-    """castore restore REF TARGET [PATH...]."""
+    """castore restore REF TARGET [PATH...] [--no-owner] [--dry-run]."""
     args = command.args
+    if args.dry_run:
+        return _restore_dry_run(command)
+
+    def announce(plan: castore.RestorePlan) -> None:
+        if not args.json:
+            print(_plan_text(plan, args.target, "restoring"), flush=True)
+
     with command.progress(None, "restore") as bar:
         stats = command.store.restore(
-            args.ref, args.target, args.paths, progress=_progress_callback(bar)
+            args.ref,
+            args.target,
+            args.paths,
+            owners=not args.no_owner,
+            progress=_progress_callback(bar),
+            on_plan=announce,
         )
+    stripped = stats.plan.setid_stripped
     command.emit(
-        vars(stats),
+        _restore_json(stats),
         f"restored {stats.files_written} files ({_human_size(stats.bytes_written)}), "
         f"{stats.files_unchanged} already up to date, {stats.dirs} directories, "
-        f"{stats.symlinks} symlinks into {args.target}",
+        f"{stats.symlinks} symlinks into {args.target}"
+        + (f"; setuid/setgid stripped from {stripped}" if stripped else ""),
     )
     return 0
 
@@ -796,10 +849,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="gitignore-style pattern (repeatable)",
     )
     backup.add_argument("--tag", action="append", default=[], help="tag the snapshot")
-    restore = add("restore", cmd_restore, "restore a snapshot, or some paths of it, under TARGET")
+    restore = add(
+        "restore",
+        cmd_restore,
+        "restore a snapshot, or some paths of it, under TARGET; as root with its owners "
+        "(by number) and setuid/setgid bits, which are dropped otherwise or with --no-owner",
+    )
     restore.add_argument("ref", help="NAME[:version]")
     restore.add_argument("target")
     restore.add_argument("paths", nargs="*", help="only these paths of the snapshot")
+    restore.add_argument(
+        "--no-owner",
+        action="store_true",
+        help="do not restore owners, even as root (then setuid and setgid bits are dropped)",
+    )
+    restore.add_argument(
+        "--dry-run", action="store_true", help="list what would be written; write nothing"
+    )
     forget = add("forget", cmd_forget, "delete the snapshots a retention policy does not keep")
     forget.add_argument("name")
     for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):

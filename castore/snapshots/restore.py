@@ -2,7 +2,16 @@
 
 Restores verify every chunk and each file's SHA-256, write files through a temporary
 name and a rename, never follow a symlink inside the target, and leave alone files
-whose size, mtime and content already match.
+whose size, mtime and content already match. Before writing anything, a first pass over
+the tree makes a plan: how many files and bytes the restore will write (a dry run stops
+there). Owners and modes are restored as tar and restic do: as root, the recorded uid and
+gid (by number) with every mode bit; otherwise, or with owners off, no setuid or setgid
+bit, so that nobody can plant a set-id program owned by whoever restores.
+
+Nothing is ever changed in place but what the restore may own: a file, directory or
+symlink it created, a directory of the target (directories cannot be hard links), or
+a file or symlink of the target with a single link. A hard link, whose other names may
+lie outside the target, is replaced, never chmodded, chowned or touched.
 """
 
 from __future__ import annotations
@@ -17,8 +26,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, suppress
-from dataclasses import dataclass
+from contextlib import closing, contextmanager, suppress
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -42,12 +51,44 @@ RESTORE_BATCH_BYTES = 8 * 1024 * 1024
 RESTORE_BATCH_FILES = 128
 """Files restored by one task, whose chunks are fetched as one stream (few ranged reads)."""
 TEMPORARY_PREFIX = b".castore-"
+SETID_BITS = stat.S_ISUID | stat.S_ISGID
+"""Mode bits restored only with the owners: setuid and setgid (the sticky bit is kept)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePlan:
+    """What a restore will write, known from the tree before anything is written."""
+
+    manifest: Manifest = field(repr=False)
+    """The snapshot's manifest: every pass of the restore reads this very tree."""
+    selection: tuple[bytes, ...]
+    """The entry paths chosen (each with everything below it); empty for all."""
+    owners_restored: bool
+    """Whether recorded owners (and with them setuid and setgid bits) are restored: only
+    as root (euid 0), and only when asked for (the default)."""
+    files: int = 0
+    bytes: int = 0
+    """Bytes of the files: at most this much is written (files already in place are kept)."""
+    dirs: int = 0
+    symlinks: int = 0
+    skipped: int = 0
+    setid_stripped: int = 0
+    """Files and directories restored without the setuid or setgid bits they record."""
+
+    def mode(self, entry: Entry) -> int:
+        """The permission bits `entry` gets: its own, less setuid and setgid unless owners
+        are restored."""
+        return _mode(entry, self.owners_restored)
 
 
 @dataclass
 class RestoreStats:
     """What one restore wrote and what it found already in place."""
 
+    plan: RestorePlan
+    """What the restore set out to do: totals, owners, set-id bits stripped."""
+    dry_run: bool = False
+    """True if nothing was written: the plan is all there is."""
     files_written: int = 0
     files_unchanged: int = 0
     """Files left alone: same size, mtime and SHA-256 as in the snapshot."""
@@ -64,6 +105,24 @@ def _lstat(dir_fd: int, name: bytes) -> os.stat_result | None:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
+
+
+def _mode(entry: Entry, owners: bool) -> int:
+    return entry.mode if owners else entry.mode & ~SETID_BITS
+
+
+def _set_owner_and_mode(fd: int, entry: Entry, owners: bool) -> None:
+    """Give the open file or directory the entry's owner (when restored), then its mode.
+
+    The owner comes first: on Linux, chown clears setuid and setgid.
+    """
+    current = os.fstat(fd)
+    if owners and (current.st_uid, current.st_gid) != (entry.uid, entry.gid):
+        os.fchown(fd, entry.uid, entry.gid)
+        current = os.fstat(fd)
+    mode = _mode(entry, owners)
+    if stat.S_IMODE(current.st_mode) != mode:
+        os.fchmod(fd, mode)
 
 
 def _remove(dir_fd: int, name: bytes, st: os.stat_result) -> None:
@@ -119,45 +178,76 @@ def _prepare_dir(dir_fd: int, name: bytes) -> int:
     return fd
 
 
-def _restore_symlink(dir_fd: int, name: bytes, entry: Entry) -> bool:
-    """Create or fix a symlink (never followed); True if it had to be written."""
+def _set_link_attributes(dir_fd: int, name: bytes, entry: Entry, owners: bool) -> None:
+    """The owner (when restored) and mtime of the symlink `name` itself, never followed."""
+    if owners:
+        os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
+    times = (entry.mtime_ns, entry.mtime_ns)
+    os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _new_symlink(dir_fd: int, entry: Entry, owners: bool, name: bytes) -> None:
+    os.symlink(entry.target, name, dir_fd=dir_fd)
+    _set_link_attributes(dir_fd, name, entry, owners)
+
+
+def _restore_symlink(dir_fd: int, name: bytes, entry: Entry, owners: bool) -> bool:
+    """Create or fix a symlink (never followed); True if it had to be written.
+
+    A symlink in place with the same target is kept only if it has no other name (a hard
+    link to a symlink elsewhere is replaced, so that nothing outside changes).
+    """
     current = _lstat(dir_fd, name)
     same = (
         current is not None
         and stat.S_ISLNK(current.st_mode)
+        and current.st_nlink == 1
         and os.readlink(name, dir_fd=dir_fd) == entry.target
     )
-    if not same:
-        _replace(dir_fd, name, current, lambda tmp: os.symlink(entry.target, tmp, dir_fd=dir_fd))
-    times = (entry.mtime_ns, entry.mtime_ns)
-    os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
+    if same:
+        _set_link_attributes(dir_fd, name, entry, owners)
+    else:
+        _replace(dir_fd, name, current, partial(_new_symlink, dir_fd, entry, owners))
     return not same
 
 
-def _keep_existing_file(dir_fd: int, name: bytes, current: os.stat_result, entry: Entry) -> bool:
-    """Whether the file in place already has the entry's size, mtime and SHA-256.
+def _may_keep(st: os.stat_result, entry: Entry) -> bool:
+    """Whether `st` is a regular file with one link (a hard link's other names may lie
+    outside the target) and the entry's size and mtime."""
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_nlink == 1
+        and (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns)
+    )
 
-    If so its mode is corrected and it is kept; otherwise it is left for rewriting.
+
+def _keep_existing_file(
+    dir_fd: int, name: bytes, current: os.stat_result, entry: Entry, owners: bool
+) -> bool:
+    """Whether the file in place may stay: a regular file with one link and the entry's
+    size, mtime and SHA-256.
+
+    If so its owner and mode are corrected and it is kept; otherwise it is left to be
+    replaced (a new file renamed over it), so that a hard link is never changed.
     """
-    if not stat.S_ISREG(current.st_mode) or (current.st_size, current.st_mtime_ns) != (
-        entry.size,
-        entry.mtime_ns,
-    ):
+    if not _may_keep(current, entry):
         return False
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     with open(os.open(name, flags, dir_fd=dir_fd), "rb", buffering=0) as file:
+        if not _may_keep(os.fstat(file.fileno()), entry):
+            return False  # replaced since the lstat
         if hashlib.file_digest(file, "sha256").digest() != entry.sha256:
             return False
-        if stat.S_IMODE(os.fstat(file.fileno()).st_mode) != entry.mode:
-            os.fchmod(file.fileno(), entry.mode)
+        _set_owner_and_mode(file.fileno(), entry, owners)
     return True
 
 
 def _write_content(
-    chunks: Iterator[bytes | memoryview], entry: Entry, dir_fd: int, name: bytes
+    chunks: Iterator[bytes | memoryview], entry: Entry, owners: bool, dir_fd: int, name: bytes
 ) -> None:
-    """Write a file's content (its chunks, the next ones of `chunks`), mode and mtime to a
-    new file `name`; IntegrityError unless the content hashes to the entry's SHA-256."""
+    """Write a file's content (its chunks, the next ones of `chunks`), owner, mode and
+    mtime to a new file `name`; IntegrityError unless the content hashes to the entry's
+    SHA-256 (the caller then removes `name`: nothing unverified stays)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     whole = hashlib.sha256()
     with open(os.open(name, flags, 0o600, dir_fd=dir_fd), "wb") as out:
@@ -171,7 +261,7 @@ def _write_content(
                 f"sha256:{entry.sha256.hex()} its snapshot records"
             )
         out.flush()
-        os.fchmod(out.fileno(), entry.mode)
+        _set_owner_and_mode(out.fileno(), entry, owners)
         os.utime(out.fileno(), ns=(entry.mtime_ns, entry.mtime_ns))
 
 
@@ -184,7 +274,9 @@ class _EntryFailed(Exception):
         self.cause = cause
 
 
-def _restore_files(repo: Repository, files: list[tuple[_OpenDir, Entry]]) -> list[bool]:
+def _restore_files(
+    repo: Repository, files: list[tuple[_OpenDir, Entry]], owners: bool
+) -> list[bool]:
     """Restore a batch of files, in order; for each, True if written, False if kept.
 
     The chunks of all the files to write are read as one stream, so that files stored
@@ -198,7 +290,9 @@ def _restore_files(repo: Repository, files: list[tuple[_OpenDir, Entry]]) -> lis
         try:
             dir_fd = parent.fd()
             current = _lstat(dir_fd, entry.name)
-            keep = current is not None and _keep_existing_file(dir_fd, entry.name, current, entry)
+            keep = current is not None and _keep_existing_file(
+                dir_fd, entry.name, current, entry, owners
+            )
         except OSError as exc:
             raise _EntryFailed(entry, exc) from exc
         written.append(not keep)
@@ -208,7 +302,7 @@ def _restore_files(repo: Repository, files: list[tuple[_OpenDir, Entry]]) -> lis
     content = _concatenation([entry for _, entry, _ in to_write])
     with closing(repo.iter_chunks(content, authenticated=True)) as chunks:
         for dir_fd, entry, current in to_write:
-            write = partial(_write_content, chunks, entry, dir_fd)
+            write = partial(_write_content, chunks, entry, owners, dir_fd)
             try:
                 _replace(dir_fd, entry.name, current, write)
             except OSError as exc:
@@ -243,11 +337,12 @@ class _OpenDir:
         """The open directory (waits until it is prepared; raises if that failed)."""
         return self.opened.result()
 
-    def finish(self) -> None:
-        """Set the mode and mtime (once everything inside is written), and close it."""
+    def finish(self, owners: bool) -> None:
+        """Set the owner (if `owners`), mode and mtime, once everything inside is written,
+        and close it."""
         try:
             if self.entry is not None:
-                os.fchmod(self.fd(), self.entry.mode)
+                _set_owner_and_mode(self.fd(), self.entry, owners)
                 os.utime(self.fd(), ns=(self.entry.mtime_ns, self.entry.mtime_ns))
         finally:
             self.close()
@@ -292,12 +387,18 @@ class _Restorer:
     """
 
     def __init__(
-        self, repo: Repository, root_fd: int, target: str, progress: ProgressCallback | None
+        self,
+        repo: Repository,
+        plan: RestorePlan,
+        root_fd: int,
+        target: str,
+        progress: ProgressCallback | None,
     ) -> None:
         self.repo = repo
+        self.owners = plan.owners_restored
         self.target = target
         self.progress = progress
-        self.stats = RestoreStats()
+        self.stats = RestoreStats(plan)
         self.started = time.monotonic()
         self.dirs = [_OpenDir(b"", None, _done(root_fd))]
         self.batch: list[tuple[_OpenDir, Entry]] = []
@@ -312,13 +413,13 @@ class _Restorer:
         parent = self.dirs[-1]
         if parent.path != entry.parent:
             raise IntegrityError(f"{entry.path_str!r} has no directory entry above it")
-        name, pool = entry.name, self.pool
+        name, pool, owners = entry.name, self.pool, self.owners
         if entry.type == DIR:
             opened = pool.submit(lambda: _prepare_dir(parent.fd(), name))
             self.dirs.append(_OpenDir(entry.path, entry, opened))
             self.pending.append(_Job([entry], opened))
         elif entry.type == SYMLINK:
-            linked = pool.submit(lambda: _restore_symlink(parent.fd(), name, entry))
+            linked = pool.submit(lambda: _restore_symlink(parent.fd(), name, entry, owners))
             self.pending.append(_Job([entry], linked))
         elif entry.type == FILE:
             self._batch_file(parent, entry)
@@ -351,7 +452,7 @@ class _Restorer:
     def _flush_batch(self) -> None:
         if self.batch:
             files, self.batch, self.batch_bytes = self.batch, [], 0
-            job = self.pool.submit(_restore_files, self.repo, files)
+            job = self.pool.submit(_restore_files, self.repo, files, self.owners)
             self.pending.append(_Job([entry for _, entry in files], job))
 
     def _leave_dirs(self, parent: bytes) -> None:
@@ -372,7 +473,7 @@ class _Restorer:
             self.pending.popleft()
             try:
                 if job.directory is not None:
-                    job.directory.finish()  # every task before it, so inside it, is done
+                    job.directory.finish(self.owners)  # every task before it, so inside it, is done
                 else:
                     assert job.future is not None
                     self._count(job.entries, job.future.result())
@@ -423,17 +524,60 @@ def _selected(path: bytes, selection: Sequence[bytes]) -> bool:
     )
 
 
-def _check_selection(
-    repo: Repository, manifest: Manifest, selection: list[bytes], ref: str
-) -> None:
-    """NotFoundError, before anything is written, if a selected path is not in the snapshot."""
-    missing = set(selection)
+def _selection(paths: Iterable[str | bytes]) -> tuple[bytes, ...]:
+    """The entry paths `paths` name; empty (everything) if one of them is the root."""
+    selection = tuple(normalize_path(path) for path in paths)
+    return () if b"" in selection else selection
+
+
+def _tally(entries: Iterable[Entry], owners: bool) -> dict[str, int]:
+    """The totals of a plan: entries by type, bytes of files, set-id bits stripped."""
+    counts = dict.fromkeys(("files", "bytes", "dirs", "symlinks", "skipped", "setid_stripped"), 0)
+    kinds = {FILE: "files", DIR: "dirs", SYMLINK: "symlinks"}
+    for entry in entries:
+        counts[kinds.get(entry.type, "skipped")] += 1
+        counts["bytes"] += entry.size if entry.type == FILE else 0
+        stripped = entry.type in (FILE, DIR) and _mode(entry, owners) != entry.mode
+        counts["setid_stripped"] += stripped
+    return counts
+
+
+def _selected_entries(
+    entries: Iterable[Entry], selection: Sequence[bytes], found: set[bytes]
+) -> Iterator[Entry]:
+    """The entries `selection` chooses; adds to `found` the selected paths met."""
+    for entry in entries:
+        if entry.path in selection:
+            found.add(entry.path)
+        if _selected(entry.path, selection):
+            yield entry
+
+
+def plan_restore(
+    repo: Repository, ref: str, paths: Iterable[str | bytes] = (), *, owners: bool = True
+) -> RestorePlan:
+    """What restoring snapshot `ref` (or only `paths` in it) will write, from one pass
+    over its tree; NotFoundError if a path is not in the snapshot.
+
+    Owners are restored if `owners` and the process runs as root (euid 0).
+    """
+    manifest = snapshot_manifest(repo, ref)
+    selection = _selection(paths)
+    owners_restored = owners and os.geteuid() == 0
+    found: set[bytes] = set()
     with tree_entries(repo, manifest) as entries:
-        for entry in entries:
-            missing.discard(entry.path)
-    if missing:
+        counts = _tally(_selected_entries(entries, selection, found), owners_restored)
+    if missing := set(selection) - found:
         listed = ", ".join(sorted(repr(os.fsdecode(path)) for path in missing))
         raise NotFoundError(f"{ref} has no {listed}")
+    return RestorePlan(manifest, selection, owners_restored, **counts)
+
+
+@contextmanager
+def planned_entries(repo: Repository, plan: RestorePlan) -> Iterator[Iterator[Entry]]:
+    """The entries the plan restores, in tree order, streamed from the snapshot."""
+    with tree_entries(repo, plan.manifest) as entries:
+        yield _selected_entries(entries, plan.selection, set())
 
 
 def restore(
@@ -442,28 +586,34 @@ def restore(
     target: str | os.PathLike[str],
     paths: Iterable[str | bytes] = (),
     *,
+    owners: bool = True,
+    dry_run: bool = False,
     progress: ProgressCallback | None = None,
+    on_plan: Callable[[RestorePlan], None] | None = None,
 ) -> RestoreStats:
     """Restore snapshot `ref` (or only `paths` in it) into the directory `target`.
 
     Every chunk and every file's SHA-256 is verified before the file appears (written to
-    a temporary name, then renamed). Modes, mtimes and symlinks are restored; owners are
-    not. Files already in place with the same size, mtime and SHA-256 are kept, and
-    files in `target` that the snapshot lacks are left alone. Nothing is ever created
-    outside `target`, whatever the snapshot holds.
+    a temporary name, then renamed). Modes, mtimes and symlinks are restored; owners too,
+    by number, when running as root unless `owners` is False. Setuid and setgid bits
+    are kept only with the owners. Files already in place with the same size, mtime and
+    SHA-256 are kept (unless they are hard links), and files in `target` that the
+    snapshot lacks are left alone. Nothing is ever created or changed outside `target`,
+    whatever the snapshot holds.
+
+    The plan (plan_restore) is made first and given to `on_plan` before anything is
+    written; with `dry_run`, nothing is: not even `target` is created.
     """
-    manifest = snapshot_manifest(repo, ref)
-    selection = [normalize_path(path) for path in paths]
-    if b"" in selection:
-        selection = []
-    if selection:
-        _check_selection(repo, manifest, selection, ref)
-    restorer = _Restorer(repo, _open_target(target), os.fspath(target), progress)
+    plan = plan_restore(repo, ref, paths, owners=owners)
+    if on_plan is not None:
+        on_plan(plan)
+    if dry_run:
+        return RestoreStats(plan, dry_run=True)
+    restorer = _Restorer(repo, plan, _open_target(target), os.fspath(target), progress)
     try:
-        with tree_entries(repo, manifest) as entries:
+        with planned_entries(repo, plan) as entries:
             for entry in entries:
-                if _selected(entry.path, selection):
-                    restorer.add(entry)
+                restorer.add(entry)
         restorer.finish()
     finally:
         restorer.close()

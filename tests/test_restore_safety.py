@@ -1,0 +1,284 @@
+"""Restores of snapshots planted by someone who can write to the store and holds no key.
+
+Each test plants a tree stream by hand, as docs/FORMAT.md section 20 describes it (or
+backs up a directory and then rigs the target), restores it as root or as an unprivileged
+user, and checks what tar and restic users expect: no setuid or setgid bit unless owners
+are restored, hard links in the target never changed, and the size known before writing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import castore
+from castore.format.tree import DIR
+from tests.helpers import ROOT, pattern
+from tests.test_backup import commit_raw_tree, raw_file, raw_link, raw_meta
+
+SETID = stat.S_ISUID | stat.S_ISGID
+NOBODY = 65534
+OWNER, GROUP = 4242, 4343
+"""The owner and group the planted entries record (no such user on the test machine)."""
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="owners are restored only as root")
+
+
+def hostile_tree(store: castore.Store) -> list[object]:
+    """Entries with every set-id bit an attacker would plant: 4 of them carry one."""
+    content = store.repository.write_stream(b"#!/bin/sh\nid\n")
+    owned = {"uid": OWNER, "gid": GROUP}
+    return [
+        raw_meta(b"d", DIR, mode=0o7777, **owned),
+        raw_link(b"d/link", b"suid") | owned,
+        raw_file(b"d/suid", content, mode=0o4755, **owned),
+        raw_file(b"d/ugid", content, mode=0o6755, **owned),
+        raw_file(b"sgid", content, mode=0o2755, **owned),
+        raw_meta(b"sticky", DIR, mode=0o1777, **owned),
+    ]
+
+
+STRIPPED_MODES = {"d": 0o1777, "d/suid": 0o755, "d/ugid": 0o755, "sgid": 0o755, "sticky": 0o1777}
+"""The modes the hostile tree restores with when owners are not restored."""
+
+
+def modes(target: Path) -> dict[str, int]:
+    """The permission bits of every file and directory below target (links left out)."""
+    return {
+        str(path.relative_to(target)): stat.S_IMODE(path.lstat().st_mode)
+        for path in target.rglob("*")
+        if not path.is_symlink()
+    }
+
+
+def cli(store: str, *args: str, prefix: tuple[str, ...] = (), **env: str) -> str:
+    """Run the castore command line (after `prefix`, e.g. setpriv); its stdout."""
+    result = subprocess.run(
+        [*prefix, sys.executable, "-m", "castore", "--store", store, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> Iterator[castore.Store]:
+    """A store on the local file system (restore works the same on every backend)."""
+    with castore.init(tmp_path / "store") as store:
+        yield store
+
+
+# -- modes and owners ------------------------------------------------------------------------
+
+
+@requires_root
+def test_as_root_owners_are_restored_before_the_modes_that_need_them(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    ref = commit_raw_tree(local_store, "evil/owned", hostile_tree(local_store))
+    target = tmp_path / "out"
+    stats = local_store.restore(ref, target)
+    for path in target.rglob("*"):
+        info = path.lstat()
+        assert (info.st_uid, info.st_gid) == (OWNER, GROUP), path
+    expected = {"d": 0o7777, "d/suid": 0o4755, "d/ugid": 0o6755, "sgid": 0o2755, "sticky": 0o1777}
+    assert modes(target) == expected  # chown before chmod, or chown clears the set-id bits
+    assert stats.plan.owners_restored and stats.plan.setid_stripped == 0
+
+
+@requires_root
+def test_as_root_without_owners_setuid_and_setgid_are_stripped_and_counted(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    ref = commit_raw_tree(local_store, "evil/setid", hostile_tree(local_store))
+    target = tmp_path / "out"
+    stats = local_store.restore(ref, target, owners=False)
+    assert not stats.plan.owners_restored and stats.plan.setid_stripped == 4
+    assert modes(target) == STRIPPED_MODES
+    assert {path.lstat().st_uid for path in target.rglob("*")} == {0}
+
+    summary = json.loads(
+        cli(local_store.url, "--json", "restore", "--no-owner", ref, str(tmp_path / "cli"))
+    )
+    assert summary["plan"]["setid_stripped"] == 4 and not summary["plan"]["owners_restored"]
+    assert modes(tmp_path / "cli") == STRIPPED_MODES
+    text = cli(local_store.url, "restore", "--no-owner", ref, str(tmp_path / "cli"))
+    assert "setuid/setgid stripped from 4" in text.splitlines()[-1]
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder that an unprivileged user can reach (pytest's tmp_path is root's alone)."""
+    folder = Path(tempfile.mkdtemp(prefix="castore-restore-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+def unprivileged() -> tuple[str, ...]:
+    """A command prefix that runs as nobody: setpriv when root, nothing otherwise."""
+    if os.geteuid() != 0:
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot restore as another user")
+    return (setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--")
+
+
+def test_not_as_root_setuid_and_setgid_are_stripped_and_counted(shared_dir: Path) -> None:
+    prefix = unprivileged()
+    with castore.init(shared_dir / "store") as store:
+        ref = commit_raw_tree(store, "evil/setid", hostile_tree(store))
+    if prefix:
+        for folder, _, files in os.walk(shared_dir):
+            for name in [folder, *(os.path.join(folder, file) for file in files)]:
+                os.chown(name, NOBODY, NOBODY)
+    target = shared_dir / "out"
+    summary = json.loads(
+        cli(
+            str(shared_dir / "store"),
+            "--json",
+            "restore",
+            ref,
+            str(target),
+            prefix=prefix,
+            CASTORE_CACHE_DIR=str(shared_dir / "cache"),
+        )
+    )
+    assert not any(path.lstat().st_mode & SETID for path in target.rglob("*"))
+    assert modes(target) == STRIPPED_MODES
+    assert summary["plan"]["setid_stripped"] == 4 and not summary["plan"]["owners_restored"]
+
+
+# -- never change what the restore did not create ----------------------------------------
+
+
+def test_a_hard_link_in_the_target_is_replaced_and_its_outside_file_left_alone(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    src, target, outside = tmp_path / "src", tmp_path / "out", tmp_path / "outside"
+    for folder in (src, outside):
+        folder.mkdir()
+    (src / "f").write_bytes(b"same content")
+    (src / "f").chmod(0o644)
+    os.symlink("somewhere", src / "l")
+    snapshot = local_store.backup(src, "backups/links")
+    target.mkdir()
+
+    victim, victim_link = outside / "victim", outside / "victim-link"
+    victim.write_bytes(b"same content")  # the entry's size, content and mtime
+    os.utime(victim, ns=(0, (src / "f").stat().st_mtime_ns))
+    victim.chmod(0o600)
+    os.symlink("somewhere", victim_link)  # the entry's target, another mtime
+    os.utime(victim_link, ns=(0, 1_000_000_000), follow_symlinks=False)
+    if os.geteuid() == 0:
+        os.chown(victim, OWNER, GROUP)
+    before = {path: path.lstat() for path in (victim, victim_link)}
+    os.link(victim, target / "f")
+    os.link(victim_link, target / "l", follow_symlinks=False)
+
+    stats = local_store.restore(snapshot.reference, target)
+    assert victim.read_bytes() == b"same content"
+    for path, old in before.items():
+        new = path.lstat()
+        assert (new.st_mode, new.st_uid, new.st_gid, new.st_mtime_ns) == (
+            old.st_mode,
+            old.st_uid,
+            old.st_gid,
+            old.st_mtime_ns,
+        ), path
+        assert new.st_nlink == 1, path
+    restored = (target / "f").lstat()
+    assert stat.S_IMODE(restored.st_mode) == 0o644 and restored.st_ino != before[victim].st_ino
+    assert (target / "l").lstat().st_mtime_ns == (src / "l").lstat().st_mtime_ns
+    assert (stats.files_written, stats.files_unchanged) == (1, 0)
+
+
+# -- the size up front, dry runs --------------------------------------------------------------
+
+
+def amplified_file(
+    store: castore.Store, path: bytes, times: int, *, honest: bool
+) -> dict[str, object]:
+    """A file entry listing the chunks of one small stored stream `times` times: the
+    amplification a planted entry gets for free. Its SHA-256 is wrong unless `honest`."""
+    data = pattern(64 * 1024)
+    stored = store.repository.write_stream(data)
+    content = data * times
+    entry = raw_file(path, stored, size=len(content))
+    entry.update(chunks=stored.chunk_ids * times, sizes=list(stored.chunk_sizes) * times)
+    entry["sha256"] = hashlib.sha256(content if honest else b"other").digest()
+    return entry
+
+
+def test_the_size_is_known_before_anything_is_written(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    times = 256  # 16 MiB from one 64 KiB chunk
+    ref = commit_raw_tree(
+        local_store, "evil/big", [amplified_file(local_store, b"big", times, honest=True)]
+    )
+    target = tmp_path / "out"
+    plans: list[castore.RestorePlan] = []
+
+    def before_writing(plan: castore.RestorePlan) -> None:
+        assert not target.exists()
+        plans.append(plan)
+
+    stats = local_store.restore(ref, target, on_plan=before_writing)
+    assert [(plan.files, plan.bytes) for plan in plans] == [(1, times * 64 * 1024)]
+    assert stats.bytes_written == times * 64 * 1024
+    first = cli(local_store.url, "restore", ref, str(tmp_path / "cli")).splitlines()[0]
+    owners = "owners restored" if os.geteuid() == 0 else "owners not restored"
+    assert first == f"restoring 1 files, 16.0 MiB to {tmp_path / 'cli'} ({owners})"
+
+    lying = commit_raw_tree(
+        local_store, "evil/lie", [amplified_file(local_store, b"big", times, honest=False)]
+    )
+    with pytest.raises(castore.IntegrityError, match="restores as"):
+        local_store.restore(lying, tmp_path / "lie")
+    assert list((tmp_path / "lie").iterdir()) == []  # no final name, no temporary left
+
+
+def test_a_dry_run_lists_what_it_would_write_and_writes_nothing(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    ref = commit_raw_tree(local_store, "evil/setid", hostile_tree(local_store))
+    target = tmp_path / "out"
+    stats = local_store.restore(ref, target, owners=False, dry_run=True)
+    assert not target.exists()
+    assert stats.dry_run and stats.files_written == 0
+    plan = stats.plan
+    assert (plan.files, plan.dirs, plan.symlinks, plan.setid_stripped) == (3, 2, 1, 4)
+    assert plan.bytes == 3 * len(b"#!/bin/sh\nid\n")
+    listed = {entry.path_str: plan.mode(entry) for entry in local_store.planned_entries(plan)}
+    assert {path: listed[path] for path in STRIPPED_MODES} == STRIPPED_MODES
+
+    target.mkdir()
+    (target / "sgid").write_bytes(b"already here")
+    before = (target / "sgid").stat()
+    output = cli(local_store.url, "restore", "--dry-run", ref, str(target), "d")
+    lines = output.splitlines()
+    assert lines[0].startswith(f"would restore 2 files, 26 B to {target}")
+    assert [line.split()[-1] for line in lines[1:]] == ["d", "d/link", "d/suid", "d/ugid"]
+    assert [path.name for path in target.iterdir()] == ["sgid"]
+    assert (target / "sgid").stat() == before
+    planned = json.loads(cli(local_store.url, "--json", "restore", "--dry-run", ref, str(target)))
+    assert planned["dry_run"] and planned["plan"]["files"] == 3
+    assert {e["path"]: e["size"] for e in planned["entries"]}["sgid"] == len(b"#!/bin/sh\nid\n")
