@@ -284,6 +284,7 @@ class Store:
         paths: Iterable[str] = (),
         *,
         owners: bool = True,
+        setid: bool = False,
         dry_run: bool = False,
         progress: ProgressCallback | None = None,
         on_plan: Callable[[RestorePlan], None] | None = None,
@@ -291,8 +292,10 @@ class Store:
         """Restore a snapshot (or some of its `paths`) under `target`, verified, never
         writing outside it; files already identical are left alone.
 
-        As root, owners are restored (by number) with setuid and setgid bits, unless
-        `owners` is False; otherwise those bits are stripped and counted. `on_plan` gets
+        As root, owners are restored (by number) unless `owners` is False. Setuid and
+        setgid bits are kept only with the owners and `setid` (for snapshots you trust: a
+        store writer could plant a set-id program owned by root); otherwise they are
+        stripped and counted. `on_plan` gets
         the plan (files and bytes to write) before anything is written; with `dry_run`
         nothing is written at all."""
         return restore_snapshot(
@@ -301,6 +304,7 @@ class Store:
             target,
             paths,
             owners=owners,
+            setid=setid,
             dry_run=dry_run,
             progress=progress,
             on_plan=on_plan,

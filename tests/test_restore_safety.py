@@ -91,13 +91,31 @@ def test_as_root_owners_are_restored_before_the_modes_that_need_them(
 ) -> None:
     ref = commit_raw_tree(local_store, "evil/owned", hostile_tree(local_store))
     target = tmp_path / "out"
-    stats = local_store.restore(ref, target)
+    stats = local_store.restore(ref, target, setid=True)
     for path in target.rglob("*"):
         info = path.lstat()
         assert (info.st_uid, info.st_gid) == (OWNER, GROUP), path
     expected = {"d": 0o7777, "d/suid": 0o4755, "d/ugid": 0o6755, "sgid": 0o2755, "sticky": 0o1777}
     assert modes(target) == expected  # chown before chmod, or chown clears the set-id bits
-    assert stats.plan.owners_restored and stats.plan.setid_stripped == 0
+    assert stats.plan.ownership.owners and stats.plan.ownership.setid
+    assert stats.plan.setid_stripped == 0
+
+
+@requires_root
+def test_as_root_by_default_owners_come_back_but_no_setid_bit(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    """A snapshot anyone could have planted must not leave a set-id program owned by
+    root: by default set-id bits need `setid=True` even when owners are restored."""
+    ref = commit_raw_tree(local_store, "evil/default", hostile_tree(local_store))
+    target = tmp_path / "out"
+    stats = local_store.restore(ref, target)
+    for path in target.rglob("*"):
+        info = path.lstat()
+        assert (info.st_uid, info.st_gid) == (OWNER, GROUP), path
+        assert not info.st_mode & (stat.S_ISUID | stat.S_ISGID), path
+    assert stats.plan.ownership.owners and not stats.plan.ownership.setid
+    assert stats.plan.setid_stripped == 4
 
 
 @requires_root
@@ -107,7 +125,7 @@ def test_as_root_without_owners_setuid_and_setgid_are_stripped_and_counted(
     ref = commit_raw_tree(local_store, "evil/setid", hostile_tree(local_store))
     target = tmp_path / "out"
     stats = local_store.restore(ref, target, owners=False)
-    assert not stats.plan.owners_restored and stats.plan.setid_stripped == 4
+    assert not stats.plan.ownership.owners and stats.plan.setid_stripped == 4
     assert modes(target) == STRIPPED_MODES
     assert {path.lstat().st_uid for path in target.rglob("*")} == {0}
 

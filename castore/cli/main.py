@@ -487,7 +487,7 @@ def cmd_backup(command: Command) -> int:
 
 
 def _plan_text(plan: castore.RestorePlan, target: str, verb: str) -> str:
-    owners = "owners restored" if plan.owners_restored else "owners not restored"
+    owners = "owners restored" if plan.ownership.owners else "owners not restored"
     stripped = f", setuid/setgid stripped from {plan.setid_stripped}" if plan.setid_stripped else ""
     return f"{verb} {plan.files} files, {_human_size(plan.bytes)} to {target} ({owners}{stripped})"
 
@@ -498,7 +498,8 @@ def _restore_json(stats: castore.RestoreStats) -> dict[str, Any]:
     return {
         **{key: value for key, value in vars(stats).items() if key != "plan"},
         "plan": {
-            "owners_restored": plan.owners_restored,
+            "owners_restored": plan.ownership.owners,
+            "setid_restored": plan.ownership.setid,
             **{key: getattr(plan, key) for key in totals},
         },
     }
@@ -507,7 +508,14 @@ def _restore_json(stats: castore.RestoreStats) -> dict[str, Any]:
 def _restore_dry_run(command: Command) -> int:
     """castore restore --dry-run: the plan and every entry it would write, nothing written."""
     args, store = command.args, command.store
-    stats = store.restore(args.ref, args.target, args.paths, owners=not args.no_owner, dry_run=True)
+    stats = store.restore(
+        args.ref,
+        args.target,
+        args.paths,
+        owners=not args.no_owner,
+        setid=args.keep_setid,
+        dry_run=True,
+    )
     plan = stats.plan
     entries = [
         {**_entry_json(entry), "mode": oct(plan.mode(entry))}
@@ -540,6 +548,7 @@ def cmd_restore(command: Command) -> int:
             args.target,
             args.paths,
             owners=not args.no_owner,
+            setid=args.keep_setid,
             progress=_progress_callback(bar),
             on_plan=announce,
         )
@@ -862,6 +871,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-owner",
         action="store_true",
         help="do not restore owners, even as root (then setuid and setgid bits are dropped)",
+    )
+    restore.add_argument(
+        "--keep-setid",
+        action="store_true",
+        help="as root with owners, keep setuid and setgid bits (only for snapshots you trust:"
+        " a store writer could plant a set-id program owned by root)",
     )
     restore.add_argument(
         "--dry-run", action="store_true", help="list what would be written; write nothing"

@@ -5,8 +5,8 @@ name and a rename, never follow a symlink inside the target, and leave alone fil
 whose size, mtime and content already match. Before writing anything, a first pass over
 the tree makes a plan: how many files and bytes the restore will write (a dry run stops
 there). Owners and modes are restored as tar and restic do: as root, the recorded uid and
-gid (by number) with every mode bit; otherwise, or with owners off, no setuid or setgid
-bit, so that nobody can plant a set-id program owned by whoever restores.
+gid (by number). Setuid and setgid bits are kept only with the owners and only when
+asked for (`setid`), so that no store writer can plant a set-id program owned by root.
 
 Nothing is ever changed in place but what the restore may own: a file, directory or
 symlink it created, a directory of the target (directories cannot be hard links), or
@@ -56,6 +56,17 @@ SETID_BITS = stat.S_ISUID | stat.S_ISGID
 
 
 @dataclass(frozen=True, slots=True)
+class Ownership:
+    """What a restore gives back besides content, permission bits and times."""
+
+    owners: bool
+    """Recorded uid and gid, by number: only as root, and unless turned off."""
+    setid: bool
+    """Setuid and setgid bits: only with the owners, and only when asked for, since an
+    unsigned snapshot could otherwise plant a set-id program owned by root."""
+
+
+@dataclass(frozen=True, slots=True)
 class RestorePlan:
     """What a restore will write, known from the tree before anything is written."""
 
@@ -63,9 +74,8 @@ class RestorePlan:
     """The snapshot's manifest: every pass of the restore reads this very tree."""
     selection: tuple[bytes, ...]
     """The entry paths chosen (each with everything below it); empty for all."""
-    owners_restored: bool
-    """Whether recorded owners (and with them setuid and setgid bits) are restored: only
-    as root (euid 0), and only when asked for (the default)."""
+    ownership: Ownership
+    """Whether recorded owners, and setuid and setgid bits, are restored."""
     files: int = 0
     bytes: int = 0
     """Bytes of the files: at most this much is written (files already in place are kept)."""
@@ -76,9 +86,9 @@ class RestorePlan:
     """Files and directories restored without the setuid or setgid bits they record."""
 
     def mode(self, entry: Entry) -> int:
-        """The permission bits `entry` gets: its own, less setuid and setgid unless owners
+        """The permission bits `entry` gets: its own, less setuid and setgid unless those
         are restored."""
-        return _mode(entry, self.owners_restored)
+        return _mode(entry, self.ownership)
 
 
 @dataclass
@@ -107,17 +117,17 @@ def _lstat(dir_fd: int, name: bytes) -> os.stat_result | None:
         return None
 
 
-def _mode(entry: Entry, owners: bool) -> int:
-    return entry.mode if owners else entry.mode & ~SETID_BITS
+def _mode(entry: Entry, ownership: Ownership) -> int:
+    return entry.mode if ownership.setid else entry.mode & ~SETID_BITS
 
 
-def _set_owner_and_mode(fd: int, entry: Entry, owners: bool) -> None:
+def _set_owner_and_mode(fd: int, entry: Entry, owners: Ownership) -> None:
     """Give the open file or directory the entry's owner (when restored), then its mode.
 
     The owner comes first: on Linux, chown clears setuid and setgid.
     """
     current = os.fstat(fd)
-    if owners and (current.st_uid, current.st_gid) != (entry.uid, entry.gid):
+    if owners.owners and (current.st_uid, current.st_gid) != (entry.uid, entry.gid):
         os.fchown(fd, entry.uid, entry.gid)
         current = os.fstat(fd)
     mode = _mode(entry, owners)
@@ -178,20 +188,20 @@ def _prepare_dir(dir_fd: int, name: bytes) -> int:
     return fd
 
 
-def _set_link_attributes(dir_fd: int, name: bytes, entry: Entry, owners: bool) -> None:
+def _set_link_attributes(dir_fd: int, name: bytes, entry: Entry, owners: Ownership) -> None:
     """The owner (when restored) and mtime of the symlink `name` itself, never followed."""
-    if owners:
+    if owners.owners:
         os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
     times = (entry.mtime_ns, entry.mtime_ns)
     os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
 
 
-def _new_symlink(dir_fd: int, entry: Entry, owners: bool, name: bytes) -> None:
+def _new_symlink(dir_fd: int, entry: Entry, owners: Ownership, name: bytes) -> None:
     os.symlink(entry.target, name, dir_fd=dir_fd)
     _set_link_attributes(dir_fd, name, entry, owners)
 
 
-def _restore_symlink(dir_fd: int, name: bytes, entry: Entry, owners: bool) -> bool:
+def _restore_symlink(dir_fd: int, name: bytes, entry: Entry, owners: Ownership) -> bool:
     """Create or fix a symlink (never followed); True if it had to be written.
 
     A symlink in place with the same target is kept only if it has no other name (a hard
@@ -222,7 +232,7 @@ def _may_keep(st: os.stat_result, entry: Entry) -> bool:
 
 
 def _keep_existing_file(
-    dir_fd: int, name: bytes, current: os.stat_result, entry: Entry, owners: bool
+    dir_fd: int, name: bytes, current: os.stat_result, entry: Entry, owners: Ownership
 ) -> bool:
     """Whether the file in place may stay: a regular file with one link and the entry's
     size, mtime and SHA-256.
@@ -243,7 +253,7 @@ def _keep_existing_file(
 
 
 def _write_content(
-    chunks: Iterator[bytes | memoryview], entry: Entry, owners: bool, dir_fd: int, name: bytes
+    chunks: Iterator[bytes | memoryview], entry: Entry, owners: Ownership, dir_fd: int, name: bytes
 ) -> None:
     """Write a file's content (its chunks, the next ones of `chunks`), owner, mode and
     mtime to a new file `name`; IntegrityError unless the content hashes to the entry's
@@ -275,7 +285,7 @@ class _EntryFailed(Exception):
 
 
 def _restore_files(
-    repo: Repository, files: list[tuple[_OpenDir, Entry]], owners: bool
+    repo: Repository, files: list[tuple[_OpenDir, Entry]], owners: Ownership
 ) -> list[bool]:
     """Restore a batch of files, in order; for each, True if written, False if kept.
 
@@ -337,7 +347,7 @@ class _OpenDir:
         """The open directory (waits until it is prepared; raises if that failed)."""
         return self.opened.result()
 
-    def finish(self, owners: bool) -> None:
+    def finish(self, owners: Ownership) -> None:
         """Set the owner (if `owners`), mode and mtime, once everything inside is written,
         and close it."""
         try:
@@ -395,7 +405,7 @@ class _Restorer:
         progress: ProgressCallback | None,
     ) -> None:
         self.repo = repo
-        self.owners = plan.owners_restored
+        self.owners = plan.ownership
         self.target = target
         self.progress = progress
         self.stats = RestoreStats(plan)
@@ -530,14 +540,14 @@ def _selection(paths: Iterable[str | bytes]) -> tuple[bytes, ...]:
     return () if b"" in selection else selection
 
 
-def _tally(entries: Iterable[Entry], owners: bool) -> dict[str, int]:
+def _tally(entries: Iterable[Entry], ownership: Ownership) -> dict[str, int]:
     """The totals of a plan: entries by type, bytes of files, set-id bits stripped."""
     counts = dict.fromkeys(("files", "bytes", "dirs", "symlinks", "skipped", "setid_stripped"), 0)
     kinds = {FILE: "files", DIR: "dirs", SYMLINK: "symlinks"}
     for entry in entries:
         counts[kinds.get(entry.type, "skipped")] += 1
         counts["bytes"] += entry.size if entry.type == FILE else 0
-        stripped = entry.type in (FILE, DIR) and _mode(entry, owners) != entry.mode
+        stripped = entry.type in (FILE, DIR) and _mode(entry, ownership) != entry.mode
         counts["setid_stripped"] += stripped
     return counts
 
@@ -554,23 +564,30 @@ def _selected_entries(
 
 
 def plan_restore(
-    repo: Repository, ref: str, paths: Iterable[str | bytes] = (), *, owners: bool = True
+    repo: Repository,
+    ref: str,
+    paths: Iterable[str | bytes] = (),
+    *,
+    owners: bool = True,
+    setid: bool = False,
 ) -> RestorePlan:
     """What restoring snapshot `ref` (or only `paths` in it) will write, from one pass
     over its tree; NotFoundError if a path is not in the snapshot.
 
-    Owners are restored if `owners` and the process runs as root (euid 0).
+    Owners are restored if `owners` and the process runs as root (euid 0); setuid and
+    setgid bits only with the owners, and only if `setid`.
     """
     manifest = snapshot_manifest(repo, ref)
     selection = _selection(paths)
-    owners_restored = owners and os.geteuid() == 0
+    restored = owners and os.geteuid() == 0
+    ownership = Ownership(owners=restored, setid=restored and setid)
     found: set[bytes] = set()
     with tree_entries(repo, manifest) as entries:
-        counts = _tally(_selected_entries(entries, selection, found), owners_restored)
+        counts = _tally(_selected_entries(entries, selection, found), ownership)
     if missing := set(selection) - found:
         listed = ", ".join(sorted(repr(os.fsdecode(path)) for path in missing))
         raise NotFoundError(f"{ref} has no {listed}")
-    return RestorePlan(manifest, selection, owners_restored, **counts)
+    return RestorePlan(manifest, selection, ownership, **counts)
 
 
 @contextmanager
@@ -587,6 +604,7 @@ def restore(
     paths: Iterable[str | bytes] = (),
     *,
     owners: bool = True,
+    setid: bool = False,
     dry_run: bool = False,
     progress: ProgressCallback | None = None,
     on_plan: Callable[[RestorePlan], None] | None = None,
@@ -596,15 +614,16 @@ def restore(
     Every chunk and every file's SHA-256 is verified before the file appears (written to
     a temporary name, then renamed). Modes, mtimes and symlinks are restored; owners too,
     by number, when running as root unless `owners` is False. Setuid and setgid bits
-    are kept only with the owners. Files already in place with the same size, mtime and
-    SHA-256 are kept (unless they are hard links), and files in `target` that the
+    are kept only with the owners and with `setid` (off by default: a store writer
+    could plant a set-id program owned by root). Files already in place with the same
+    size, mtime and SHA-256 are kept (unless they are hard links), and files in `target` that the
     snapshot lacks are left alone. Nothing is ever created or changed outside `target`,
     whatever the snapshot holds.
 
     The plan (plan_restore) is made first and given to `on_plan` before anything is
     written; with `dry_run`, nothing is: not even `target` is created.
     """
-    plan = plan_restore(repo, ref, paths, owners=owners)
+    plan = plan_restore(repo, ref, paths, owners=owners, setid=setid)
     if on_plan is not None:
         on_plan(plan)
     if dry_run:
