@@ -33,6 +33,8 @@ from castore.format.tree import TREE_SERIALIZER
 from castore.maintenance.reachability import walk
 from castore.versions.contents import check_tree_manifest
 from tests.helpers import pattern
+from tests.test_backup import commit_raw_tree
+from tests.test_restore_safety import hostile_tree
 
 Plant = Callable[[Path, castore.Version], None]
 
@@ -327,6 +329,24 @@ def _swapped_ref(root: Path, kept: castore.Version) -> None:
         )
 
 
+def _setid_snapshot(root: Path, kept: castore.Version) -> None:
+    """The next version of backups/b: set-id programs and folders, planted by hand."""
+    with castore.open(root) as store:
+        commit_raw_tree(store, "backups/b", hostile_tree(store))
+
+
+def _hard_linked_target(root: Path, kept: castore.Version) -> None:
+    """The restore target already holds a hard link to an outside file, under the name
+    and with the size and mtime of a snapshot entry."""
+    target, outside = root.parent / "target", root.parent / "bystander" / "linked"
+    target.mkdir()
+    outside.parent.mkdir(exist_ok=True)
+    source = root.parent / "source" / "file"
+    shutil.copy2(source, outside)
+    os.chmod(outside, 0o600)
+    os.link(outside, target / "file")
+
+
 HOSTILE: dict[str, Plant | None] = {
     "intact": None,
     **PLANTS,
@@ -335,6 +355,8 @@ HOSTILE: dict[str, Plant | None] = {
     "4 GiB ref": _giant_ref,
     "corrupted chunk": _corrupted_chunk,
     "swapped ref": _swapped_ref,
+    "set-id snapshot": _setid_snapshot,
+    "hard link in the target": _hard_linked_target,
 }
 
 COMMANDS = [
@@ -343,10 +365,10 @@ COMMANDS = [
     ["log", "keep/me", "--verify"],
     ["info", "keep/me:1"],
     ["diff", "keep/me:1", "keep/me:1"],
-    ["ls", "backups/b:1"],
+    ["ls", "backups/b:latest"],
     ["cat", "keep/me:1"],
     ["get", "keep/me:1", "-o", "{out}"],
-    ["restore", "backups/b:1", "{target}"],
+    ["restore", "backups/b:latest", "{target}"],
     ["copy", "keep/me", "{dest}"],
     ["verify"],
     ["stats"],
@@ -356,15 +378,16 @@ COMMANDS = [
 CASTORE_EXIT_CODES = {0, 1, 2, 3, 4, 5}
 
 
-def _tree(folder: Path) -> dict[str, bytes | str]:
-    """Every entry below `folder`: file bytes, link targets (not followed)."""
-    found: dict[str, bytes | str] = {}
+def _tree(folder: Path) -> dict[str, object]:
+    """Every entry below `folder`: link targets (not followed); file bytes, mode, mtime."""
+    found: dict[str, object] = {}
     for path in sorted(folder.rglob("*")):
         relative = str(path.relative_to(folder))
         if path.is_symlink():
             found[relative] = os.readlink(path)
         elif path.is_file():
-            found[relative] = path.read_bytes()
+            info = path.stat()
+            found[relative] = (path.read_bytes(), info.st_mode, info.st_mtime_ns, info.st_uid)
     return found
 
 
@@ -382,7 +405,7 @@ def test_every_command_on_a_hostile_store(tmp_path: Path, plant: Plant | None) -
         store.backup(source, "backups/b")
     castore.init(dest).close()
     bystander = tmp_path / "bystander"
-    bystander.mkdir()
+    bystander.mkdir(exist_ok=True)
     (bystander / "precious").write_bytes(b"keep me")
     if plant is not None:
         plant(root, kept)
