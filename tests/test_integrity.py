@@ -149,7 +149,7 @@ def test_tampered_chunk_list_fails_the_whole_stream_check(
 
 
 def test_missing_digest_is_not_found(store: castore.Store) -> None:
-    with pytest.raises(castore.NotFoundError, match="no content with digest"):
+    with pytest.raises(castore.NotFoundError, match="no stream or version with digest"):
         store.get("sha256:" + "ab" * 32)
 
 

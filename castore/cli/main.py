@@ -210,9 +210,10 @@ def cmd_put(command: Command) -> int:
 
 
 def _open_bytes(command: Command, ref: str) -> tuple[Any, int]:
-    """A verified readable stream for a content digest or a version reference."""
+    """A verified readable stream for a bare digest (a version digest first, then a
+    content digest) or any other version reference."""
     store = command.store
-    if ref.startswith(castore.DIGEST_PREFIX) and store.contains(ref):
+    if ref.startswith(castore.DIGEST_PREFIX):
         stream = store.open_stream(ref)
     else:
         stream = store.open_version(ref)

@@ -1,0 +1,90 @@
+"""Bare digests: ``sha256:<hex>`` reads a version first, then content, through every door.
+
+A version digest names a manifest by the SHA-256 of its bytes; a content digest names a
+stream by the SHA-256 of the stream's bytes (docs/FORMAT.md, 1.2 and 10.4). `cat`, `get`
+and the API's get, get_file and open_stream accept either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import castore
+from castore.format import layout
+from castore.format.compression import Codec
+from castore.format.digests import parse_digest
+from castore.format.index import encode_index_object
+from castore.format.packs import PackBuilder
+from castore.format.streams import StreamDescriptor, encode_stream_object
+
+ATTACK = b"echo pwned\n" + b"#" * (2 * 1024 * 1024)
+"""The planted text: a shell command, padded past the 1 MiB blocks that `cat` once wrote
+before the whole-stream check failed at the end."""
+
+
+def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "castore", "--store", str(root), *args],
+        capture_output=True,
+        env={**os.environ, "CASTORE_STORE": ""},
+        timeout=120,
+        check=False,
+    )
+
+
+def _plant_chunk(store: castore.Store, data: bytes) -> StreamDescriptor:
+    """Store `data` as one raw chunk in a pack and index object of its own, as any store
+    writer can with the format's encoders; return a descriptor of `data` as one chunk."""
+    backend = store.repository.backend
+    chunk_id = hashlib.sha256(data).digest()
+    pack = PackBuilder()
+    pack.add(chunk_id, Codec.RAW, data, len(data))
+    pack_id, pack_bytes, entries = pack.finish()
+    backend.write(layout.pack_path(pack_id), bytes(pack_bytes))
+    index = encode_index_object([(pack_id, entries)])
+    backend.write(layout.index_path(hashlib.sha256(index).digest()), index)
+    return StreamDescriptor(chunk_id, len(data), chunk_id, (len(data),))
+
+
+def _plant_stream_object(store: castore.Store, name: str, data: bytes) -> None:
+    """A stream object under the digest `name` whose chunk list holds `data`."""
+    chunk = _plant_chunk(store, data)
+    digest = parse_digest(name)
+    forged = StreamDescriptor(digest, chunk.size, chunk.chunk_ids, chunk.chunk_sizes)
+    store.repository.backend.write(layout.stream_path(digest), encode_stream_object(forged))
+
+
+def test_a_stream_object_planted_under_a_version_digest_never_stands_in_for_it(
+    tmp_path: Path,
+) -> None:
+    """`castore cat sha256:<pinned version digest> | sh` once ran a planted command: the
+    stream object under the version's digest was read first and printed block by block."""
+    root = tmp_path / "store"
+    saved = b"echo saved by the victim\n"
+    with castore.init(root) as store:
+        victim = store.save(saved, "team/tool", serializer="raw")
+        _plant_stream_object(store, victim.digest, ATTACK)
+
+        assert store.get(victim.digest) == saved
+        with store.open_stream(victim.digest) as stream:
+            assert stream.read() == saved
+        store.get_file(victim.digest, tmp_path / "api.out")
+        assert (tmp_path / "api.out").read_bytes() == saved
+
+        report = store.verify()
+        assert not report.ok
+        assert any(victim.digest in p and "manifest" in p for p in report.problems), report
+
+    cat = _cli(root, "cat", victim.digest)
+    assert cat.returncode == 0, cat.stderr.decode()
+    assert cat.stdout == saved
+    out = tmp_path / "cli.out"
+    got = _cli(root, "get", victim.digest, "-o", str(out))
+    assert got.returncode == 0, got.stderr.decode()
+    assert out.read_bytes() == saved
+    verify = _cli(root, "verify")
+    assert verify.returncode == 1 and victim.digest.encode() in verify.stdout
