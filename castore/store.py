@@ -110,7 +110,8 @@ class Store:
         """A readable binary file over the bytes a digest designates, verified as it is read.
 
         ``sha256:<hex>`` is tried as a version digest first (the version's bytes), then as
-        a content digest (a stream stored with put), so that no stream object planted
+        a content digest: a stream stored with put, else the stream of a live version (as
+        ``info`` shows it), found by a scan of the live versions. No stream object planted
         under a version's digest can stand in for the version; verify reports such objects.
 
         Every chunk is checked against its SHA-256 before a read returns any of its bytes.

@@ -13,13 +13,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import castore
-from castore.format import layout
+from castore.format import layout, wire
 from castore.format.compression import Codec
-from castore.format.digests import parse_digest
+from castore.format.digests import format_digest, parse_digest
 from castore.format.index import encode_index_object
+from castore.format.manifest import Manifest
 from castore.format.packs import PackBuilder
 from castore.format.streams import StreamDescriptor, encode_stream_object
+from castore.versions import catalog
 
 ATTACK = b"echo pwned\n" + b"#" * (2 * 1024 * 1024)
 """The planted text: a shell command, padded past the 1 MiB blocks that `cat` once wrote
@@ -88,3 +92,83 @@ def test_a_stream_object_planted_under_a_version_digest_never_stands_in_for_it(
     assert out.read_bytes() == saved
     verify = _cli(root, "verify")
     assert verify.returncode == 1 and victim.digest.encode() in verify.stdout
+
+
+def test_the_content_digest_info_shows_reads_through_every_door(
+    store: castore.Store, tmp_path: Path
+) -> None:
+    """The content digest of a saved version was refused unless the same bytes were put."""
+    data = b"model bytes, saved and never put"
+    version = store.save(data, "m", serializer="raw")
+    content = store.info("m:1")["content_digest"]
+    assert content == version.content_digest == format_digest(hashlib.sha256(data).digest())
+
+    assert store.get(content) == data
+    with store.open_stream(content) as stream:
+        assert stream.read() == data
+    store.get_file(content, tmp_path / "out.bin")
+    assert (tmp_path / "out.bin").read_bytes() == data
+
+    store.delete("m:1")
+    with pytest.raises(castore.NotFoundError, match="no stream or version with digest"):
+        store.get(content)
+
+
+def test_a_version_found_by_content_digest_is_checked_whole(store: castore.Store) -> None:
+    """A manifest is proven by its version digest, not by the content digest it claims:
+    a planted version claiming someone's content digest fails, and prints nothing."""
+    data = b"the real content"
+    store.save(data, "real", serializer="raw")
+    content = format_digest(hashlib.sha256(data).digest())
+    chunk = _plant_chunk(store, ATTACK)
+    decoy = Manifest(
+        name="a-decoy",  # sorts, and so is searched, before "real"
+        number=1,
+        kind="file",
+        serializer="raw",
+        serializer_version="1",
+        stream=StreamDescriptor(
+            parse_digest(content), chunk.size, chunk.chunk_ids, chunk.chunk_sizes
+        ),
+    )
+    encoded = decoy.encode()
+    decoy_digest = hashlib.sha256(encoded).digest()
+    store.repository.backend.write(layout.manifest_path(decoy_digest), encoded)
+    store.repository.backend.write(
+        layout.version_ref_path("a-decoy", 1),
+        wire.encode({"manifest": decoy_digest, "created": "2025-01-31T12:00:00.000000+00:00"}),
+    )
+
+    with pytest.raises(castore.IntegrityError, match="read back as"):
+        store.get(content)
+    store.delete("a-decoy:1")
+    assert store.get(content) == data
+
+
+def test_cat_and_get_find_a_version_by_its_content_digest(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    data = b"saved with put --name, so only a manifest records it"
+    with castore.init(root) as store:
+        version = store.save(data, "tool", serializer="raw")
+        (manifest, _) = catalog.resolve(store.repository, "tool:1")
+        assert not store.repository.backend.exists(layout.stream_path(manifest.stream.sha256))
+    cat = _cli(root, "cat", version.content_digest)
+    assert cat.returncode == 0, cat.stderr.decode()
+    assert cat.stdout == data
+    out = tmp_path / "out.bin"
+    got = _cli(root, "get", version.content_digest, "-o", str(out))
+    assert got.returncode == 0, got.stderr.decode()
+    assert out.read_bytes() == data
+
+    unknown = "sha256:" + "ab" * 32
+    missing = _cli(root, "cat", unknown)
+    assert missing.returncode == 3 and missing.stdout == b""
+    assert f"no stream or version with digest {unknown}".encode() in missing.stderr
+
+
+def test_a_search_that_cannot_read_every_version_says_so(store: castore.Store) -> None:
+    """An unreadable version might be the one holding the content: not "not found"."""
+    version = store.save(b"held by a version that lost its manifest", "broken", serializer="raw")
+    store.repository.backend.delete(layout.manifest_path(parse_digest(version.digest)))
+    with pytest.raises(castore.IntegrityError, match="1 of its versions could not be searched"):
+        store.get(version.content_digest)

@@ -14,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from castore.errors import NotFoundError, ObjectNotFoundError
+from castore.errors import CastoreError, IntegrityError, NotFoundError, ObjectNotFoundError
 from castore.format import layout
 from castore.format.digests import format_digest
 from castore.format.manifest import Manifest
 from castore.format.streams import StreamDescriptor
+from castore.versions.catalog import read_version_manifest
 
 if TYPE_CHECKING:
     from castore.engine.repository import Repository
@@ -37,8 +38,16 @@ class FoundStream:
 
 def find_stream(repo: Repository, digest: bytes) -> FoundStream:
     """The stream `digest` designates: a version's if it is a version digest, else the
-    stream stored with put under that content digest (read unauthenticated: a stream
-    object's chunk list is proven only by the whole-stream check)."""
+    stream with that content digest.
+
+    Content digests find a stream stored with put (its stream object), else the stream of a
+    live version whose manifest records that content digest. That second step is a linear
+    scan, for now: one ref and one manifest read per live version, names in order, newest
+    version first, until one matches; a map from content digests to versions would make it
+    constant. Such a version is read unauthenticated: its manifest proves its chunk list to
+    whoever asked for its version digest, not for this content digest, which only the
+    whole-stream check proves.
+    """
     try:
         data = repo.backend.read(layout.manifest_path(digest))
     except ObjectNotFoundError:
@@ -47,7 +56,25 @@ def find_stream(repo: Repository, digest: bytes) -> FoundStream:
         return FoundStream(Manifest.decode(data, digest).stream, authenticated=True)
     try:
         return FoundStream(repo.stream_descriptor(digest), authenticated=False)
-    except NotFoundError as exc:
-        raise NotFoundError(
-            f"no stream or version with digest {format_digest(digest)} in {repo.url}"
-        ) from exc
+    except NotFoundError:
+        pass
+    unreadable: list[str] = []
+    for name in repo.refs.names():
+        for number in reversed(repo.refs.version_numbers(name)):
+            try:
+                version_ref = repo.refs.read_version(name, number)
+                if version_ref is None or version_ref.deleted:
+                    continue
+                manifest = read_version_manifest(repo, name, number, version_ref.manifest)
+            except CastoreError as exc:
+                unreadable.append(f"{name}:{number}: {exc}")
+                continue
+            if manifest.stream.sha256 == digest:
+                return FoundStream(manifest.stream, authenticated=False)
+    missing = f"no stream or version with digest {format_digest(digest)} in {repo.url}"
+    if unreadable:
+        raise IntegrityError(
+            f"{missing} that could be read, and {len(unreadable)} of its versions could not "
+            f"be searched (first: {unreadable[0]}); run 'castore verify'"
+        )
+    raise NotFoundError(missing)
