@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,9 @@ from castore.versions import catalog, loading, lookup
 from castore.versions.catalog import Diff, LogEntry, Version
 
 __all__ = ["Source", "Store", "init", "load", "open_store"]
+
+TEMPORARY_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+"""How get_file creates its temporary: a new file, never an existing one or a link."""
 
 
 class Store:
@@ -128,22 +131,51 @@ class Store:
         manifest, _ = catalog.resolve(self.repository, ref)
         return self.repository.open_descriptor(manifest.stream, authenticated=True)
 
-    def get_file(self, digest: str, path: str | os.PathLike[str]) -> None:
-        """Write the bytes a digest designates (as in open_stream) to `path`; the file
-        appears only once every byte is verified."""
+    def get_file(
+        self,
+        digest: str,
+        path: str | os.PathLike[str],
+        *,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> int:
+        """Write the bytes a digest designates (as in open_stream) to `path`; return their
+        number. `progress(done, total)` is called after each chunk written.
+
+        The bytes go to a temporary file beside `path`, created exclusively under a random
+        name (concurrent gets of one path never share one), that replaces `path` only once
+        every byte is verified, the whole-stream check included. On any failure `path` is
+        left as it was, and the temporary is removed.
+        """
         repo = self.repository
         found = lookup.find_stream(repo, parse_digest(digest))
         target = Path(path)
-        temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.castore-tmp")
+        where = f"cannot write {os.fspath(path)!r}"
+        if not target.name:
+            raise InvalidInputError(f"{where}: it names no file")
+        temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.castore-tmp")
         try:
-            with open(temporary, "wb") as file:
+            file = open(os.open(temporary, TEMPORARY_FLAGS, 0o666), "wb")  # noqa: SIM115
+        except OSError as exc:
+            raise InvalidInputError(f"{where}: {exc}") from exc
+        replaced = False
+        try:
+            with file:
+                written = 0
                 for chunk in repo.iter_chunks(found.descriptor, authenticated=found.authenticated):
                     file.write(chunk)
+                    written += len(chunk)
+                    if progress is not None:
+                        progress(written, found.descriptor.size)
+                file.flush()
+                os.fsync(file.fileno())
             os.replace(temporary, target)
+            replaced = True
         except OSError as exc:
-            raise InvalidInputError(f"cannot write {os.fspath(path)!r}: {exc}") from exc
+            raise InvalidInputError(f"{where}: {exc}") from exc
         finally:
-            temporary.unlink(missing_ok=True)
+            if not replaced:
+                temporary.unlink(missing_ok=True)
+        return found.descriptor.size
 
     # -- named versions ---------------------------------------------------------------------
 
