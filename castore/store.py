@@ -36,10 +36,13 @@ from castore.snapshots.restore import RestorePlan, RestoreStats, planned_entries
 from castore.snapshots.restore import restore as restore_snapshot
 from castore.trust import signatures
 from castore.trust.signatures import PrivateKey, Signature, SignatureCheck, TrustPolicy
-from castore.versions import catalog, loading
+from castore.versions import catalog, loading, lookup
 from castore.versions.catalog import Diff, LogEntry, Version
 
 __all__ = ["Source", "Store", "init", "load", "open_store"]
+
+TEMPORARY_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+"""How get_file creates its temporary: a new file, never an existing one or a link."""
 
 
 class Store:
@@ -100,35 +103,80 @@ class Store:
         return self.repository.backend.exists(layout.stream_path(parse_digest(digest)))
 
     def get(self, digest: str) -> bytes:
-        """The bytes stored under a content digest, verified."""
-        repo = self.repository
-        return b"".join(repo.iter_chunks(repo.stream_descriptor(parse_digest(digest))))
+        """The bytes a digest designates (as in open_stream), returned once all of them are
+        verified, the whole-stream check included."""
+        found = lookup.find_stream(self.repository, parse_digest(digest))
+        return b"".join(
+            self.repository.iter_chunks(found.descriptor, authenticated=found.authenticated)
+        )
 
     def open_stream(self, digest: str) -> VerifiedStream:
-        """A readable binary file over the content, verified as it is read."""
-        repo = self.repository
-        return repo.open_descriptor(repo.stream_descriptor(parse_digest(digest)))
+        """A readable binary file over the bytes a digest designates, verified as it is read.
+
+        ``sha256:<hex>`` is tried as a version digest first (the version's bytes), then as
+        a content digest: a stream stored with put, else the stream of a live version (as
+        ``info`` shows it), found by a scan of the live versions. No stream object planted
+        under a version's digest can stand in for the version; verify reports such objects.
+
+        Every chunk is checked against its SHA-256 before a read returns any of its bytes.
+        The stream as a whole is proven only at its end: for a content digest, the read
+        that reaches the end raises IntegrityError instead of returning b"" if the whole
+        stream's SHA-256 differs (a version's chunk list is proven by its manifest). Treat
+        what was read as unconfirmed until a read returns b""; get and get_file do.
+        """
+        found = lookup.find_stream(self.repository, parse_digest(digest))
+        return self.repository.open_descriptor(found.descriptor, authenticated=found.authenticated)
 
     def open_version(self, ref: str) -> VerifiedStream:
         """A readable binary file over a version's stored bytes, verified as it is read."""
         manifest, _ = catalog.resolve(self.repository, ref)
         return self.repository.open_descriptor(manifest.stream, authenticated=True)
 
-    def get_file(self, digest: str, path: str | os.PathLike[str]) -> None:
-        """Write the content to `path`; the file appears only once every byte is verified."""
+    def get_file(
+        self,
+        digest: str,
+        path: str | os.PathLike[str],
+        *,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> int:
+        """Write the bytes a digest designates (as in open_stream) to `path`; return their
+        number. `progress(done, total)` is called after each chunk written.
+
+        The bytes go to a temporary file beside `path`, created exclusively under a random
+        name (concurrent gets of one path never share one), that replaces `path` only once
+        every byte is verified, the whole-stream check included. On any failure `path` is
+        left as it was, and the temporary is removed.
+        """
         repo = self.repository
-        descriptor = repo.stream_descriptor(parse_digest(digest))
+        found = lookup.find_stream(repo, parse_digest(digest))
         target = Path(path)
-        temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.castore-tmp")
+        where = f"cannot write {os.fspath(path)!r}"
+        if not target.name:
+            raise InvalidInputError(f"{where}: it names no file")
+        temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.castore-tmp")
         try:
-            with open(temporary, "wb") as file:
-                for chunk in repo.iter_chunks(descriptor):
-                    file.write(chunk)
-            os.replace(temporary, target)
+            file = open(os.open(temporary, TEMPORARY_FLAGS, 0o666), "wb")  # noqa: SIM115
         except OSError as exc:
-            raise InvalidInputError(f"cannot write {os.fspath(path)!r}: {exc}") from exc
+            raise InvalidInputError(f"{where}: {exc}") from exc
+        replaced = False
+        try:
+            with file:
+                written = 0
+                for chunk in repo.iter_chunks(found.descriptor, authenticated=found.authenticated):
+                    file.write(chunk)
+                    written += len(chunk)
+                    if progress is not None:
+                        progress(written, found.descriptor.size)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+            replaced = True
+        except OSError as exc:
+            raise InvalidInputError(f"{where}: {exc}") from exc
         finally:
-            temporary.unlink(missing_ok=True)
+            if not replaced:
+                temporary.unlink(missing_ok=True)
+        return found.descriptor.size
 
     # -- named versions ---------------------------------------------------------------------
 

@@ -11,17 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Location
-from tests.helpers import pattern
+import castore
+from castore.format import layout
+from castore.format.digests import parse_digest
+from castore.format.streams import StreamDescriptor, encode_stream_object
+from castore.versions import catalog
+from tests.conftest import SMALL_PACKS, Location
+from tests.helpers import flip_byte, pattern, stream_object_path, stream_of
 
 
-def _cli(location: Location, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+def _cli(
+    location: Location, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     options = [f"--option={k}={v}" for k, v in location.options.items()]
     return subprocess.run(
         [sys.executable, "-m", "castore", "--store", location.url, *options, *args],
         input=stdin,
         capture_output=True,
-        env={**os.environ, "CASTORE_STORE": ""},
+        env={**os.environ, "CASTORE_STORE": "", **(env or {})},
         timeout=120,
     )
 
@@ -188,3 +195,96 @@ def test_key_and_sign_commands(location: Location, tmp_path: Path) -> None:
         (check,) = store.signatures("m:1")
         assert check.valid
     assert "no problems found" in _ok(location, "verify")
+
+
+def _damage(store: castore.Store, how: str) -> str:
+    """A 3 MiB stream damaged `how` in its last pack; its reference. With small packs it
+    spans many ranged reads, so that whatever was read before the damage could leak."""
+    data = pattern(3 * 1024 * 1024, seed=7)
+    if how == "replaced chunk list":
+        digest = store.put(data)
+        other = stream_of(store, store.put(pattern(len(data), seed=8)))
+        forged = StreamDescriptor(
+            parse_digest(digest), other.size, other.chunk_ids, other.chunk_sizes
+        )
+        store.repository.backend.write(stream_object_path(digest), encode_stream_object(forged))
+        return digest
+    if how == "corrupt chunk of a put stream":
+        ref = store.put(data)
+        descriptor = stream_of(store, ref)
+    else:
+        ref = f"m:{store.save(data, 'm', serializer='raw').version}"
+        descriptor = catalog.resolve(store.repository, ref)[0].stream
+    *_, (last_chunk, _) = descriptor.chunks()
+    location = store.repository.index.lookup(last_chunk)
+    assert location is not None
+    flip_byte(store, layout.pack_path(location.pack_id), location.entry.offset + 10)
+    return ref
+
+
+DAMAGE = ["corrupt chunk of a put stream", "corrupt chunk of a version", "replaced chunk list"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_cat_writes_nothing_from_a_damaged_stream(location: Location, how: str) -> None:
+    """cat once wrote every verified block before the stream failed: a prefix, or with a
+    replaced chunk list the whole of someone else's bytes, then an error."""
+    with location.init(config=SMALL_PACKS) as store:
+        ref = _damage(store, how)
+    result = _cli(location, "cat", ref)
+    assert result.returncode == 1, result.stderr.decode()
+    assert result.stdout == b""
+    assert b"castore: error:" in result.stderr
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_get_of_a_damaged_stream_leaves_the_target_alone(
+    location: Location, tmp_path: Path, how: str
+) -> None:
+    """No partial or wrong file at the target, the old one untouched, no temporary left,
+    and no temporary name shared with a concurrent get to the same target (get once used
+    ``.<name>.castore-tmp`` and truncated and deleted another get's file there)."""
+    with location.init(config=SMALL_PACKS) as store:
+        ref = _damage(store, how)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "model.bin").write_bytes(b"the previous model")
+    (folder / ".model.bin.castore-tmp").write_bytes(b"another get, still writing")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for target in (folder / "model.bin", folder / "new.bin"):
+        result = _cli(location, "get", ref, "-o", str(target))
+        assert result.returncode == 1, result.stderr.decode()
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    with location.open() as store:
+        digest = ref if ref.startswith(castore.DIGEST_PREFIX) else store.version(ref).digest
+        with pytest.raises(castore.IntegrityError):
+            store.get_file(digest, folder / "model.bin")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_cat_holds_a_large_stream_in_a_temporary_file_until_verified(
+    location: Location, tmp_path: Path
+) -> None:
+    """Past its memory bound cat spools to a temporary file, deleted afterwards; a stream
+    that fails there still prints nothing (it once printed every range read before)."""
+    data = pattern(70 * 1024 * 1024, seed=3)
+    with location.init() as store:
+        digest = store.put(data)
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    result = _cli(location, "cat", digest, env={"TMPDIR": str(spool)})
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == data
+    assert list(spool.iterdir()) == []
+    with location.open() as store:
+        *_, (last_chunk, _) = stream_of(store, digest).chunks()
+        place = store.repository.index.lookup(last_chunk)
+        assert place is not None
+        flip_byte(store, layout.pack_path(place.pack_id), place.entry.offset + 10)
+    result = _cli(location, "cat", digest, env={"TMPDIR": str(spool)})
+    assert result.returncode == 1 and result.stdout == b""
+    assert list(spool.iterdir()) == []

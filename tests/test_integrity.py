@@ -149,7 +149,7 @@ def test_tampered_chunk_list_fails_the_whole_stream_check(
 
 
 def test_missing_digest_is_not_found(store: castore.Store) -> None:
-    with pytest.raises(castore.NotFoundError, match="no content with digest"):
+    with pytest.raises(castore.NotFoundError, match="no stream or version with digest"):
         store.get("sha256:" + "ab" * 32)
 
 
@@ -215,3 +215,23 @@ def test_put_of_missing_file_is_invalid_input(store: castore.Store, tmp_path: Pa
 def test_footer_entry_size_is_stable() -> None:
     # The entry layout is part of the format: changing it breaks every existing store.
     assert (len(HEADER), ENTRY.size, TRAILER.size) == (16, 49, 48)
+
+
+def test_a_failed_stream_never_reads_as_a_clean_end(small_store: castore.Store) -> None:
+    """After a chunk failed its check, reading on once returned b"": a clean end of a
+    truncated stream. Every read after a failure fails again."""
+    data = pattern(200_000)
+    digest = small_store.put(data)
+    *_, (last_chunk, _) = small_store.repository.stream_descriptor(parse_digest(digest)).chunks()
+    location = small_store.repository.index.lookup(last_chunk)
+    assert location is not None
+    flip_byte(small_store, layout.pack_path(location.pack_id), location.entry.offset + 10)
+    with small_store.open_stream(digest) as stream:
+        read = b""
+        with pytest.raises(castore.IntegrityError, match="corrupt"):
+            while block := stream.read(4096):
+                read += block
+        assert data.startswith(read) and len(read) < len(data)
+        for _ in range(2):
+            with pytest.raises(castore.IntegrityError, match="corrupt"):
+                stream.read()

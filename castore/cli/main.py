@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +62,10 @@ exit codes: 0 ok, 1 integrity problem, 2 invalid input, 3 not found, 4 backend e
 
 PROGRESS_DELAY = 1.0
 """Seconds before a progress bar appears: quick transfers stay quiet."""
+CAT_MEMORY = 64 * 1024 * 1024
+"""Bytes `cat` holds in memory while it verifies a stream; past that, a temporary file."""
+CAT_BLOCK = 1024 * 1024
+"""Bytes `cat` reads and writes at a time."""
 
 
 def _parse_pairs(pairs: list[str], what: str) -> dict[str, Any]:
@@ -211,40 +216,49 @@ def cmd_put(command: Command) -> int:
     return 0
 
 
-def _open_bytes(command: Command, ref: str) -> tuple[Any, int]:
-    """A verified readable stream for a content digest or a version reference."""
-    store = command.store
-    if ref.startswith(castore.DIGEST_PREFIX) and store.contains(ref):
-        stream = store.open_stream(ref)
-    else:
-        stream = store.open_version(ref)
-    return stream, stream.size
+def _digest(command: Command, ref: str) -> str:
+    """The digest whose bytes to read: a bare digest as given (a version digest first, then
+    a content digest), any other reference pinned to its version's digest."""
+    if ref.startswith(castore.DIGEST_PREFIX):
+        return ref
+    return command.store.version(ref).digest
 
 
 def cmd_get(command: Command) -> int:
-    """castore get REF -o PATH."""
-    stream, size = _open_bytes(command, command.args.ref)
+    """castore get REF -o PATH: PATH is replaced only once every byte is verified."""
     target = Path(command.args.output)
-    temporary = target.with_name(f".{target.name}.castore-tmp")
-    try:
-        with stream, open(temporary, "wb") as out, command.progress(size, "get") as bar:
-            while block := stream.read(4 * 1024 * 1024):
-                out.write(block)
-                bar.update(len(block))
-        os.replace(temporary, target)
-    except OSError as exc:
-        raise InvalidInputError(f"cannot write {target}: {exc}") from exc
-    finally:
-        temporary.unlink(missing_ok=True)
+    with command.progress(None, "get") as bar:
+
+        def show(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        size = command.store.get_file(_digest(command, command.args.ref), target, progress=show)
     command.emit({"path": str(target), "size": size}, f"wrote {target} ({_human_size(size)})")
     return 0
 
 
 def cmd_cat(command: Command) -> int:
-    """castore cat REF: the bytes to standard output."""
-    stream, _ = _open_bytes(command, command.args.ref)
-    with stream:
-        while block := stream.read(1024 * 1024):
+    """castore cat REF: the bytes to standard output, once every one of them is verified.
+
+    They are held in memory up to CAT_MEMORY bytes and in a temporary file (deleted when
+    done) past that, so that a stream that fails its checks prints nothing.
+    """
+    digest = _digest(command, command.args.ref)
+    with (
+        command.store.open_stream(digest) as stream,
+        tempfile.SpooledTemporaryFile(max_size=CAT_MEMORY) as held,
+    ):
+        while block := stream.read(CAT_BLOCK):
+            try:
+                held.write(block)
+            except OSError as exc:
+                raise CastoreError(
+                    f"cannot hold the bytes to verify in {tempfile.gettempdir()}: {exc}; "
+                    "set TMPDIR to a folder with room"
+                ) from exc
+        held.seek(0)
+        while block := held.read(CAT_BLOCK):
             sys.stdout.buffer.write(block)
     sys.stdout.buffer.flush()
     return 0

@@ -179,7 +179,14 @@ def iter_stream(
 
 
 class VerifiedStream(io.BufferedReader):
-    """A buffered, verified stream that knows its total size."""
+    """A buffered, verified stream that knows its total size.
+
+    A read returns only bytes of chunks already checked against their ids. The stream as a
+    whole is proven only at its end: where the whole-stream check applies, the read that
+    reaches the end raises IntegrityError instead of returning b"" if the stream's SHA-256
+    is wrong. Until a read has returned b"", what was read is unconfirmed; after any
+    failure every further read fails too.
+    """
 
     def __init__(self, raw: StreamReader) -> None:
         super().__init__(raw)
@@ -194,6 +201,7 @@ class StreamReader(io.RawIOBase):
         super().__init__()
         self._chunks = chunks
         self._current = memoryview(b"")
+        self._failure: BaseException | None = None
         self.size = size
         """Total bytes of the stream."""
 
@@ -202,12 +210,21 @@ class StreamReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        """Fill `buffer` from the stream; 0 only at its verified end."""
+        """Fill `buffer` from the stream; 0 only at its verified end.
+
+        Once the chunks failed (a check, the storage, an interrupt), every later call
+        raises that failure again: the spent chunk iterator would otherwise read as an end.
+        """
         while not self._current:
+            if self._failure is not None:
+                raise self._failure
             try:
                 self._current = memoryview(next(self._chunks)).cast("B")
             except StopIteration:
                 return 0
+            except BaseException as exc:
+                self._failure = exc
+                raise
         target = memoryview(buffer).cast("B")
         count = min(len(target), len(self._current))
         target[:count] = self._current[:count]

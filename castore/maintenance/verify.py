@@ -70,6 +70,7 @@ def verify(repo: Repository, *, read_data: bool = True, subset: str | None = Non
     report.affected.extend(problem.split(": ", 1)[0] for problem in reach.problems)
     report.streams_checked = reach.streams
     report.versions_checked = reach.versions
+    _check_shadowed_streams(repo, report)
     for name in reach.listed_names:
         for problem in catalog.verify_history(repo, name):
             report.problems.append(problem)
@@ -126,3 +127,32 @@ def _check_put_streams(repo: Repository, report: VerifyReport) -> None:
             if label not in report.affected:
                 report.problems.append(f"{label}: {exc}")
                 report.affected.append(label)
+
+
+def _check_shadowed_streams(repo: Repository, report: VerifyReport) -> None:
+    """Report stream objects named by a manifest's digest. ``sha256:<hex>`` reads the
+    version first, so such a stream object can never be read by its name: it was planted
+    (a stream object's name is checked only at the end of a read) or is a put of the
+    manifest's own bytes."""
+    try:
+        paths = repo.backend.list(layout.STREAMS)
+    except CastoreError:
+        return  # the walk has reported the listing as a problem
+    for path in paths:
+        digest = layout.name_of(path)
+        if digest is None:
+            continue  # the walk has reported it
+        label = format_digest(digest)
+        try:
+            shadowed = repo.backend.exists(layout.manifest_path(digest))
+        except CastoreError as exc:
+            report.problems.append(f"{label}: cannot check for a manifest of that name: {exc}")
+            report.affected.append(label)
+            continue
+        if shadowed:
+            report.problems.append(
+                f"{label}: stream object {path} is named by the digest of manifest "
+                f"{layout.manifest_path(digest)}; {label} reads that version, never this "
+                "stream (planted, or a put of the manifest's own bytes)"
+            )
+            report.affected.append(label)
