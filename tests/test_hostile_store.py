@@ -28,7 +28,7 @@ from castore.format import layout, wire
 from castore.format.index import encode_index_object
 from castore.format.manifest import Manifest
 from castore.format.packs import PackEntry, encode_entries
-from castore.format.streams import StreamDescriptor
+from castore.format.streams import StreamDescriptor, encode_stream_object
 from castore.format.tree import TREE_SERIALIZER
 from castore.maintenance.reachability import walk
 from castore.versions.contents import check_tree_manifest
@@ -347,6 +347,14 @@ def _hard_linked_target(root: Path, kept: castore.Version) -> None:
     os.link(outside, target / "file")
 
 
+def _stream_named_by_a_version_digest(root: Path, kept: castore.Version) -> None:
+    """A put stream whose name is the kept version's digest, holding a shell command."""
+    with castore.open(root) as store:
+        descriptor = store.repository.write_stream(b"echo pwned\n" + b"#" * 2**21)
+        digest = bytes.fromhex(kept.digest.removeprefix("sha256:"))
+        store.repository.backend.write(layout.stream_path(digest), encode_stream_object(descriptor))
+
+
 HOSTILE: dict[str, Plant | None] = {
     "intact": None,
     **PLANTS,
@@ -357,6 +365,7 @@ HOSTILE: dict[str, Plant | None] = {
     "swapped ref": _swapped_ref,
     "set-id snapshot": _setid_snapshot,
     "hard link in the target": _hard_linked_target,
+    "stream named by a version digest": _stream_named_by_a_version_digest,
 }
 
 COMMANDS = [
@@ -367,6 +376,7 @@ COMMANDS = [
     ["diff", "keep/me:1", "keep/me:1"],
     ["ls", "backups/b:latest"],
     ["cat", "keep/me:1"],
+    ["cat", "{digest}"],
     ["get", "keep/me:1", "-o", "{out}"],
     ["restore", "backups/b:latest", "{target}"],
     ["copy", "keep/me", "{dest}"],
@@ -411,7 +421,7 @@ def test_every_command_on_a_hostile_store(tmp_path: Path, plant: Plant | None) -
         plant(root, kept)
     (tmp_path / "elsewhere").mkdir(exist_ok=True)
     outside = {"elsewhere": _tree(tmp_path / "elsewhere"), "bystander": _tree(bystander)}
-    places = {"out": str(out), "target": str(target), "dest": str(dest)}
+    places = {"out": str(out), "target": str(target), "dest": str(dest), "digest": kept.digest}
     commands = [["--store", str(root), *(a.format(**places) for a in c)] for c in COMMANDS]
     result = subprocess.run(
         [sys.executable, "-m", "tests.hostile_driver", json.dumps(commands)],
