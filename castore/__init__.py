@@ -40,7 +40,7 @@ from castore.trust.signatures import (
     load_public_key,
     trusted_keys_path,
 )
-from castore.versions.catalog import Diff, LogEntry, Version
+from castore.versions.catalog import Diff, HistoryCheck, LogEntry, Version
 
 __all__ = [
     "DEFAULT_REPACK_THRESHOLD",
@@ -55,6 +55,7 @@ __all__ = [
     "DeserializationError",
     "Diff",
     "GcReport",
+    "HistoryCheck",
     "IncompatibleEnvironmentError",
     "IntegrityError",
     "InvalidInputError",

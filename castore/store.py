@@ -36,7 +36,7 @@ from castore.snapshots.restore import restore as restore_snapshot
 from castore.trust import signatures
 from castore.trust.signatures import PrivateKey, Signature, SignatureCheck, TrustPolicy
 from castore.versions import catalog, loading
-from castore.versions.catalog import Diff, LogEntry, Version
+from castore.versions.catalog import Diff, HistoryCheck, LogEntry, Version
 
 __all__ = ["Source", "Store", "init", "load", "open_store"]
 
@@ -249,6 +249,11 @@ class Store:
     def verify_history(self, name: str) -> list[str]:
         """Problems in a name's hash chain (missing, rewritten or swapped versions)."""
         return catalog.verify_history(self.repository, name)
+
+    def check_history(self, name: str) -> HistoryCheck:
+        """A name's hash chain checked: its problems, and the versions not in this store
+        because a copy brought later ones without them (absent, not damaged)."""
+        return catalog.check_history(self.repository, name)
 
     def diff(self, a: str, b: str) -> Diff:
         """Metadata changes between two versions and the bytes they share."""

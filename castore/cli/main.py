@@ -322,12 +322,15 @@ def cmd_log(command: Command) -> int:
     """castore log NAME [--verify]."""
     store = command.store
     name = command.args.name
-    problems = store.verify_history(name) if command.args.verify else []
+    check = store.check_history(name) if command.args.verify else None
+    problems = check.problems if check else []
+    absent = check.not_in_store if check else []
     entries = store.log(name)
     data = {
         "name": name,
         "verified": command.args.verify and not problems,
         "problems": problems,
+        "not_in_store": absent,
         "versions": [
             {
                 "version": e.version,
@@ -354,6 +357,8 @@ def cmd_log(command: Command) -> int:
         if command.args.verify:
             lines.append("history verified: hash chain intact" if not problems else "BROKEN:")
             lines.extend(f"  {p}" for p in problems)
+            if absent:
+                lines.append(f"not in this store (never copied here): {', '.join(absent)}")
         return "\n".join(lines)
 
     command.emit(data, text)
