@@ -20,6 +20,7 @@ from castore.errors import (
 )
 from castore.format.config import ChunkerParams, CompressionParams, StoreConfig
 from castore.format.digests import PREFIX as DIGEST_PREFIX
+from castore.maintenance.copy import CopyReport, TagCopy, VersionCopy
 from castore.maintenance.gc import DEFAULT_REPACK_THRESHOLD, GcReport
 from castore.maintenance.repair import RepairReport
 from castore.maintenance.stats import StoreStats
@@ -52,6 +53,7 @@ __all__ = [
     "ChunkerParams",
     "CompressionParams",
     "ConflictError",
+    "CopyReport",
     "DeserializationError",
     "Diff",
     "GcReport",
@@ -75,12 +77,14 @@ __all__ = [
     "StoreConfig",
     "StoreExistsError",
     "StoreStats",
+    "TagCopy",
     "TrustPolicy",
     "UnsafeObjectError",
     "UnsupportedFormatError",
     "UntrustedVersionError",
     "VerifyReport",
     "Version",
+    "VersionCopy",
     "WriteStats",
     "generate_key",
     "init",
