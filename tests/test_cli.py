@@ -182,6 +182,23 @@ def test_copy_commands(location: Location, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_a_deleted_collected_version_says_so(location: Location) -> None:
+    _ok(location, "init")
+    for seed in (1, 2):
+        _ok(location, "put", "-", "--name", "m", stdin=pattern(200_000, seed=seed))
+    pinned = _ok(location, "resolve", "m:1").strip()
+    _ok(location, "rm", "m:1")
+    _ok(location, "gc")  # young manifests stay, the data goes
+    for ref in ("m:1", pinned, pinned.split("@")[1]):
+        result = _cli(location, "cat", ref)
+        assert result.returncode == 3 and b"version 1 of m was deleted at" in result.stderr
+    _ok(location, "gc", env={"CASTORE_LEASE_TTL": "-1"})  # now the manifest goes too
+    result = _cli(location, "cat", pinned)
+    assert result.returncode == 3 and b"version 1 of m was deleted at" in result.stderr
+    assert "no problems found" in _ok(location, "verify")
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
 def test_backup_commands(location: Location, tmp_path: Path) -> None:
     source = tmp_path / "run"
     (source / "checkpoints").mkdir(parents=True)

@@ -1,6 +1,7 @@
 """copy between stores keeps the destination's history true: versions it was not given
 are absent (not deleted), each copied version takes its own number in any order, loads
-and survives gc, and tags come along unless the destination moved them."""
+and survives gc, tags come along unless the destination moved them; and a deleted,
+collected version says so, by number and by digest."""
 
 from __future__ import annotations
 
@@ -173,3 +174,27 @@ def test_placeholders_of_the_old_copy_are_replaced_by_a_copy(
     _collect(dest, monkeypatch)
     assert dest.load("m:2") == _data(2)
     assert [e.version for e in dest.log("m", verify=True) if e.deleted] == [1]
+
+
+@pytest.mark.parametrize("ttl", ["600", "-1"], ids=["manifest-kept", "manifest-collected"])
+def test_a_deleted_collected_version_reads_as_deleted(
+    store: castore.Store, monkeypatch: pytest.MonkeyPatch, ttl: str
+) -> None:
+    for number in (1, 2):
+        store.save(_data(number), "m", serializer="raw")
+    doomed = store.version("m:1")
+    store.delete("m:1")
+    assert store.load(doomed.reference) == _data(1)  # a digest resolves until gc frees it
+    monkeypatch.setenv("CASTORE_LEASE_TTL", ttl)  # 600: gc keeps young manifests
+    report = store.gc()
+    monkeypatch.delenv("CASTORE_LEASE_TTL")
+    assert report.manifests_deleted == (1 if ttl == "-1" else 0)
+    assert store.verify().ok
+    for ref in ("m:1", doomed.reference, doomed.digest):
+        with pytest.raises(castore.NotFoundError, match=r"^version 1 of m was deleted at 20"):
+            store.load(ref)
+        with pytest.raises(castore.NotFoundError, match=r"^version 1 of m was deleted at 20"):
+            store.open_version(ref)
+    unknown = "sha256:" + "ab" * 32
+    with pytest.raises(castore.NotFoundError, match="no version with digest"):
+        store.load(unknown)

@@ -120,6 +120,50 @@ def read_manifest(repo: Repository, digest: bytes, referrer: str | None = None) 
     return Manifest.decode(data, digest)
 
 
+def _deleted(name: str, number: int, when: str) -> str:
+    return f"version {number} of {name} was deleted at {when}"
+
+
+def _tombstone_of(repo: Repository, digest: bytes, name: str | None) -> tuple[str, int, str] | None:
+    """(name, number, deletion time) of a tombstone recording `digest`, searching `name`'s
+    versions, or every name's when None; for messages about digests gc has collected."""
+    for candidate in [name] if name is not None else repo.refs.names():
+        for number in repo.refs.version_numbers(candidate):
+            try:
+                version_ref = repo.refs.read_version(candidate, number)
+            except IntegrityError:
+                continue  # a damaged ref records nothing; verify reports it
+            if version_ref is not None and version_ref.deleted and version_ref.manifest == digest:
+                return candidate, number, version_ref.deleted
+    return None
+
+
+def _by_digest(repo: Repository, digest: bytes, name: str | None) -> Manifest:
+    """The manifest a digest reference designates. A version deleted here resolves while
+    its data lasts (FORMAT.md 10.4); once gc has freed it, it reads as deleted, not as
+    missing or as damage."""
+    try:
+        manifest = read_manifest(repo, digest)
+    except NotFoundError:
+        tombstone = _tombstone_of(repo, digest, name)
+        if tombstone is None:
+            raise
+        raise NotFoundError(_deleted(*tombstone)) from None
+    try:
+        version_ref = repo.refs.read_version(manifest.name, manifest.number)
+    except IntegrityError:  # a damaged ref does not stop a digest, which needs no ref
+        return manifest
+    if version_ref is None or not version_ref.deleted or version_ref.manifest != digest:
+        return manifest
+    repo.index.refresh()
+    if any(chunk_id not in repo.index for chunk_id, _ in manifest.stream.chunks()):
+        raise NotFoundError(
+            _deleted(manifest.name, manifest.number, version_ref.deleted)
+            + "; gc has freed its data"
+        )
+    return manifest
+
+
 def _spans(numbers: Iterable[int]) -> list[tuple[int, int]]:
     """Ascending numbers as (first, last) runs of consecutive ones."""
     runs: list[tuple[int, int]] = []
@@ -160,7 +204,7 @@ def resolve(repo: Repository, ref: str | Reference) -> tuple[Manifest, bytes]:
             "open that store, or use castore.load() with the qualified reference"
         )
     if parsed.digest is not None:
-        manifest = read_manifest(repo, parsed.digest)
+        manifest = _by_digest(repo, parsed.digest, parsed.name)
         if parsed.name is not None and manifest.name != parsed.name:
             raise NotFoundError(
                 f"{format_digest(parsed.digest)} is version {manifest.number} of "
@@ -186,7 +230,7 @@ def resolve(repo: Repository, ref: str | Reference) -> tuple[Manifest, bytes]:
     if version_ref is None:
         raise NotFoundError(f"no version {number} of {name}: {_describe(repo, name)}")
     if version_ref.deleted:
-        raise NotFoundError(f"version {number} of {name} was deleted at {version_ref.deleted}")
+        raise NotFoundError(_deleted(name, number, version_ref.deleted))
     if parsed.tag is not None and tagged != version_ref.manifest:
         raise IntegrityError(f"tag {parsed.tag} of {name} disagrees with version {number}'s ref")
     return read_version_manifest(repo, name, number, version_ref.manifest), version_ref.manifest
