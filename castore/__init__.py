@@ -21,6 +21,7 @@ from castore.errors import (
 )
 from castore.format.config import ChunkerParams, CompressionParams, StoreConfig
 from castore.format.digests import PREFIX as DIGEST_PREFIX
+from castore.maintenance.copy import CopyReport, TagCopy, VersionCopy
 from castore.maintenance.gc import DEFAULT_REPACK_THRESHOLD, GcReport
 from castore.maintenance.repair import RepairReport
 from castore.maintenance.stats import StoreStats
@@ -41,7 +42,7 @@ from castore.trust.signatures import (
     load_public_key,
     trusted_keys_path,
 )
-from castore.versions.catalog import Diff, LogEntry, Version
+from castore.versions.catalog import Diff, HistoryCheck, LogEntry, Version
 
 __all__ = [
     "DEFAULT_REPACK_THRESHOLD",
@@ -53,9 +54,11 @@ __all__ = [
     "ChunkerParams",
     "CompressionParams",
     "ConflictError",
+    "CopyReport",
     "DeserializationError",
     "Diff",
     "GcReport",
+    "HistoryCheck",
     "IncompatibleEnvironmentError",
     "IntegrityError",
     "InvalidInputError",
@@ -77,12 +80,14 @@ __all__ = [
     "StoreConfig",
     "StoreExistsError",
     "StoreStats",
+    "TagCopy",
     "TrustPolicy",
     "UnsafeObjectError",
     "UnsupportedFormatError",
     "UntrustedVersionError",
     "VerifyReport",
     "Version",
+    "VersionCopy",
     "WriteStats",
     "generate_key",
     "init",

@@ -22,6 +22,7 @@ from castore.format.names import STORE_SEPARATOR, parse_reference
 from castore.format.streams import encode_stream_object
 from castore.format.tree import Entry
 from castore.maintenance import copy as transfer
+from castore.maintenance.copy import CopyReport
 from castore.maintenance.gc import DEFAULT_REPACK_THRESHOLD, GcReport, gc
 from castore.maintenance.repair import RepairReport
 from castore.maintenance.repair import repair as repair_store
@@ -37,7 +38,7 @@ from castore.snapshots.restore import restore as restore_snapshot
 from castore.trust import signatures
 from castore.trust.signatures import PrivateKey, Signature, SignatureCheck, TrustPolicy
 from castore.versions import catalog, loading, lookup
-from castore.versions.catalog import Diff, LogEntry, Version
+from castore.versions.catalog import Diff, HistoryCheck, LogEntry, Version
 
 __all__ = ["Source", "Store", "init", "load", "open_store"]
 
@@ -299,6 +300,11 @@ class Store:
         """Problems in a name's hash chain (missing, rewritten or swapped versions)."""
         return catalog.verify_history(self.repository, name)
 
+    def check_history(self, name: str) -> HistoryCheck:
+        """A name's hash chain checked: its problems, and the versions not in this store
+        because a copy brought later ones without them (absent, not damaged)."""
+        return catalog.check_history(self.repository, name)
+
     def diff(self, a: str, b: str) -> Diff:
         """Metadata changes between two versions and the bytes they share."""
         return catalog.diff(self.repository, a, b)
@@ -389,15 +395,18 @@ class Store:
         """Logical and stored bytes, dedup and compression ratios, object counts."""
         return store_stats(self.repository)
 
-    def copy(self, ref: str, dest: Store) -> list[Version]:
+    def copy(self, ref: str, dest: Store, *, tags: bool = True) -> CopyReport:
         """Copy a version, or every version of a name, into another store.
 
         Only chunks `dest` lacks are transferred, every chunk is verified on the way, and
-        version digests stay the same, so pinned references work in both stores.
+        version digests and numbers stay the same, so references work in both stores.
+        Versions not copied are absent from `dest`, not deleted; a later copy adds them.
+        With `tags`, the tags the source sets on the copied versions come along, except
+        where `dest` moved or removed a tag on its own (the report says which).
         """
         if parse_reference(ref).name is not None and ":" not in ref and "@" not in ref:
-            return transfer.copy_name(self.repository, ref, dest.repository)
-        return [transfer.copy_version(self.repository, ref, dest.repository)]
+            return transfer.copy_name(self.repository, ref, dest.repository, tags=tags)
+        return transfer.copy_version(self.repository, ref, dest.repository, tags=tags)
 
     def repair(self) -> RepairReport:
         """Rebuild lost or damaged index objects from pack footers; report what is lost."""

@@ -33,8 +33,10 @@ def _cli(
     )
 
 
-def _ok(location: Location, *args: str, stdin: bytes | None = None) -> str:
-    result = _cli(location, *args, stdin=stdin)
+def _ok(
+    location: Location, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> str:
+    result = _cli(location, *args, stdin=stdin, env=env)
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout.decode()
 
@@ -146,9 +148,59 @@ def test_maintenance_commands(location: Location, tmp_path: Path) -> None:
     dest = tmp_path / "copy"
     subprocess.run([sys.executable, "-m", "castore", "--store", str(dest), "init"], check=True)
     copied = json.loads(_ok(location, "--json", "copy", "m", str(dest)))
-    assert [v["version"] for v in copied] == [1, 3]
+    assert [(v["version"], v["action"]) for v in copied["versions"]] == [
+        (1, "copied"),
+        (3, "copied"),
+    ]
     bad = _cli(location, "verify", "--read-data-subset", "lots")
     assert bad.returncode == 2 and b"expected a percentage" in bad.stderr
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_copy_commands(location: Location, tmp_path: Path) -> None:
+    dest = Location(str(tmp_path / "dest"))
+    _ok(location, "init")
+    _ok(dest, "init")
+    for seed in (1, 2, 3):
+        _ok(location, "put", "-", "--name", "m", stdin=pattern(200_000, seed=seed))
+    _ok(location, "tag", "m:2", "production")
+    _ok(location, "tag", "m:1", "candidate")
+    assert _ok(location, "copy", "m:3", dest.url).startswith("copied m:3")
+    log = _cli(dest, "log", "m", "--verify")
+    assert log.returncode == 0 and b"(deleted" not in log.stdout
+    assert b"hash chain intact" in log.stdout and b"not in this store" in log.stdout
+    assert json.loads(_ok(dest, "--json", "log", "m", "--verify"))["not_in_store"] == ["m:1-2"]
+    assert "set tag m:production -> 2" in _ok(location, "copy", "m:2", dest.url)
+    no_tags = json.loads(_ok(location, "--json", "copy", "m:1", dest.url, "--no-tags"))
+    assert no_tags["tags"] == [] and no_tags["versions"][0]["action"] == "copied"
+    _ok(dest, "gc", env={"CASTORE_LEASE_TTL": "-1"})
+    for seed in (1, 2, 3):
+        assert _cli(dest, "cat", f"m:{seed}").stdout == pattern(200_000, seed=seed)
+    assert json.loads(_ok(dest, "--json", "info", "m:production"))["version"] == 2
+    assert _cli(dest, "info", "m:candidate").returncode == 3
+    assert "not in this store" not in _ok(dest, "log", "m", "--verify")
+    # a version saved on top of one that vanished is damage, not a gap
+    _ok(dest, "put", "-", "--name", "m", stdin=b"saved in dest")
+    Path(dest.url, "refs", "m", "@versions", "3").unlink()
+    broken = _cli(dest, "log", "m", "--verify")
+    assert broken.returncode == 1 and b"m:3: version is missing" in broken.stdout
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_a_deleted_collected_version_says_so(location: Location) -> None:
+    _ok(location, "init")
+    for seed in (1, 2):
+        _ok(location, "put", "-", "--name", "m", stdin=pattern(200_000, seed=seed))
+    pinned = _ok(location, "resolve", "m:1").strip()
+    _ok(location, "rm", "m:1")
+    _ok(location, "gc")  # young manifests stay, the data goes
+    for ref in ("m:1", pinned, pinned.split("@")[1]):
+        result = _cli(location, "cat", ref)
+        assert result.returncode == 3 and b"version 1 of m was deleted at" in result.stderr
+    _ok(location, "gc", env={"CASTORE_LEASE_TTL": "-1"})  # now the manifest goes too
+    result = _cli(location, "cat", pinned)
+    assert result.returncode == 3 and b"version 1 of m was deleted at" in result.stderr
+    assert "no problems found" in _ok(location, "verify")
 
 
 @pytest.mark.parametrize("new_location", ["local"], indirect=True)

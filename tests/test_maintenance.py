@@ -112,20 +112,24 @@ def test_copy_between_local_and_s3_moves_only_missing_chunks(
         source.save(pattern(300_000, seed=2), "team/model", serializer="raw", tags=["production"])
         source.delete("team/model:1")
         source.save(pattern(300_000, seed=2) + b"!", "team/model", serializer="raw")
-        copied = source.copy("team/model", dest)
+        copied = [item.version for item in source.copy("team/model", dest).versions]
         assert [v.version for v in copied] == [2, 3]
         assert dest.resolve("team/model:production") == source.resolve("team/model:production")
         assert dest.verify_history("team/model") == []
         assert dest.verify(read_data=True).ok
         packs = pack_paths(dest)
-        assert source.copy("team/model:3", dest)[0].digest == copied[1].digest
+        again = source.copy("team/model:3", dest).versions
+        assert [(item.version.digest, item.action) for item in again] == [
+            (copied[1].digest, "present")
+        ]
         assert pack_paths(dest) == packs  # nothing new travelled
         # and back: a pinned reference loads the same bytes from either store
         with source_location.init() if False else castore.init(tmp_path / "third") as third:
             dest.copy("team/model:3", third)
             assert third.load(copied[1].reference) == source.load(copied[1].reference)
-        with pytest.raises(castore.NotFoundError, match="deleted"):
-            dest.load(first.reference.split("@")[0] + ":1")
+        with pytest.raises(castore.NotFoundError, match="no version 1 of team/model"):
+            dest.load(first.reference.split("@")[0] + ":1")  # never copied: absent, not deleted
+        assert dest.check_history("team/model").not_in_store == ["team/model:1"]
 
 
 def test_copy_refuses_diverged_histories(new_location) -> None:

@@ -338,12 +338,15 @@ def cmd_log(command: Command) -> int:
     """castore log NAME [--verify]."""
     store = command.store
     name = command.args.name
-    problems = store.verify_history(name) if command.args.verify else []
+    check = store.check_history(name) if command.args.verify else None
+    problems = check.problems if check else []
+    absent = check.not_in_store if check else []
     entries = store.log(name)
     data = {
         "name": name,
         "verified": command.args.verify and not problems,
         "problems": problems,
+        "not_in_store": absent,
         "versions": [
             {
                 "version": e.version,
@@ -371,6 +374,8 @@ def cmd_log(command: Command) -> int:
         if command.args.verify:
             lines.append("history verified: hash chain intact" if not problems else "BROKEN:")
             lines.extend(f"  {shown(p)}" for p in problems)
+            if absent:
+                lines.append(f"not in this store (never copied here): {', '.join(absent)}")
         return "\n".join(lines)
 
     command.emit(data, text)
@@ -771,15 +776,53 @@ def cmd_repair(command: Command) -> int:
     return 1 if report.lost_chunks or report.unreadable_packs else 0
 
 
+_COPY_TEXT = {
+    "copied": "copied",
+    "present": "already there",
+    "restored": "restored",
+    "skipped": "skipped",
+}
+
+
+def _copy_line(item: castore.VersionCopy) -> str:
+    v = item.version
+    line = f"{_COPY_TEXT[item.action]} {v.name}:{v.version}  {v.reference}"
+    if item.action == "restored":
+        return f"{line}  (it had been deleted there at {shown(item.deleted)})"
+    if item.action == "skipped":
+        when = shown(item.deleted)
+        return f"{line}  (deleted there at {when}; copy {v.name}:{v.version} to restore it)"
+    return line
+
+
+def _tag_line(item: castore.TagCopy) -> str:
+    tag = f"{item.name}:{item.tag}"
+    if item.action == "kept":
+        there = "unset" if item.dest_version is None else f"-> {item.dest_version}"
+        return f"kept tag {tag} {there} (moved there on its own; the source has {item.version})"
+    was = f" (was {item.dest_version})" if item.action == "moved" else ""
+    return f"{item.action} tag {tag} -> {item.version}{was}"
+
+
 def cmd_copy(command: Command) -> int:
-    """castore copy REF DEST [--dest-option K=V]."""
+    """castore copy REF DEST [--no-tags] [--dest-option K=V]."""
     args = command.args
     options = _parse_pairs(args.dest_option, "--dest-option")
     with castore.open(args.dest, **options) as dest:
-        copied = command.store.copy(args.ref, dest)
+        report = command.store.copy(args.ref, dest, tags=not args.no_tags)
     command.emit(
-        [_version_json(v) for v in copied],
-        lambda: "\n".join(f"copied {v.name}:{v.version}  {v.reference}" for v in copied),
+        {
+            "versions": [
+                {**_version_json(item.version), "action": item.action, "deleted": item.deleted}
+                for item in report.versions
+            ],
+            "tags": [vars(item) for item in report.tags],
+            "bytes_sent": report.bytes_sent,
+        },
+        lambda: "\n".join(
+            [_copy_line(item) for item in report.versions]
+            + [_tag_line(item) for item in report.tags]
+        ),
     )
     return 0
 
@@ -942,6 +985,9 @@ def build_parser() -> argparse.ArgumentParser:
     copy = add("copy", cmd_copy, "copy a version, or all versions of a name, to another store")
     copy.add_argument("ref", help="NAME (every version), or a version reference")
     copy.add_argument("dest", help="destination store URL")
+    copy.add_argument(
+        "--no-tags", action="store_true", help="leave tags behind (default: copy them)"
+    )
     copy.add_argument(
         "--dest-option",
         action="append",

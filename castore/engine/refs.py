@@ -3,6 +3,8 @@
 A version number is taken by exclusively creating ``refs/<name>/@versions/<n>``; a tag is
 a log of events ``refs/<name>/@tags/<tag>/<n>``, each created exclusively, the newest
 being the tag's value. ``@`` cannot occur in names, so no name's refs hide another's.
+A version ref that a copy created says so (``copied``): the numbers below it may be
+absent from this store, because a copy brings one version without its predecessors.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class VersionRef:
 
     manifest: bytes
     deleted: str | None = None
+    copied: str | None = None
+    """When a copy from another store created the ref; None for a version saved here."""
 
 
 @dataclass(frozen=True)
@@ -111,21 +115,44 @@ class RefStore:
         manifest = wire.field(raw, "manifest", bytes, f"ref object {path}")
         if len(manifest) != 32:
             raise IntegrityError(f"ref object {path} holds a malformed digest")
-        deleted = raw.get("deleted")
+        deleted, copied = raw.get("deleted"), raw.get("copied")
         if deleted is not None and not isinstance(deleted, str):
             raise IntegrityError(f"ref object {path} has a malformed deletion time")
-        return VersionRef(manifest, deleted)
+        if copied is not None and not isinstance(copied, str):
+            raise IntegrityError(f"ref object {path} has a malformed copy time")
+        return VersionRef(manifest, deleted or None, copied or None)
 
-    def create_version(self, name: str, number: int, manifest: bytes) -> None:
-        """Take version `number`; raise ObjectExistsError if another writer took it first."""
+    @staticmethod
+    def _live(manifest: bytes, copied: bool) -> bytes:
+        now = _now()
+        return wire.encode(
+            {"manifest": manifest, "created": now, **({"copied": now} if copied else {})}
+        )
+
+    def create_version(
+        self, name: str, number: int, manifest: bytes, *, copied: bool = False
+    ) -> None:
+        """Take version `number`; raise ObjectExistsError if another writer took it first.
+
+        `copied` marks a ref that a copy from another store creates (FORMAT.md 12.1).
+        """
         path = layout.version_ref_path(name, number)
         self._before_publish()
-        self._backend.create(path, wire.encode({"manifest": manifest, "created": _now()}))
+        self._backend.create(path, self._live(manifest, copied))
+
+    def restore_version(self, name: str, number: int, manifest: bytes) -> None:
+        """Replace a tombstone by a live, copied ref to the same manifest (FORMAT.md 19)."""
+        path = layout.version_ref_path(name, number)
+        self._before_publish()
+        self._backend.write(path, self._live(manifest, copied=True))
 
     def mark_deleted(self, name: str, number: int, manifest: bytes) -> None:
-        """Replace a version ref by a tombstone that keeps its digest for the hash chain."""
+        """Replace a version ref by a tombstone that keeps its digest for the hash chain,
+        and the time of its copy if a copy created it."""
         path = layout.version_ref_path(name, number)
-        self._backend.write(path, wire.encode({"manifest": manifest, "deleted": _now()}))
+        current = self.read_version(name, number)
+        copied = {"copied": current.copied} if current and current.copied else {}
+        self._backend.write(path, wire.encode({"manifest": manifest, "deleted": _now(), **copied}))
 
     # -- tags -------------------------------------------------------------------------------
 

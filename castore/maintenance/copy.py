@@ -1,19 +1,25 @@
 """Copying versions between stores: only missing chunks travel, digests stay the same.
 
 The manifest is copied byte for byte, so ``name@sha256:<hex>`` pins the same version in
-both stores. Version numbers are kept; numbers below the copied one that the destination
-lacks get tombstones carrying the source's digests, so the hash chain still verifies.
+both stores, under the same number. The destination's history records only what happened
+to it: the numbers a copy does not bring stay absent (not deleted), and a version copied
+later takes its own number then (docs/FORMAT.md 11.5 and 19). A copy never breaks the
+destination's hash chain, and never silently undoes what the destination did on its own:
+a name copy leaves its deletions alone, and tags it moved stay where it put them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from castore.errors import IntegrityError, ObjectExistsError
+from castore.engine.refs import VersionRef
+from castore.errors import ConflictError, IntegrityError, NotFoundError, ObjectExistsError
 from castore.format import layout
 from castore.format.compression import encode_chunk
 from castore.format.digests import format_digest
+from castore.format.manifest import Manifest
 from castore.format.streams import StreamDescriptor
 from castore.trust.signatures import copy_signatures
 from castore.versions import catalog
@@ -21,6 +27,44 @@ from castore.versions.contents import chunks_of
 
 if TYPE_CHECKING:
     from castore.engine.repository import Repository
+
+
+@dataclass(frozen=True)
+class VersionCopy:
+    """What a copy did with one version."""
+
+    version: catalog.Version
+    action: str
+    """"copied" (new in the destination), "present" (it was there already), "restored"
+    (the destination had deleted it; a copy of this very version made it live again) or
+    "skipped" (the destination had deleted it, and a copy of a whole name keeps that)."""
+    deleted: str | None = None
+    """When the destination had deleted the version ("restored" and "skipped")."""
+
+
+@dataclass(frozen=True)
+class TagCopy:
+    """What a copy did with one tag that the source sets on a copied version."""
+
+    name: str
+    tag: str
+    version: int
+    """The version the source's tag points at."""
+    action: str
+    """"set" (the destination had no such tag), "moved" (its tag held a value the source's
+    tag held before), "unchanged" (it already pointed there) or "kept" (the destination
+    moved or removed the tag on its own: it is left as it is)."""
+    dest_version: int | None = None
+    """Where the destination's tag pointed before the copy (None: not set)."""
+
+
+@dataclass
+class CopyReport:
+    """Every version and tag a copy handled, in order, and the chunk bytes it sent."""
+
+    versions: list[VersionCopy] = field(default_factory=list)
+    tags: list[TagCopy] = field(default_factory=list)
+    bytes_sent: int = 0
 
 
 def _copy_chunks(source: Repository, dest: Repository, chunks: Iterable[tuple[bytes, int]]) -> int:
@@ -44,43 +88,140 @@ def _copy_chunks(source: Repository, dest: Repository, chunks: Iterable[tuple[by
     return listing.size
 
 
-def copy_version(source: Repository, ref: str, dest: Repository) -> catalog.Version:
-    """Copy one version (data, manifest, ref) into `dest`; idempotent."""
+def _diverged(what: str, dest: Repository) -> IntegrityError:
+    return IntegrityError(f"{what} in {dest.url}: the histories diverged")
+
+
+def _existing(
+    source: Repository, dest: Repository, manifest: Manifest, digest: bytes
+) -> VersionRef | None:
+    """The destination's ref for the version's number; it must name the same version."""
+    existing = dest.refs.read_version(manifest.name, manifest.number)
+    if existing is not None and existing.manifest != digest:
+        raise _diverged(
+            f"{manifest.name}:{manifest.number} is {format_digest(digest)} in {source.url} "
+            f"but {format_digest(existing.manifest)}",
+            dest,
+        )
+    return existing
+
+
+def _check_neighbours(dest: Repository, manifest: Manifest, digest: bytes) -> None:
+    """Refuse a version that would break the destination's hash chain (FORMAT.md 11.5):
+    its version n-1 must be the copied version's parent, and its live version n+1 must
+    have the copied version as parent."""
+    name, number = manifest.name, manifest.number
+    below = dest.refs.read_version(name, number - 1) if number > 1 else None
+    if below is not None and below.manifest != manifest.parent:
+        raise _diverged(
+            f"{name}:{number} ({format_digest(digest)}) does not follow {name}:{number - 1} "
+            f"({format_digest(below.manifest)})",
+            dest,
+        )
+    above = dest.refs.read_version(name, number + 1)
+    if above is not None and not above.deleted:
+        parent = catalog.read_version_manifest(dest, name, number + 1, above.manifest).parent
+        if parent != digest:
+            raise _diverged(
+                f"{name}:{number + 1} does not follow {name}:{number} ({format_digest(digest)})",
+                dest,
+            )
+
+
+def _publish(
+    source: Repository, dest: Repository, manifest: Manifest, digest: bytes, tombstone: bool
+) -> str:
+    """Make the copied version live in `dest`, by its own number; return the action."""
+    name, number = manifest.name, manifest.number
+    if tombstone:
+        dest.refs.restore_version(name, number, digest)
+        return "restored"
+    _check_neighbours(dest, manifest, digest)
+    try:
+        dest.refs.create_version(name, number, digest, copied=True)
+    except ObjectExistsError:
+        raced = _existing(source, dest, manifest, digest)  # another writer took the number
+        if raced is None:
+            raise ConflictError(
+                f"{name}:{number} in {dest.url} changed during the copy: retry"
+            ) from None
+        return "skipped" if raced.deleted else "present"
+    return "copied"
+
+
+def _copy_tags(
+    source: Repository, dest: Repository, manifest: Manifest, digest: bytes, report: CopyReport
+) -> None:
+    """Set in `dest` the tags the source currently sets on the version, unless the
+    destination moved or removed them on its own (tags are event logs, FORMAT.md 12.2)."""
+    name = manifest.name
+    for tag in source.refs.tag_names(name):
+        ours = source.refs.tag_history(name, tag)
+        if not ours or ours[-1].manifest != digest:
+            continue
+        history = dest.refs.tag_history(name, tag)
+        theirs = history[-1] if history else None
+        if theirs is not None and theirs.manifest == digest:
+            action = "unchanged"
+        elif theirs is None:
+            action = "set"
+        elif theirs.manifest is not None and theirs.manifest in {e.manifest for e in ours}:
+            action = "moved"  # the destination is behind the source: it held an older value
+        else:
+            action = "kept"
+        if action in ("set", "moved"):
+            dest.refs.set_tag(name, tag, manifest.number, digest)
+        before = theirs.version if theirs is not None else None
+        report.tags.append(TagCopy(name, tag, manifest.number, action, before))
+
+
+def _copy_one(
+    source: Repository,
+    ref: str,
+    dest: Repository,
+    report: CopyReport,
+    *,
+    restore: bool,
+    tags: bool,
+) -> None:
+    """Copy one version (data, manifest, signatures, ref, tags) into `dest`; idempotent."""
     manifest, digest = catalog.resolve(source, ref)
     with dest.writing():
-        _copy_chunks(source, dest, chunks_of(source, manifest))
-        data = source.backend.read(layout.manifest_path(digest))
-        dest.backend.write(layout.manifest_path(digest), data)
-        copy_signatures(source, dest, digest)
-        _placeholders(source, dest, manifest.name, manifest.number)
-        existing = dest.refs.read_version(manifest.name, manifest.number)
-        if existing is None:
-            try:
-                dest.refs.create_version(manifest.name, manifest.number, digest)
-            except ObjectExistsError:
-                existing = dest.refs.read_version(manifest.name, manifest.number)
-        if existing is not None and existing.manifest != digest:
-            raise IntegrityError(
-                f"{manifest.name}:{manifest.number} is {format_digest(existing.manifest)} in "
-                f"{dest.url} but {format_digest(digest)} in {source.url}: the histories diverged"
-            )
-    return catalog.Version.of(manifest, digest)
+        existing = _existing(source, dest, manifest, digest)
+        if existing is not None and not (existing.deleted and restore):
+            action = "skipped" if existing.deleted else "present"
+        else:
+            report.bytes_sent += _copy_chunks(source, dest, chunks_of(source, manifest))
+            data = source.backend.read(layout.manifest_path(digest))
+            dest.backend.write(layout.manifest_path(digest), data)
+            action = _publish(source, dest, manifest, digest, tombstone=existing is not None)
+        if action != "skipped":
+            copy_signatures(source, dest, digest)
+    deleted = existing.deleted if existing is not None else None
+    report.versions.append(VersionCopy(catalog.Version.of(manifest, digest), action, deleted))
+    if tags and action != "skipped":
+        _copy_tags(source, dest, manifest, digest, report)
 
 
-def _placeholders(source: Repository, dest: Repository, name: str, below: int) -> None:
-    """Tombstones in `dest` for earlier versions it lacks, with the source's digests."""
-    taken = set(dest.refs.version_numbers(name))
-    for number in range(1, below):
-        if number in taken:
-            continue
-        version_ref = source.refs.read_version(name, number)
-        if version_ref is not None:
-            dest.refs.mark_deleted(name, number, version_ref.manifest)
+def copy_version(source: Repository, ref: str, dest: Repository, *, tags: bool) -> CopyReport:
+    """Copy one version into `dest` under its number, with the tags the source sets on it.
+
+    A version the destination had deleted is restored: the copy asks for this version.
+    """
+    report = CopyReport()
+    _copy_one(source, ref, dest, report, restore=True, tags=tags)
+    return report
 
 
-def copy_name(source: Repository, name: str, dest: Repository) -> list[catalog.Version]:
-    """Copy every live version of a name, then its current tags."""
-    copied = [copy_version(source, f"{name}:{n}", dest) for n in catalog.versions(source, name)]
-    for tag, number in catalog.tags(source, name).items():
-        catalog.tag(dest, f"{name}:{number}", tag)
-    return copied
+def copy_name(source: Repository, name: str, dest: Repository, *, tags: bool) -> CopyReport:
+    """Copy every live version of a name in ascending order, each with its tags.
+
+    Versions the destination has deleted stay deleted there ("skipped").
+    """
+    numbers = catalog.versions(source, name)
+    if not numbers:
+        raise NotFoundError(f"nothing to copy: {name} has no live versions in {source.url}")
+    report = CopyReport()
+    for number in numbers:
+        _copy_one(source, f"{name}:{number}", dest, report, restore=False, tags=tags)
+    return report

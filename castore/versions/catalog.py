@@ -120,6 +120,66 @@ def read_manifest(repo: Repository, digest: bytes, referrer: str | None = None) 
     return Manifest.decode(data, digest)
 
 
+def _deleted(name: str, number: int, when: str) -> str:
+    return f"version {number} of {name} was deleted at {when}"
+
+
+def _tombstone_of(repo: Repository, digest: bytes, name: str | None) -> tuple[str, int, str] | None:
+    """(name, number, deletion time) of a tombstone recording `digest`, searching `name`'s
+    versions, or every name's when None; for messages about digests gc has collected."""
+    for candidate in [name] if name is not None else repo.refs.names():
+        for number in repo.refs.version_numbers(candidate):
+            try:
+                version_ref = repo.refs.read_version(candidate, number)
+            except IntegrityError:
+                continue  # a damaged ref records nothing; verify reports it
+            if version_ref is not None and version_ref.deleted and version_ref.manifest == digest:
+                return candidate, number, version_ref.deleted
+    return None
+
+
+def _by_digest(repo: Repository, digest: bytes, name: str | None) -> Manifest:
+    """The manifest a digest reference designates. A version deleted here resolves while
+    its data lasts (FORMAT.md 10.4); once gc has freed it, it reads as deleted, not as
+    missing or as damage."""
+    try:
+        manifest = read_manifest(repo, digest)
+    except NotFoundError:
+        tombstone = _tombstone_of(repo, digest, name)
+        if tombstone is None:
+            raise
+        raise NotFoundError(_deleted(*tombstone)) from None
+    try:
+        version_ref = repo.refs.read_version(manifest.name, manifest.number)
+    except IntegrityError:  # a damaged ref does not stop a digest, which needs no ref
+        return manifest
+    if version_ref is None or not version_ref.deleted or version_ref.manifest != digest:
+        return manifest
+    repo.index.refresh()
+    if any(chunk_id not in repo.index for chunk_id, _ in manifest.stream.chunks()):
+        raise NotFoundError(
+            _deleted(manifest.name, manifest.number, version_ref.deleted)
+            + "; gc has freed its data"
+        )
+    return manifest
+
+
+def _spans(numbers: Iterable[int]) -> list[tuple[int, int]]:
+    """Ascending numbers as (first, last) runs of consecutive ones."""
+    runs: list[tuple[int, int]] = []
+    for number in numbers:
+        if runs and runs[-1][1] == number - 1:
+            runs[-1] = (runs[-1][0], number)
+        else:
+            runs.append((number, number))
+    return runs
+
+
+def _span(first: int, last: int) -> str:
+    """A run of version numbers as people write it: ``1-3``, or ``5``."""
+    return str(first) if first == last else f"{first}-{last}"
+
+
 def _describe(repo: Repository, name: str) -> str:
     """What the store has under `name`, or close names, for not-found messages."""
     names = repo.refs.names()
@@ -130,7 +190,8 @@ def _describe(repo: Repository, name: str) -> str:
         return f"there is no name {name!r} in {repo.url}{hint} Names: {listing}"
     live = versions(repo, name)
     tags = [t for t in repo.refs.tag_names(name) if repo.refs.current_tag(name, t)]
-    listed = f"versions {live[0]}..{live[-1]}" if live else "no live versions"
+    runs = ", ".join(_span(*run) for run in _spans(live))
+    listed = f"versions {runs}" if live else "no live versions"
     return f"{name} has {listed}; tags: {', '.join(tags) or '(none)'}"
 
 
@@ -143,7 +204,7 @@ def resolve(repo: Repository, ref: str | Reference) -> tuple[Manifest, bytes]:
             "open that store, or use castore.load() with the qualified reference"
         )
     if parsed.digest is not None:
-        manifest = read_manifest(repo, parsed.digest)
+        manifest = _by_digest(repo, parsed.digest, parsed.name)
         if parsed.name is not None and manifest.name != parsed.name:
             raise NotFoundError(
                 f"{format_digest(parsed.digest)} is version {manifest.number} of "
@@ -169,7 +230,7 @@ def resolve(repo: Repository, ref: str | Reference) -> tuple[Manifest, bytes]:
     if version_ref is None:
         raise NotFoundError(f"no version {number} of {name}: {_describe(repo, name)}")
     if version_ref.deleted:
-        raise NotFoundError(f"version {number} of {name} was deleted at {version_ref.deleted}")
+        raise NotFoundError(_deleted(name, number, version_ref.deleted))
     if parsed.tag is not None and tagged != version_ref.manifest:
         raise IntegrityError(f"tag {parsed.tag} of {name} disagrees with version {number}'s ref")
     return read_version_manifest(repo, name, number, version_ref.manifest), version_ref.manifest
@@ -374,49 +435,84 @@ def log(repo: Repository, name: str, *, verify: bool = False) -> list[LogEntry]:
     return entries[::-1]
 
 
-def verify_history(repo: Repository, name: str) -> list[str]:
-    """Problems in a name's hash chain: missing, rewritten, swapped or unreadable versions.
+@dataclass(frozen=True)
+class HistoryCheck:
+    """What checking a name's hash chain found (docs/FORMAT.md 11.5)."""
+
+    name: str
+    problems: list[str]
+    """Damage or tampering: rewritten, swapped, removed or unreadable versions."""
+    absent: list[tuple[int, int]]
+    """Runs (first, last) of numbers that are not in this store because a copy brought a
+    later version without them: gaps, not damage."""
+
+    @property
+    def ok(self) -> bool:
+        """True when the chain is intact (absent versions are no problem)."""
+        return not self.problems
+
+    @property
+    def not_in_store(self) -> list[str]:
+        """The absent runs as references people read: ``m:1-2``, ``m:5``."""
+        return [f"{self.name}:{_span(*run)}" for run in self.absent]
+
+
+def check_history(repo: Repository, name: str) -> HistoryCheck:
+    """Check a name's hash chain; tell versions never copied here from removed ones.
 
     Whatever cannot be read is a problem in the list, never an exception or a skip.
     """
     check_name(name)
-    problems = []
     try:
         numbers = repo.refs.version_numbers(name)
     except CastoreError as exc:
-        return [f"{name}: its versions cannot be listed: {exc}"]
-    previous_digest: bytes | None = None
-    for number in range(1, (numbers[-1] if numbers else 0) + 1):
+        return HistoryCheck(name, [f"{name}: its versions cannot be listed: {exc}"], [])
+    problems: list[str] = []
+    absent: list[tuple[int, int]] = []
+    below: tuple[int, bytes | None] = (0, None)  # the previous number listed, and its digest
+    for number in numbers:
         where = f"{name}:{number}"
         try:
             version_ref = repo.refs.read_version(name, number)
-        except CastoreError as exc:
-            version_ref = None
-            problems.append(f"{where}: {exc}")
-        else:
             if version_ref is None:
-                problems.append(f"{where}: version is missing from the history")
-        if version_ref is None:
-            previous_digest = None
+                raise CastoreError("the version ref vanished while being read")
+        except CastoreError as exc:
+            problems.append(f"{where}: {exc}")
+            below = (number, None)
             continue
+        previous, previous_digest = below
+        if previous < number - 1:
+            # A save builds on the ref just below it (12.3): only a copy leaves a gap.
+            if version_ref.copied:
+                absent.append((previous + 1, number - 1))
+            else:
+                if previous < number - 2:
+                    absent.append((previous + 1, number - 2))  # cannot be told apart
+                problems.append(
+                    f"{name}:{number - 1}: version is missing from the history "
+                    f"({where} was saved on top of it here)"
+                )
+            previous_digest = None
         if not version_ref.deleted:
             try:
                 manifest = read_version_manifest(repo, name, number, version_ref.manifest)
             except CastoreError as exc:
                 problems.append(f"{where}: {exc}")
             else:
-                if (
-                    number > 1
-                    and previous_digest is not None
-                    and manifest.parent != previous_digest
-                ):
+                if previous_digest is not None and manifest.parent != previous_digest:
                     problems.append(
                         f"{where}: its parent is not version {number - 1}: history was rewritten"
                     )
                 if number == 1 and manifest.parent is not None:
                     problems.append(f"{where}: the first version claims a parent")
-        previous_digest = version_ref.manifest
-    return problems
+        below = (number, version_ref.manifest)
+    return HistoryCheck(name, problems, absent)
+
+
+def verify_history(repo: Repository, name: str) -> list[str]:
+    """Problems in a name's hash chain: missing, rewritten, swapped or unreadable versions
+    (versions a copy did not bring are not problems: see check_history)."""
+    return check_history(repo, name).problems
 
 
 def diff(repo: Repository, a: str, b: str) -> Diff:
