@@ -138,17 +138,24 @@ def _tombstone_of(repo: Repository, digest: bytes, name: str | None) -> tuple[st
     return None
 
 
-def _by_digest(repo: Repository, digest: bytes, name: str | None) -> Manifest:
+def deletion_of(repo: Repository, digest: bytes, name: str | None = None) -> str | None:
+    """ "version N of NAME was deleted at T" if a tombstone (of `name`, or of any name)
+    records the version digest `digest`, else None."""
+    tombstone = _tombstone_of(repo, digest, name)
+    return None if tombstone is None else _deleted(*tombstone)
+
+
+def manifest_by_digest(repo: Repository, digest: bytes, name: str | None = None) -> Manifest:
     """The manifest a digest reference designates. A version deleted here resolves while
     its data lasts (FORMAT.md 10.4); once gc has freed it, it reads as deleted, not as
     missing or as damage."""
     try:
         manifest = read_manifest(repo, digest)
     except NotFoundError:
-        tombstone = _tombstone_of(repo, digest, name)
-        if tombstone is None:
+        deleted = deletion_of(repo, digest, name)
+        if deleted is None:
             raise
-        raise NotFoundError(_deleted(*tombstone)) from None
+        raise NotFoundError(deleted) from None
     try:
         version_ref = repo.refs.read_version(manifest.name, manifest.number)
     except IntegrityError:  # a damaged ref does not stop a digest, which needs no ref
@@ -204,7 +211,7 @@ def resolve(repo: Repository, ref: str | Reference) -> tuple[Manifest, bytes]:
             "open that store, or use castore.load() with the qualified reference"
         )
     if parsed.digest is not None:
-        manifest = _by_digest(repo, parsed.digest, parsed.name)
+        manifest = manifest_by_digest(repo, parsed.digest, parsed.name)
         if parsed.name is not None and manifest.name != parsed.name:
             raise NotFoundError(
                 f"{format_digest(parsed.digest)} is version {manifest.number} of "

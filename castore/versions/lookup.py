@@ -14,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from castore.errors import CastoreError, IntegrityError, NotFoundError, ObjectNotFoundError
+from castore.errors import CastoreError, IntegrityError, NotFoundError
 from castore.format import layout
 from castore.format.digests import format_digest
-from castore.format.manifest import Manifest
 from castore.format.streams import StreamDescriptor
-from castore.versions.catalog import read_version_manifest
+from castore.versions.catalog import deletion_of, manifest_by_digest, read_version_manifest
 
 if TYPE_CHECKING:
     from castore.engine.repository import Repository
@@ -48,12 +47,8 @@ def find_stream(repo: Repository, digest: bytes) -> FoundStream:
     whoever asked for its version digest, not for this content digest, which only the
     whole-stream check proves.
     """
-    try:
-        data = repo.backend.read(layout.manifest_path(digest))
-    except ObjectNotFoundError:
-        pass
-    else:
-        return FoundStream(Manifest.decode(data, digest).stream, authenticated=True)
+    if repo.backend.exists(layout.manifest_path(digest)):
+        return FoundStream(manifest_by_digest(repo, digest).stream, authenticated=True)
     try:
         return FoundStream(repo.stream_descriptor(digest), authenticated=False)
     except NotFoundError:
@@ -71,6 +66,8 @@ def find_stream(repo: Repository, digest: bytes) -> FoundStream:
                 continue
             if manifest.stream.sha256 == digest:
                 return FoundStream(manifest.stream, authenticated=False)
+    if deleted := deletion_of(repo, digest):
+        raise NotFoundError(deleted)
     missing = f"no stream or version with digest {format_digest(digest)} in {repo.url}"
     if unreadable:
         raise IntegrityError(
