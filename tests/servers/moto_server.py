@@ -26,7 +26,8 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def running_moto(log_path: Path) -> Iterator[S3Server]:
-    """Start `moto.server` on a free loopback port, logging to `log_path`; stop it on exit."""
+    """Start moto's server (`moto_main.py`) on a free loopback port, logging to `log_path`;
+    stop it on exit."""
     port = _free_port()
     # A pipe that nobody reads would fill up and stall the server: log to a file.
     with open(log_path, "wb") as log, _started(port, log) as url:
@@ -35,8 +36,9 @@ def running_moto(log_path: Path) -> Iterator[S3Server]:
 
 @contextlib.contextmanager
 def _started(port: int, log: BinaryIO) -> Iterator[str]:
+    launcher = str(Path(__file__).with_name("moto_main.py"))
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, launcher, "-H", "127.0.0.1", "-p", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
