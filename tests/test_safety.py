@@ -34,6 +34,7 @@ from castore.errors import DeserializationError, UnsafeObjectError
 from castore.safety import Allowlist
 from castore.trust import userconfig
 from castore.versions import catalog, loading
+from tests.helpers import ROOT
 
 SERIALIZERS = ["joblib", "pickle", "cloudpickle"]
 
@@ -218,6 +219,26 @@ def test_real_models_arrays_and_sparse_matrices_load_with_the_default_policy(
     mapped = store.load("joblib/arrays", mmap_mode="r")
     assert isinstance(mapped["weights"], np.memmap)
     np.testing.assert_array_equal(mapped["weights"], arrays["weights"])
+
+
+def test_a_fresh_process_loads_arrays_before_numpy_ma_is_imported(tmp_path: Path) -> None:
+    # numpy imports numpy.ma on first access to np.ma: inside the audit guard, that import
+    # (marshal.loads of its bytecode) failed the load.
+    code = f"""if True:
+        import sys
+        import numpy as np
+        import castore
+        store = castore.init({str(tmp_path / "store")!r})
+        store.save(np.arange(3), "array")
+        store.save(np.array(["a", None], dtype=object), "objects", serializer="pickle")
+        assert "numpy.ma" not in sys.modules
+        assert store.load("array").tolist() == [0, 1, 2]
+        assert store.load("objects").tolist() == ["a", None]
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
 
 
 # -- the allowlist ----------------------------------------------------------------------------
