@@ -45,13 +45,20 @@ class UnsafeObjectError(CastoreError):
     """A serialized object needs a global (or a call) that the load policy does not allow."""
 
     def __init__(
-        self, message: str, global_name: str | None = None, refused: tuple[str, ...] = ()
+        self,
+        message: str,
+        global_name: str | None = None,
+        refused: tuple[str, ...] = (),
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.global_name = global_name
         """The (first) refused global, as ``module.qualified_name``; None for an operation."""
         self.refused = refused or ((global_name,) if global_name else ())
         """Every refused global of the stream, in order."""
+        self.reason = reason or message
+        """Why the (first) global or the operation was refused, e.g. "it is not on the
+        allowlist"."""
 
 
 class DeserializationError(CastoreError):

@@ -591,6 +591,35 @@ def test_castore_load_takes_load_options(tmp_path: Path) -> None:
         castore.load(ref, trusted=[Custom], require_signature=True)
 
 
+def test_a_joblib_refusal_names_every_refused_global_past_arrays_and_inside_object_arrays(
+    tmp_path: Path,
+) -> None:
+    obj = {
+        "first": Custom(1),
+        "weights": np.arange(1000.0),  # bytes that are no opcodes follow each array header
+        "objects": np.array([Payload(os.system, "true"), None], dtype=object),
+        "fortran": np.asfortranarray(np.ones((3, 2))),
+        "last": OrderedDict(f=partial(print)),
+    }
+    expected = ("tests.test_safety.Custom", f"{os.system.__module__}.system", "builtins.print")
+    path = tmp_path / "obj.joblib"
+    joblib.dump(obj, path)
+    for mmap_mode in (None, "r"):
+        with open(path, "rb") as file, pytest.raises(UnsafeObjectError) as error:
+            safety.load_joblib(file, Allowlist(), path=str(path), mmap_mode=mmap_mode)
+        assert error.value.refused == expected
+    with open(path, "rb") as file:
+        scan = safety.scan_joblib(io.BufferedReader(file), Allowlist())  # seeks past arrays
+    data = path.read_bytes()
+    unseekable = io.BufferedReader(io.BytesIO(data))
+    unseekable.seekable = lambda: False  # type: ignore[method-assign]  # a verified stream
+    for found in (scan, safety.scan_joblib(unseekable, Allowlist(), size=len(data))):
+        assert found.refused == expected and found.problem is None
+        uses = {g.name: g.use for g in found.globals}
+        assert uses["joblib.numpy_pickle.NumpyArrayWrapper"] == "called"
+        assert uses["numpy.ndarray"] == "held"
+
+
 def test_a_refusal_names_every_refused_global_at_once() -> None:
     data = _opcodes(
         pickle.MARK,
