@@ -24,6 +24,7 @@ from castore.maintenance.gc import DEFAULT_REPACK_THRESHOLD, GcReport
 from castore.maintenance.repair import RepairReport
 from castore.maintenance.stats import StoreStats
 from castore.maintenance.verify import VerifyReport
+from castore.safety import GlobalUse, trusted_globals_path
 from castore.snapshots.backup import BackupStats, Snapshot
 from castore.snapshots.browse import Change
 from castore.snapshots.restore import RestoreStats
@@ -41,6 +42,7 @@ from castore.trust.signatures import (
     trusted_keys_path,
 )
 from castore.versions.catalog import Diff, LogEntry, Version
+from castore.versions.loading import Inspection
 
 __all__ = [
     "DEFAULT_REPACK_THRESHOLD",
@@ -55,7 +57,9 @@ __all__ = [
     "DeserializationError",
     "Diff",
     "GcReport",
+    "GlobalUse",
     "IncompatibleEnvironmentError",
+    "Inspection",
     "IntegrityError",
     "InvalidInputError",
     "LeaseExpiredError",
@@ -87,6 +91,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "open",
+    "trusted_globals_path",
     "trusted_keys_path",
 ]
 __version__ = "0.1.0"

@@ -37,6 +37,7 @@ from castore.trust import signatures
 from castore.trust.signatures import PrivateKey, Signature, SignatureCheck, TrustPolicy
 from castore.versions import catalog, loading
 from castore.versions.catalog import Diff, LogEntry, Version
+from castore.versions.loading import Inspection
 
 __all__ = ["Source", "Store", "init", "load", "open_store"]
 
@@ -184,6 +185,19 @@ class Store:
             require_signature=require_signature,
             policy=policy,
         )
+
+    def inspect(
+        self, ref: str, *, trusted: Iterable[Any] = (), policy: TrustPolicy | None = None
+    ) -> Inspection:
+        """Every global a load of the version needs, and whether the load policy (built-in
+        rules, the user's ``trusted_globals``, `trusted`) admits each; nothing is run.
+
+        The report's `trusted_argument` is the one ``trusted=[...]`` that admits every
+        refused global. A load also checks calls, states and structures, which this does
+        not. `trusted_signers` lists the keys of the trust `policy` (default: the user's)
+        that signed the version, which then loads without the allowlist.
+        """
+        return loading.inspect(self.repository, ref, trusted=trusted, policy=policy)
 
     def sign(self, ref: str, key: PrivateKey) -> Signature:
         """Sign a version (its version digest) with an Ed25519 key; several may sign."""
