@@ -1,4 +1,5 @@
-"""castore's exception hierarchy: every error raised on purpose derives from CastoreError."""
+"""castore's exception hierarchy: every error raised on purpose derives from CastoreError;
+every warning castore issues, from CastoreWarning."""
 
 
 class CastoreError(Exception):
@@ -83,3 +84,13 @@ class IncompatibleEnvironmentError(CastoreError):
 
 class ConflictError(CastoreError):
     """Concurrent writers kept taking what this operation needed; retrying may succeed."""
+
+
+class CastoreWarning(UserWarning):
+    """Base class of every warning castore issues."""
+
+
+class UnloadableVersionWarning(CastoreWarning):
+    """A version was saved that will not load under the default policy (it needs globals
+    that policy refuses): its readers need trust it does not give. See `Store.inspect` and
+    ``save(..., check_loadable=True)``."""

@@ -35,7 +35,7 @@ from castore.snapshots.restore import RestoreStats
 from castore.snapshots.restore import restore as restore_snapshot
 from castore.trust import signatures
 from castore.trust.signatures import PrivateKey, Signature, SignatureCheck, TrustPolicy
-from castore.versions import catalog, loading
+from castore.versions import catalog, loading, saving
 from castore.versions.catalog import Diff, LogEntry, Version
 from castore.versions.loading import Inspection
 
@@ -142,17 +142,31 @@ class Store:
         serializer: str = "joblib",
         force: bool = False,
         sign_with: PrivateKey | None = None,
+        check_loadable: bool = False,
     ) -> Version:
         """Serialize `obj` straight into the store as the next version of `name`.
 
         Saving the same content and metadata as the latest version returns that version
         (with `tags` applied) unless `force` is set. Serializers: "joblib" (default),
         "pickle", "cloudpickle" and "raw" (bytes, a binary file or a path, as they are).
+
+        A version that will not load under the default policy (it needs globals that
+        policy refuses, see `inspect`) is saved with an UnloadableVersionWarning; with
+        `check_loadable`, the object is loaded back under the default policy first, and
+        the load's error (UnsafeObjectError, naming every refused global and what to do,
+        or DeserializationError) is raised instead, with no version recorded.
         """
         repo = self.repository
         with repo.writing():
-            version = catalog.save(
-                repo, obj, name, metadata=metadata, tags=tags, serializer=serializer, force=force
+            version = saving.save(
+                repo,
+                obj,
+                name,
+                metadata=metadata,
+                tags=tags,
+                serializer=serializer,
+                force=force,
+                check_loadable=check_loadable,
             )
         if sign_with is not None:
             signatures.sign(repo, parse_digest(version.digest), sign_with)

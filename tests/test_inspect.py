@@ -1,9 +1,10 @@
-"""What a load needs, told before loading: every global, the policy's verdict, the fix."""
+"""What a load needs, told before loading: inspect, check_loadable and the save-time warning."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pytest
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import FunctionTransformer
 
 import castore
@@ -102,7 +105,9 @@ def _commit(store: castore.Store, name: str, data: bytes, serializer: str) -> st
 
 
 def _saved(store: castore.Store, obj: Any, name: str, **options: Any) -> str:
-    return store.save(obj, name, **options).reference
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", castore.UnloadableVersionWarning)
+        return store.save(obj, name, **options).reference
 
 
 # -- inspect ------------------------------------------------------------------------------------
@@ -170,3 +175,58 @@ def test_planted_streams_are_inspected_without_running_them(
     assert report.refused[:2] == FRAME_REFUSED[:2]  # what came before the cut is listed
     raw = store.save(b"bytes", "raw", serializer="raw").reference
     assert store.inspect(raw).globals == () and store.inspect(raw).admitted
+
+
+# -- save: check_loadable and the warning -------------------------------------------------------
+
+
+def _model() -> LogisticRegression:
+    features, labels = make_classification(n_samples=60, n_features=4, random_state=0)
+    return LogisticRegression().fit(features, labels)
+
+
+@pytest.mark.parametrize(
+    ("obj", "refused"),
+    [
+        (FunctionTransformer(_double), (f"{HERE}._double",)),
+        ({"block": Block(np.zeros(3)), "f": np.log1p}, (f"{HERE}.Block", "numpy.log1p")),
+    ],
+    ids=["function-transformer", "custom-class"],
+)
+def test_check_loadable_refuses_what_the_default_policy_would_not_load(
+    store: castore.Store, obj: Any, refused: tuple[str, ...]
+) -> None:
+    with pytest.raises(castore.UnsafeObjectError) as error:
+        store.save(obj, "model", check_loadable=True)
+    assert error.value.refused == refused
+    assert "model was not saved" in str(error.value)
+    assert f"trusted={list(refused)!r}" in str(error.value)
+    assert store.names() == []  # no version was recorded
+
+
+def test_check_loadable_passes_plain_models_and_arrays(store: castore.Store) -> None:
+    model = _model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no UnloadableVersionWarning either
+        for serializer in ("joblib", "pickle"):
+            for check in (True, False):
+                ref = store.save(
+                    {"model": model, "weights": np.ones((3, 2))},
+                    f"{serializer}/{str(check).lower()}",
+                    serializer=serializer,
+                    check_loadable=check,
+                ).reference
+                loaded = store.load(ref)
+                np.testing.assert_array_equal(loaded["model"].coef_, model.coef_)
+
+
+def test_a_version_that_will_not_load_is_saved_with_a_warning(store: castore.Store) -> None:
+    with pytest.warns(castore.UnloadableVersionWarning) as warned:
+        version = store.save(Frame(), "frame")
+    (warning,) = warned
+    assert issubclass(warning.category, castore.CastoreWarning)
+    assert warning.filename == __file__  # it points at the caller's save
+    message = str(warning.message)
+    assert "version 1 of frame will not load under the default policy" in message
+    assert f"trusted={list(FRAME_REFUSED)!r}" in message and "check_loadable=True" in message
+    assert store.version("frame") == version  # saved all the same

@@ -581,6 +581,7 @@ def test_a_lambda_saved_with_joblib_suggests_cloudpickle(store: castore.Store) -
             store.save({"f": lambda x: x}, "fn", serializer=serializer)
 
 
+@pytest.mark.filterwarnings("ignore::castore.UnloadableVersionWarning")  # saved on purpose
 def test_castore_load_takes_load_options(tmp_path: Path) -> None:
     with castore.init(tmp_path / "store") as store:
         ref = store.qualified(store.save(Custom(5), "custom", serializer="pickle").reference)

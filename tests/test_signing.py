@@ -203,6 +203,7 @@ def test_a_manifest_swapped_under_a_signed_ref_is_caught(
         store.load("m:1", require_signature=True, policy=policy)
 
 
+@pytest.mark.filterwarnings("ignore::castore.UnloadableVersionWarning")  # saved on purpose
 def test_a_trusted_signature_lets_the_plain_unpickler_load(
     store: castore.Store, alice: PrivateKey, mallory: PrivateKey
 ) -> None:
