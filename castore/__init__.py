@@ -41,6 +41,7 @@ from castore.trust.signatures import (
     generate_key,
     load_private_key,
     load_public_key,
+    trust_key,
     trusted_keys_path,
 )
 from castore.versions.catalog import Diff, LogEntry, Version
@@ -95,6 +96,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "open",
+    "trust_key",
     "trusted_globals_path",
     "trusted_keys_path",
 ]

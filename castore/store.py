@@ -266,9 +266,12 @@ class Store:
         """Every move of a tag, oldest first."""
         return catalog.tag_history(self.repository, name, tag)
 
-    def info(self, ref: str) -> dict[str, Any]:
-        """Everything known about a version: both digests, size, serializer, metadata..."""
-        return catalog.info(self.repository, ref)
+    def info(self, ref: str, policy: TrustPolicy | None = None) -> dict[str, Any]:
+        """Everything known about a version: both digests, size, serializer, metadata, and
+        its signatures, each saying whether a key of the trust `policy` (default: the
+        user's trusted keys) made it."""
+        trust = policy if policy is not None else TrustPolicy.from_config()
+        return catalog.info(self.repository, ref, trust)
 
     def log(self, name: str, *, verify: bool = False) -> list[LogEntry]:
         """A name's history, newest first; with `verify`, IntegrityError on a broken chain."""

@@ -27,6 +27,7 @@ from castore.format.digests import format_digest
 from castore.format.manifest import Manifest, environment
 from castore.format.names import Reference, check_name, check_tag, parse_reference
 from castore.format.streams import StreamDescriptor
+from castore.trust.signatures import TrustPolicy, signatures
 
 if TYPE_CHECKING:
     from castore.engine.repository import Repository
@@ -421,8 +422,9 @@ def delete(repo: Repository, ref: str) -> Version:
     return Version.of(manifest, digest)
 
 
-def info(repo: Repository, ref: str) -> dict[str, Any]:
-    """Everything known about a version, for people and scripts."""
+def info(repo: Repository, ref: str, policy: TrustPolicy) -> dict[str, Any]:
+    """Everything known about a version, for people and scripts; `policy` says which of
+    its signatures a trusted key made."""
     manifest, digest = resolve(repo, ref)
     version = Version.of(manifest, digest)
     return {
@@ -440,4 +442,15 @@ def info(repo: Repository, ref: str) -> dict[str, Any]:
         "tags": sorted(t for t, n in tags(repo, manifest.name).items() if n == manifest.number),
         "metadata": manifest.metadata,
         "environment": manifest.environment,
+        "signatures": [
+            {
+                "key_id": check.key_id,
+                "key": policy.describe(check.key_id),
+                "valid": check.valid,
+                "trusted": check.valid and policy.trusts(check.key_id),
+                "created": check.created,
+                "problem": check.problem,
+            }
+            for check in signatures(repo, digest)
+        ],
     }
