@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import subprocess
+import sys
 import warnings
 from datetime import date
 from pathlib import Path
@@ -19,6 +22,7 @@ from sklearn.preprocessing import FunctionTransformer
 import castore
 from castore import safety
 from castore.versions import catalog
+from tests.helpers import ROOT
 
 HERE = __name__
 
@@ -230,3 +234,61 @@ def test_a_version_that_will_not_load_is_saved_with_a_warning(store: castore.Sto
     assert "version 1 of frame will not load under the default policy" in message
     assert f"trusted={list(FRAME_REFUSED)!r}" in message and "check_loadable=True" in message
     assert store.version("frame") == version  # saved all the same
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def _cli(store: castore.Store, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "castore", "--store", store.url, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "CASTORE_STORE": ""},
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_the_inspect_command_prints_the_one_edit_that_makes_it_load(
+    store: castore.Store, private_config: Path, ran: list[str]
+) -> None:
+    ref = _saved(store, Frame(), "frame")
+    human = _cli(store, "inspect", "frame")
+    assert human.returncode == 1, human.stderr
+    assert "3 refused" in human.stdout and f"refused  {HERE}.Frame" in human.stdout
+    assert f"trusted={list(FRAME_REFUSED)!r}" in human.stdout
+    config = private_config / safety.TRUSTED_GLOBALS_FILE
+    assert f"or add these lines to {config}:" in human.stdout
+    lines = human.stdout.split(f"{config}:\n", 1)[1].split()
+    assert tuple(lines) == FRAME_REFUSED
+    report = json.loads(_cli(store, "--json", "inspect", "frame").stdout)
+    assert report["refused"] == list(FRAME_REFUSED) and report["loads"] is False
+    assert {"name": "datetime.date", "use": "called", "trusted": False}.items() <= next(
+        g for g in report["globals"] if g["name"] == "datetime.date"
+    ).items()
+    assert not ran
+
+    config.write_text("\n".join(lines) + "\n")  # the one edit
+    assert _cli(store, "inspect", "frame").returncode == 0
+    assert list(store.load(ref).index.labels) == ["r1", "r2", "r3"]
+    listed = json.loads(_cli(store, "--json", "info", "frame", "--globals").stdout)
+    assert listed["admitted"] and listed["name"] == "frame"
+    assert {g["name"] for g in listed["globals"] if g["trusted"]} == set(FRAME_REFUSED)
+    assert "globals, 0 refused" in _cli(store, "info", "frame", "--globals").stdout
+
+
+def test_the_help_names_the_new_commands() -> None:
+    def help_of(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "castore", *args, "--help"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        ).stdout
+
+    assert "castore inspect" in help_of() and "castore key trust" in help_of()
+    assert "--globals" in help_of("info") and "trusted=[...]" in help_of("inspect")
+    assert {"generate", "trust", "ls"} <= set(help_of("key").split())
