@@ -5,6 +5,7 @@ from castore.engine.writer import WriteStats
 from castore.errors import (
     BackendError,
     CastoreError,
+    CastoreWarning,
     ConflictError,
     DeserializationError,
     IncompatibleEnvironmentError,
@@ -15,6 +16,7 @@ from castore.errors import (
     NotFoundError,
     StoreBusyError,
     StoreExistsError,
+    UnloadableVersionWarning,
     UnsafeObjectError,
     UnsupportedFormatError,
     UntrustedVersionError,
@@ -26,6 +28,7 @@ from castore.maintenance.gc import DEFAULT_REPACK_THRESHOLD, GcReport
 from castore.maintenance.repair import RepairReport
 from castore.maintenance.stats import StoreStats
 from castore.maintenance.verify import VerifyReport
+from castore.safety import GlobalUse, trusted_globals_path
 from castore.snapshots.backup import BackupStats, Snapshot
 from castore.snapshots.browse import Change
 from castore.snapshots.restore import RestorePlan, RestoreStats
@@ -40,9 +43,11 @@ from castore.trust.signatures import (
     generate_key,
     load_private_key,
     load_public_key,
+    trust_key,
     trusted_keys_path,
 )
 from castore.versions.catalog import Diff, HistoryCheck, LogEntry, Version
+from castore.versions.loading import Inspection
 
 __all__ = [
     "DEFAULT_REPACK_THRESHOLD",
@@ -50,6 +55,7 @@ __all__ = [
     "BackendError",
     "BackupStats",
     "CastoreError",
+    "CastoreWarning",
     "Change",
     "ChunkerParams",
     "CompressionParams",
@@ -58,8 +64,10 @@ __all__ = [
     "DeserializationError",
     "Diff",
     "GcReport",
+    "GlobalUse",
     "HistoryCheck",
     "IncompatibleEnvironmentError",
+    "Inspection",
     "IntegrityError",
     "InvalidInputError",
     "LeaseExpiredError",
@@ -82,6 +90,7 @@ __all__ = [
     "StoreStats",
     "TagCopy",
     "TrustPolicy",
+    "UnloadableVersionWarning",
     "UnsafeObjectError",
     "UnsupportedFormatError",
     "UntrustedVersionError",
@@ -95,6 +104,8 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "open",
+    "trust_key",
+    "trusted_globals_path",
     "trusted_keys_path",
 ]
 __version__ = "0.1.0"

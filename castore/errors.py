@@ -1,4 +1,5 @@
-"""castore's exception hierarchy: every error raised on purpose derives from CastoreError."""
+"""castore's exception hierarchy: every error raised on purpose derives from CastoreError;
+every warning castore issues, from CastoreWarning."""
 
 
 class CastoreError(Exception):
@@ -45,13 +46,20 @@ class UnsafeObjectError(CastoreError):
     """A serialized object needs a global (or a call) that the load policy does not allow."""
 
     def __init__(
-        self, message: str, global_name: str | None = None, refused: tuple[str, ...] = ()
+        self,
+        message: str,
+        global_name: str | None = None,
+        refused: tuple[str, ...] = (),
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.global_name = global_name
         """The (first) refused global, as ``module.qualified_name``; None for an operation."""
         self.refused = refused or ((global_name,) if global_name else ())
         """Every refused global of the stream, in order."""
+        self.reason = reason or message
+        """Why the (first) global or the operation was refused, e.g. "it is not on the
+        allowlist"."""
 
 
 class DeserializationError(CastoreError):
@@ -76,3 +84,13 @@ class IncompatibleEnvironmentError(CastoreError):
 
 class ConflictError(CastoreError):
     """Concurrent writers kept taking what this operation needed; retrying may succeed."""
+
+
+class CastoreWarning(UserWarning):
+    """Base class of every warning castore issues."""
+
+
+class UnloadableVersionWarning(CastoreWarning):
+    """A version was saved that will not load under the default policy (it needs globals
+    that policy refuses): its readers need trust it does not give. See `Store.inspect` and
+    ``save(..., check_loadable=True)``."""

@@ -37,8 +37,9 @@ from castore.snapshots.restore import RestorePlan, RestoreStats, planned_entries
 from castore.snapshots.restore import restore as restore_snapshot
 from castore.trust import signatures
 from castore.trust.signatures import PrivateKey, Signature, SignatureCheck, TrustPolicy
-from castore.versions import catalog, loading, lookup
+from castore.versions import catalog, loading, lookup, saving
 from castore.versions.catalog import Diff, HistoryCheck, LogEntry, Version
+from castore.versions.loading import Inspection
 
 __all__ = ["Source", "Store", "init", "load", "open_store"]
 
@@ -191,17 +192,31 @@ class Store:
         serializer: str = "joblib",
         force: bool = False,
         sign_with: PrivateKey | None = None,
+        check_loadable: bool = False,
     ) -> Version:
         """Serialize `obj` straight into the store as the next version of `name`.
 
         Saving the same content and metadata as the latest version returns that version
         (with `tags` applied) unless `force` is set. Serializers: "joblib" (default),
         "pickle", "cloudpickle" and "raw" (bytes, a binary file or a path, as they are).
+
+        A version that will not load under the default policy (it needs globals that
+        policy refuses, see `inspect`) is saved with an UnloadableVersionWarning; with
+        `check_loadable`, the object is loaded back under the default policy first, and
+        the load's error (UnsafeObjectError, naming every refused global and what to do,
+        or DeserializationError) is raised instead, with no version recorded.
         """
         repo = self.repository
         with repo.writing():
-            version = catalog.save(
-                repo, obj, name, metadata=metadata, tags=tags, serializer=serializer, force=force
+            version = saving.save(
+                repo,
+                obj,
+                name,
+                metadata=metadata,
+                tags=tags,
+                serializer=serializer,
+                force=force,
+                check_loadable=check_loadable,
             )
         if sign_with is not None:
             signatures.sign(repo, parse_digest(version.digest), sign_with)
@@ -234,6 +249,19 @@ class Store:
             require_signature=require_signature,
             policy=policy,
         )
+
+    def inspect(
+        self, ref: str, *, trusted: Iterable[Any] = (), policy: TrustPolicy | None = None
+    ) -> Inspection:
+        """Every global a load of the version needs, and whether the load policy (built-in
+        rules, the user's ``trusted_globals``, `trusted`) admits each; nothing is run.
+
+        The report's `trusted_argument` is the one ``trusted=[...]`` that admits every
+        refused global. A load also checks calls, states and structures, which this does
+        not. `trusted_signers` lists the keys of the trust `policy` (default: the user's)
+        that signed the version, which then loads without the allowlist.
+        """
+        return loading.inspect(self.repository, ref, trusted=trusted, policy=policy)
 
     def sign(self, ref: str, key: PrivateKey) -> Signature:
         """Sign a version (its version digest) with an Ed25519 key; several may sign."""
@@ -288,9 +316,12 @@ class Store:
         """Every move of a tag, oldest first."""
         return catalog.tag_history(self.repository, name, tag)
 
-    def info(self, ref: str) -> dict[str, Any]:
-        """Everything known about a version: both digests, size, serializer, metadata..."""
-        return catalog.info(self.repository, ref)
+    def info(self, ref: str, policy: TrustPolicy | None = None) -> dict[str, Any]:
+        """Everything known about a version: both digests, size, serializer, metadata, and
+        its signatures, each saying whether a key of the trust `policy` (default: the
+        user's trusted keys) made it."""
+        trust = policy if policy is not None else TrustPolicy.from_config()
+        return catalog.info(self.repository, ref, trust)
 
     def log(self, name: str, *, verify: bool = False) -> list[LogEntry]:
         """A name's history, newest first; with `verify`, IntegrityError on a broken chain."""

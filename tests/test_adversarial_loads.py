@@ -218,6 +218,7 @@ def test_shadowing_without_a_partial_is_refused_too(
     assert "never dunders" in refused(local_store, stream(dunder), recorder, None)
 
 
+@pytest.mark.filterwarnings("ignore::castore.UnloadableVersionWarning")  # saved on purpose
 def test_a_saved_model_holding_a_partial_of_a_private_helper(
     local_store: castore.Store, recorder: Recorder
 ) -> None:

@@ -340,3 +340,47 @@ def test_cat_holds_a_large_stream_in_a_temporary_file_until_verified(
     result = _cli(location, "cat", digest, env={"TMPDIR": str(spool)})
     assert result.returncode == 1 and result.stdout == b""
     assert list(spool.iterdir()) == []
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_trusting_a_key_on_the_command_line_makes_its_signatures_count(
+    location: Location, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config"
+    monkeypatch.setenv("CASTORE_CONFIG_DIR", str(config))  # never the user's
+    _ok(location, "init")
+    with location.open() as store:
+        store.save({"weights": [1, 2, 3]}, "m")
+    keys = {}
+    for who in ("alice", "mallory"):
+        keys[who] = json.loads(_ok(location, "--json", "key", "generate", str(tmp_path / who)))
+        _ok(location, "sign", "m:1", "--key", str(tmp_path / who))
+    alice, mallory = keys["alice"]["key_id"], keys["mallory"]["key_id"]
+    assert "no trusted keys" in _ok(location, "key", "ls")
+    assert f"{alice}  valid  trusted: no" in _ok(location, "info", "m")
+    with location.open() as store, pytest.raises(castore.UntrustedVersionError):
+        store.load("m", require_signature=True)
+
+    assert "now trusting" in _ok(location, "key", "trust", str(tmp_path / "alice.pub"))
+    again = json.loads(_ok(location, "--json", "key", "trust", str(tmp_path / "alice.pub")))
+    assert again == {
+        "key_id": alice,
+        "comment": "",
+        "added": False,
+        "file": str(config / "trusted_keys"),
+    }
+    assert (config / "trusted_keys").read_text() == keys["alice"]["public_key"] + "\n"
+    listed = json.loads(_ok(location, "--json", "key", "ls"))
+    assert [k["key_id"] for k in listed["keys"]] == [alice]
+    assert f"  {alice}  (no comment)" in _ok(location, "key", "ls")
+    with location.open() as store:
+        assert store.load("m", require_signature=True) == {"weights": [1, 2, 3]}
+
+    info = _ok(location, "info", "m")
+    assert f"{alice}  valid  trusted: yes" in info and f"{mallory}  valid  trusted: no" in info
+    signatures = json.loads(_ok(location, "--json", "info", "m"))["signatures"]
+    assert {s["key_id"]: s["trusted"] for s in signatures} == {alice: True, mallory: False}
+    (tmp_path / "bad.pub").write_text("ssh-rsa AAAAB3NzaC1yc2E someone\n")
+    refused = _cli(location, "key", "trust", str(tmp_path / "bad.pub"))
+    assert refused.returncode == 2 and b"Ed25519" in refused.stderr
+    assert len(json.loads(_ok(location, "--json", "key", "ls"))["keys"]) == 1

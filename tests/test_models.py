@@ -75,6 +75,7 @@ def test_saving_identical_content_and_metadata_returns_the_latest(store: castore
     assert store.save(_weights(1), "m", metadata={"auc": 0.95}).version == 3
 
 
+@pytest.mark.filterwarnings("ignore::castore.UnloadableVersionWarning")  # saved on purpose
 def test_every_serializer_round_trips(store: castore.Store, tmp_path: Path) -> None:
     payload = tmp_path / "model.onnx"
     payload.write_bytes(b"\x00onnx-bytes" * 1000)
@@ -93,6 +94,7 @@ def test_every_serializer_round_trips(store: castore.Store, tmp_path: Path) -> N
         store.save(1, "x", serializer="yaml")
 
 
+@pytest.mark.filterwarnings("ignore::castore.UnloadableVersionWarning")  # saved on purpose
 def test_cloudpickle_refuses_another_python_minor(store: castore.Store) -> None:
     version = store.save(lambda: 1, "f", serializer="cloudpickle")
     manifest, digest = catalog.resolve(store.repository, version.reference)

@@ -34,6 +34,7 @@ from castore.errors import DeserializationError, UnsafeObjectError
 from castore.safety import Allowlist
 from castore.trust import userconfig
 from castore.versions import catalog, loading
+from tests.helpers import ROOT
 
 SERIALIZERS = ["joblib", "pickle", "cloudpickle"]
 
@@ -218,6 +219,26 @@ def test_real_models_arrays_and_sparse_matrices_load_with_the_default_policy(
     mapped = store.load("joblib/arrays", mmap_mode="r")
     assert isinstance(mapped["weights"], np.memmap)
     np.testing.assert_array_equal(mapped["weights"], arrays["weights"])
+
+
+def test_a_fresh_process_loads_arrays_before_numpy_ma_is_imported(tmp_path: Path) -> None:
+    # numpy imports numpy.ma on first access to np.ma: inside the audit guard, that import
+    # (marshal.loads of its bytecode) failed the load.
+    code = f"""if True:
+        import sys
+        import numpy as np
+        import castore
+        store = castore.init({str(tmp_path / "store")!r})
+        store.save(np.arange(3), "array")
+        store.save(np.array(["a", None], dtype=object), "objects", serializer="pickle")
+        assert "numpy.ma" not in sys.modules
+        assert store.load("array").tolist() == [0, 1, 2]
+        assert store.load("objects").tolist() == ["a", None]
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
 
 
 # -- the allowlist ----------------------------------------------------------------------------
@@ -560,6 +581,7 @@ def test_a_lambda_saved_with_joblib_suggests_cloudpickle(store: castore.Store) -
             store.save({"f": lambda x: x}, "fn", serializer=serializer)
 
 
+@pytest.mark.filterwarnings("ignore::castore.UnloadableVersionWarning")  # saved on purpose
 def test_castore_load_takes_load_options(tmp_path: Path) -> None:
     with castore.init(tmp_path / "store") as store:
         ref = store.qualified(store.save(Custom(5), "custom", serializer="pickle").reference)
@@ -568,6 +590,35 @@ def test_castore_load_takes_load_options(tmp_path: Path) -> None:
     assert castore.load(ref, trusted=[Custom]).value == 5
     with pytest.raises(castore.errors.UntrustedVersionError):
         castore.load(ref, trusted=[Custom], require_signature=True)
+
+
+def test_a_joblib_refusal_names_every_refused_global_past_arrays_and_inside_object_arrays(
+    tmp_path: Path,
+) -> None:
+    obj = {
+        "first": Custom(1),
+        "weights": np.arange(1000.0),  # bytes that are no opcodes follow each array header
+        "objects": np.array([Payload(os.system, "true"), None], dtype=object),
+        "fortran": np.asfortranarray(np.ones((3, 2))),
+        "last": OrderedDict(f=partial(print)),
+    }
+    expected = ("tests.test_safety.Custom", f"{os.system.__module__}.system", "builtins.print")
+    path = tmp_path / "obj.joblib"
+    joblib.dump(obj, path)
+    for mmap_mode in (None, "r"):
+        with open(path, "rb") as file, pytest.raises(UnsafeObjectError) as error:
+            safety.load_joblib(file, Allowlist(), path=str(path), mmap_mode=mmap_mode)
+        assert error.value.refused == expected
+    with open(path, "rb") as file:
+        scan = safety.scan_joblib(io.BufferedReader(file), Allowlist())  # seeks past arrays
+    data = path.read_bytes()
+    unseekable = io.BufferedReader(io.BytesIO(data))
+    unseekable.seekable = lambda: False  # type: ignore[method-assign]  # a verified stream
+    for found in (scan, safety.scan_joblib(unseekable, Allowlist(), size=len(data))):
+        assert found.refused == expected and found.problem is None
+        uses = {g.name: g.use for g in found.globals}
+        assert uses["joblib.numpy_pickle.NumpyArrayWrapper"] == "called"
+        assert uses["numpy.ndarray"] == "held"
 
 
 def test_a_refusal_names_every_refused_global_at_once() -> None:

@@ -117,6 +117,59 @@ def test_trusted_keys_come_from_the_user_config_or_the_caller(
         TrustPolicy.from_config()
 
 
+def test_trust_key_adds_a_validated_key_to_the_user_config_once(
+    alice: PrivateKey, mallory: PrivateKey, tmp_path: Path
+) -> None:
+    pub = tmp_path / "alice.pub"
+    pub.write_text(alice.public_key.to_openssh() + "\n")
+    assert castore.trust_key(pub) is True
+    assert castore.trust_key(pub) is False  # idempotent, however the key is given
+    assert castore.trust_key(alice.public_key.to_openssh()) is False
+    path = signing.trusted_keys_path()
+    path.write_text(path.read_text() + "# the release team, no newline at the end")
+    assert castore.trust_key(mallory.public_key) is True
+    assert [k.key_id for k in TrustPolicy.from_config().keys] == [
+        alice.public_key.key_id,
+        mallory.public_key.key_id,
+    ]
+    assert TrustPolicy.from_config().keys[0].comment == "alice@example"
+    before = path.read_text()
+    bad = tmp_path / "bad.pub"
+    for line, error in [
+        ("ssh-rsa AAAAB3NzaC1yc2E alice", "OpenSSH Ed25519 public key"),
+        ("ssh-ed25519 AAAAnot-base64", "malformed Ed25519 public key"),
+        ("", "holds no public key"),
+    ]:
+        bad.write_text(line + "\n")
+        with pytest.raises(castore.InvalidInputError, match=error):
+            castore.trust_key(bad)
+    assert path.read_text() == before
+    path.write_text(before + "ssh-ed25519\n")
+    with pytest.raises(castore.InvalidInputError, match="line 4"):  # a broken file stays as is
+        castore.trust_key(PrivateKey.generate().public_key)
+    assert path.read_text() == before + "ssh-ed25519\n"
+
+
+def test_info_says_which_signatures_a_trusted_key_made(
+    store: castore.Store, alice: PrivateKey, mallory: PrivateKey
+) -> None:
+    version = store.save({"v": 1}, "m")
+    assert store.info("m")["signatures"] == []
+    store.sign("m", alice)
+    store.sign("m", mallory)
+    castore.trust_key(alice.public_key)
+    signed = {s["key_id"]: s for s in store.info(version.reference)["signatures"]}
+    assert signed[alice.public_key.key_id]["trusted"] is True
+    assert signed[alice.public_key.key_id]["key"] == f"{alice.public_key.key_id} (alice@example)"
+    assert signed[mallory.public_key.key_id]["trusted"] is False
+    assert all(s["valid"] for s in signed.values())
+    _tamper(store, layout.signature_path(_digest(store, "m"), alice.public_key.key_id))
+    (forged,) = [s for s in store.info("m")["signatures"] if s["key_id"] == alice.public_key.key_id]
+    assert not forged["valid"] and not forged["trusted"] and forged["problem"]
+    policy = TrustPolicy.of([mallory.public_key])
+    assert [s["trusted"] for s in store.info("m", policy)["signatures"] if s["valid"]] == [True]
+
+
 def test_a_signed_version_loads_under_require_signature(
     store: castore.Store, alice: PrivateKey
 ) -> None:
@@ -203,6 +256,7 @@ def test_a_manifest_swapped_under_a_signed_ref_is_caught(
         store.load("m:1", require_signature=True, policy=policy)
 
 
+@pytest.mark.filterwarnings("ignore::castore.UnloadableVersionWarning")  # saved on purpose
 def test_a_trusted_signature_lets_the_plain_unpickler_load(
     store: castore.Store, alice: PrivateKey, mallory: PrivateKey
 ) -> None:

@@ -7,6 +7,7 @@ terminal, escape sequences in them rewrite lines, retitle the window or set the 
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import unicodedata
@@ -20,6 +21,7 @@ from castore.cli.terminal import guarded, shown
 from castore.engine import refs as ref_objects
 from castore.format import layout, wire
 from castore.format.manifest import Manifest
+from castore.versions import catalog
 
 ESCAPES = [
     "\x1b]52;c;ZWNobyBwd25lZA==\x07",  # OSC 52: write the clipboard
@@ -129,3 +131,34 @@ def test_error_messages_are_escaped(tmp_path: Path) -> None:
     result = _cli(root, "cat", "m" + ESCAPES[0])
     assert result.returncode != 0
     assert not _unsafe(result.stderr), result.stderr
+
+
+def test_planted_global_names_are_escaped_by_inspect(tmp_path: Path) -> None:
+    """The globals a stream names, listed by inspect and info --globals, are the writer's."""
+
+    def text(value: str) -> bytes:
+        encoded = value.encode()
+        return pickle.SHORT_BINUNICODE + bytes([len(encoded)]) + encoded
+
+    first = text("mod" + "".join(ESCAPES)) + text("Name") + pickle.STACK_GLOBAL
+    second = text("os") + text("sys" + ESCAPES[0]) + pickle.STACK_GLOBAL
+    data = pickle.PROTO + b"\x04" + first + second + pickle.TUPLE2 + pickle.STOP
+    root = tmp_path / "store"
+    with castore.init(root) as store:
+        catalog.commit_version(
+            store.repository,
+            "m",
+            store.repository.write_stream(data),
+            kind="object",
+            serializer="pickle",
+            serializer_version="x",
+            metadata={},
+            tags=(),
+            force=True,
+        )
+        assert len(store.inspect("m").refused) == 2
+    for args in (["inspect", "m"], ["info", "m", "--globals"]):
+        result = _cli(root, *args)
+        assert "2 refused" in result.stdout, result.stderr
+        assert not _unsafe(result.stdout + result.stderr), (args, result.stdout, result.stderr)
+        assert not any(line.startswith("-rw-r--r-- forged") for line in result.stdout.split("\n"))

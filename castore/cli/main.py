@@ -1,7 +1,8 @@
 """The ``castore`` command line: the Python API for shells and scripts.
 
-Exit codes: 0 success; 1 integrity problem or failed verification; 2 invalid input or
-usage; 3 not found; 4 storage backend failure; 5 any other castore error.
+Exit codes: 0 success; 1 integrity problem, failed verification, or a version `inspect`
+finds will not load; 2 invalid input or usage; 3 not found; 4 storage backend failure;
+5 any other castore error.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ examples:
   castore resolve churn/onnx:production       # -> churn/onnx@sha256:<version digest>
   castore get churn/onnx@sha256:<hex> -o model.onnx
   castore diff churn/onnx:2 churn/onnx:3
-  castore --json info churn/onnx:latest
+  castore --json info churn/onnx:latest       # digests, metadata, signatures (trusted or not)
+  castore inspect churn/model:3               # every global a load needs, and the policy's verdict
+  castore info churn/model:3 --globals
+  castore key generate; castore key trust alice.pub; castore key ls
   castore backup runs/exp-42 --name backups/exp-42 --exclude '*.tmp'
   castore ls backups/exp-42:1 checkpoints; castore diff backups/exp-42:1 backups/exp-42:2
   castore restore backups/exp-42:1 out/ checkpoints/best.pt
@@ -56,8 +60,8 @@ examples:
 
 The store is --store URL or $CASTORE_STORE (a path, file://, s3://bucket/prefix...).
 S3 settings come from the usual AWS variables, or --option endpoint_url=http://... .
-exit codes: 0 ok, 1 integrity problem, 2 invalid input, 3 not found, 4 backend error,
-5 other castore error.
+exit codes: 0 ok, 1 integrity problem or failed check (verify, log --verify, inspect),
+2 invalid input, 3 not found, 4 backend error, 5 other castore error.
 """
 
 PROGRESS_DELAY = 1.0
@@ -382,10 +386,92 @@ def cmd_log(command: Command) -> int:
     return 1 if problems else 0
 
 
+def _globals_json(report: castore.Inspection) -> dict[str, Any]:
+    return {
+        "globals": [
+            {"name": g.name, "use": g.use, "reason": g.reason, "trusted": g.trusted}
+            for g in report.globals
+        ],
+        "refused": list(report.refused),
+        "admitted": report.admitted,
+        "trusted_signers": list(report.trusted_signers),
+        "loads": report.loads,
+        "problem": report.problem,
+        "trusted_argument": report.trusted_argument,
+        "trusted_globals_file": str(castore.trusted_globals_path()),
+        "advice": report.advice,
+    }
+
+
+def _globals_text(report: castore.Inspection) -> list[str]:
+    names = [shown(g.name) for g in report.globals]
+    width = max(map(len, names), default=0)
+    lines = [f"{len(names)} globals, {len(report.refused)} refused"]
+    lines += [
+        f"  {g.use:<8} {name:<{width}}  {shown(g.reason)}"
+        for g, name in zip(report.globals, names, strict=True)
+    ]
+    if report.problem is not None:
+        lines.append(f"the scan stopped early (later globals are missing): {shown(report.problem)}")
+    if report.trusted_argument is not None:
+        lines += [
+            "one edit admits every refused global: load with",
+            f"  {shown(report.trusted_argument)}",
+            f"or add these lines to {castore.trusted_globals_path()}:",
+            *(f"  {shown(name)}" for name in report.refused),
+        ]
+    elif report.advice is not None:
+        lines.append(shown(report.advice))
+    elif report.admitted:
+        lines.append("the policy admits every global (a load also checks calls and state)")
+    if report.trusted_signers:
+        lines.append(
+            f"signed by a trusted key ({', '.join(report.trusted_signers)}): it loads without "
+            "the policy"
+        )
+    return lines
+
+
+def cmd_inspect(command: Command) -> int:
+    """castore inspect REF: exit 1 unless the version would get past the load policy."""
+    report = command.store.inspect(command.args.ref)
+    version = report.version
+    command.emit(
+        {"reference": version.reference, "serializer": version.serializer} | _globals_json(report),
+        lambda: "\n".join(
+            [
+                f"{version.name}:{version.version}  {version.reference}  ({version.serializer})",
+                *_globals_text(report),
+            ]
+        ),
+    )
+    return 0 if report.loads else 1
+
+
+def _signature_text(signature: dict[str, Any]) -> str:
+    validity = "valid" if signature["valid"] else f"INVALID ({signature['problem']})"
+    trusted = "yes" if signature["trusted"] else "no"
+    created = f"  {signature['created']}" if signature["created"] else ""
+    return shown(f"  {signature['key']}  {validity}  trusted: {trusted}{created}")
+
+
 def cmd_info(command: Command) -> int:
-    """castore info REF."""
+    """castore info REF [--globals]."""
     info = command.store.info(command.args.ref)
-    command.emit(info, lambda: json.dumps(info, indent=2, default=str))
+    report = command.store.inspect(command.args.ref) if command.args.globals else None
+
+    def field(value: Any) -> str:
+        return shown(value if isinstance(value, str | int) else json.dumps(value, default=str))
+
+    def text() -> str:
+        lines = [f"{key}: {field(value)}" for key, value in info.items() if key != "signatures"]
+        lines.append("signatures:" if info["signatures"] else "signatures: none")
+        lines += [_signature_text(signature) for signature in info["signatures"]]
+        if report is not None:
+            lines += _globals_text(report)
+        return "\n".join(lines)
+
+    command.emit(info | (_globals_json(report) if report is not None else {}), text)
     return 0
 
 
@@ -618,13 +704,49 @@ def cmd_forget(command: Command) -> int:
     return 0
 
 
-def cmd_key(command: Command) -> int:
+def cmd_key_generate(command: Command) -> int:
     """castore key generate [PATH]."""
     public = castore.generate_key(command.args.path)
     command.emit(
         {"key_id": public.key_id, "public_key": public.to_openssh()},
-        f"wrote a new Ed25519 key pair (key id {public.key_id}); to trust it, add this line "
-        f"to {castore.trusted_keys_path()}:\n{public.to_openssh()}",
+        f"wrote a new Ed25519 key pair (key id {public.key_id}); to trust it, run "
+        f"'castore key trust' on its .pub file, which adds this line to "
+        f"{castore.trusted_keys_path()}:\n{public.to_openssh()}",
+    )
+    return 0
+
+
+def cmd_key_trust(command: Command) -> int:
+    """castore key trust PUBKEY_FILE."""
+    public = castore.load_public_key(command.args.pubkey_file)
+    added = castore.trust_key(public)
+    path = castore.trusted_keys_path()
+    command.emit(
+        {"key_id": public.key_id, "comment": public.comment, "added": added, "file": str(path)},
+        f"{'now trusting' if added else 'already trusted'}: {shown(public)} (in {path})",
+    )
+    return 0
+
+
+def cmd_key_ls(command: Command) -> int:
+    """castore key ls: the trusted keys."""
+    policy = castore.TrustPolicy.from_config()
+    command.emit(
+        {
+            "file": policy.source,
+            "keys": [
+                {"key_id": k.key_id, "comment": k.comment, "public_key": k.to_openssh()}
+                for k in policy.keys
+            ],
+        },
+        lambda: "\n".join(
+            [
+                f"trusted keys in {policy.source}:"
+                if policy.keys
+                else f"no trusted keys in {policy.source}"
+            ]
+            + [f"  {k.key_id}  {shown(k.comment) or '(no comment)'}" for k in policy.keys]
+        ),
     )
     return 0
 
@@ -884,7 +1006,18 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument(
         "--verify", action="store_true", help="check the hash chain (exit 1 if broken)"
     )
-    add("info", cmd_info, "everything about a version").add_argument("ref")
+    info = add("info", cmd_info, "everything about a version, with its signatures")
+    info.add_argument("ref")
+    info.add_argument(
+        "--globals", action="store_true", help="also every global a load needs (as inspect)"
+    )
+    add(
+        "inspect",
+        cmd_inspect,
+        "every global a load of REF needs, whether the load policy admits each and how, and "
+        "the one trusted=[...] edit that admits the refused ones; nothing is run "
+        "(exit 1 if some are refused and no trusted key signed it)",
+    ).add_argument("ref")
     tag = add("tag", cmd_tag, "point TAG at REF; or --delete / --history NAME TAG")
     tag.add_argument("ref", help="a reference (or a NAME with --delete/--history)")
     tag.add_argument("tag")
@@ -898,9 +1031,22 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("a")
     diff.add_argument("b")
     add("rm", cmd_rm, "delete a version (data is freed by gc)").add_argument("ref")
-    key = add("key", cmd_key, "manage signing keys: 'key generate [PATH]'")
-    key.add_argument("action", choices=["generate"])
-    key.add_argument("path", nargs="?", help="private key file (default: the user's key)")
+    key_help = "signing keys: generate a key pair, trust a public key, list trusted keys"
+    key = sub.add_parser("key", help=key_help, description=key_help)
+    actions = key.add_subparsers(dest="action", required=True, metavar="ACTION")
+    generate_help = "write a new Ed25519 key pair: PATH (default: the user's key) and PATH.pub"
+    generate = actions.add_parser("generate", help=generate_help, description=generate_help)
+    generate.set_defaults(handler=cmd_key_generate)
+    generate.add_argument("path", nargs="?", help="private key file (default: the user's key)")
+    trust_help = (
+        "trust the Ed25519 public key in PUBKEY_FILE (an OpenSSH .pub line): add it to the "
+        "user's trusted keys, once"
+    )
+    trust = actions.add_parser("trust", help=trust_help, description=trust_help)
+    trust.set_defaults(handler=cmd_key_trust)
+    trust.add_argument("pubkey_file", metavar="PUBKEY_FILE")
+    ls_help = "list the trusted keys: key id and comment"
+    actions.add_parser("ls", help=ls_help, description=ls_help).set_defaults(handler=cmd_key_ls)
     sign = add("sign", cmd_sign, "sign a version with your Ed25519 key")
     sign.add_argument("ref")
     sign.add_argument("--key", help="private key file (default: the user's key)")

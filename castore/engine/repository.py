@@ -142,13 +142,19 @@ class Repository:
             hash_pool=self._hash_pool,
         )
 
-    def write_stream(self, source: Source | Callable[[StreamWriter], None]) -> StreamDescriptor:
+    def write_stream(
+        self,
+        source: Source | Callable[[StreamWriter], None],
+        *,
+        observe: Callable[[memoryview], object] | None = None,
+    ) -> StreamDescriptor:
         """Store one stream's chunks and index; return its descriptor (nothing refers to it yet).
 
-        `source` is bytes, a binary file, a path, or a function that writes into the stream.
+        `source` is bytes, a binary file, a path, or a function that writes into the stream;
+        `observe`, if given, is called with the stream's bytes, in order, as they are written.
         """
         with self.write_session() as session:
-            writer = session.stream()
+            writer = session.stream(observe)
             if isinstance(source, bytes | bytearray | memoryview):
                 writer.write(source)
             elif isinstance(source, os.PathLike):

@@ -143,9 +143,9 @@ class WriteSession:
         """
         return chunk_id in self.added or (not self._rewrite and chunk_id in self.index)
 
-    def stream(self) -> StreamWriter:
-        """A new writable stream in this session."""
-        writer = StreamWriter(self)
+    def stream(self, observe: Callable[[memoryview], object] | None = None) -> StreamWriter:
+        """A new writable stream in this session; `observe` sees its bytes as they come."""
+        writer = StreamWriter(self, observe)
         self._streams.append(writer)
         return writer
 
@@ -182,9 +182,12 @@ class WriteSession:
 class StreamWriter(io.RawIOBase):
     """A writable binary file whose bytes are stored, deduplicated, in its session."""
 
-    def __init__(self, session: WriteSession) -> None:
+    def __init__(
+        self, session: WriteSession, observe: Callable[[memoryview], object] | None = None
+    ) -> None:
         super().__init__()
         self._session = session
+        self._observe = observe
         self._chunker = Chunker(session.config.chunker, self._submit)
         self._whole = hashlib.sha256()
         self._hashed: Future[None] | None = None
@@ -199,9 +202,11 @@ class StreamWriter(io.RawIOBase):
         return True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        """Add bytes to the stream."""
+        """Add bytes to the stream (and show them to the observer, if there is one)."""
         taken = self._chunker.write(data)
         self._position += taken
+        if self._observe is not None:
+            self._observe(memoryview(data).cast("B"))
         return taken
 
     def tell(self) -> int:

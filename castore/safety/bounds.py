@@ -103,10 +103,20 @@ class LimitedReader:
         self.position += filled
         return filled
 
-    def skip(self, count: int) -> None:
-        """Move `count` bytes ahead (a seek on real files)."""
-        self._file.seek(count, os.SEEK_CUR)
-        self.position += count
+    def skip(self, count: int) -> int:
+        """Move `count` bytes ahead: a seek on files that can, reads of at most READ_PIECE
+        bytes on others. Returns the bytes skipped (fewer at the end of a stream read)."""
+        if self._file.seekable():
+            self._file.seek(count, os.SEEK_CUR)
+            self.position += count
+            return count
+        skipped = 0
+        while skipped < count:
+            piece = len(self.read(min(count - skipped, READ_PIECE)))
+            if not piece:
+                break
+            skipped += piece
+        return skipped
 
     def _counted(self, data: bytes) -> bytes:
         self.position += len(data)

@@ -25,7 +25,8 @@ def check_array_state(array: Any, state: Any) -> None:
     element, any other array as many bytes as its shape and dtype say.
     """
     np = sys.modules["numpy"]
-    if isinstance(array, np.ma.MaskedArray):
+    masked = lookup("numpy.ma", "MaskedArray")  # np.ma would import numpy.ma mid-load
+    if masked is not None and isinstance(array, masked):
         if not (isinstance(state, tuple) and len(state) == 7):
             raise DeserializationError("a numpy masked array has malformed state")
         _, shape, dtype, fortran, data, mask, _ = state

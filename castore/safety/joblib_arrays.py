@@ -2,7 +2,8 @@
 
 Arrays are read here rather than by joblib, so that their sizes are checked against the
 stream before anything is allocated, and object arrays (a nested pickle) go through the
-same restrictions.
+same restrictions. While scanning, headers are still read and the array bytes skipped,
+so that every global of the stream is found.
 """
 
 from __future__ import annotations
@@ -12,19 +13,21 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from castore.errors import DeserializationError
+from castore.errors import DeserializationError, UnsafeObjectError
 from castore.safety import audit
 from castore.safety.bounds import LimitedReader
 from castore.safety.names import lookup
 from castore.safety.policy import Allowlist
-from castore.safety.unpickler import RestrictedUnpickler
+from castore.safety.unpickler import REFUSED, Refused, RestrictedUnpickler
 
 
 @dataclass(frozen=True)
 class ArrayHeader:
     """What a joblib NumpyArrayWrapper says about the array bytes that follow it, checked."""
 
-    subclass: type
+    subclass: Any
+    """An ndarray class, or REFUSED when the stream names a refused one (it is then only
+    scanned)."""
     shape: tuple[int, ...]
     fortran: bool
     dtype: Any
@@ -55,8 +58,11 @@ class ArrayHeader:
             raise DeserializationError(f"a joblib array has a malformed shape {shape!r}")
         if not isinstance(dtype, np.dtype):
             raise DeserializationError(f"a joblib array has a malformed dtype {dtype!r}")
-        if not (isinstance(subclass, type) and issubclass(subclass, np.ndarray)) or not (
-            subclass in (np.ndarray, np.memmap) or allowlist.admission_of(subclass) is not None
+        if subclass is not REFUSED and (
+            not (isinstance(subclass, type) and issubclass(subclass, np.ndarray))
+            or not (
+                subclass in (np.ndarray, np.memmap) or allowlist.admission_of(subclass) is not None
+            )
         ):
             raise DeserializationError(f"a joblib array has a malformed class {subclass!r}")
         if state.get("order") not in ("C", "F") or not isinstance(alignment, int | None):
@@ -76,7 +82,8 @@ class JoblibUnpickler(RestrictedUnpickler):
 
     Arrays are read here rather than by joblib, so that their sizes are checked against
     the stream before anything is allocated, and object arrays (a nested pickle) go
-    through the same restrictions.
+    through the same restrictions. While scanning, the wrappers and their dtypes are still
+    built, so that the array bytes after them can be skipped.
     """
 
     def __init__(
@@ -91,6 +98,12 @@ class JoblibUnpickler(RestrictedUnpickler):
         self._path = path
         self._mmap_mode = mmap_mode if path is not None else None
 
+    def needed_to_read(self, cls: type) -> bool:
+        """Array wrappers and dtypes: they say how many bytes of array data follow."""
+        wrapper = lookup("joblib.numpy_pickle", "NumpyArrayWrapper")
+        dtype = lookup("numpy", "dtype")
+        return cls is wrapper or (isinstance(dtype, type) and issubclass(cls, dtype))
+
     def built(self, obj: Any) -> Any:
         """Replace a NumpyArrayWrapper by the array that follows it in the stream."""
         wrapper = lookup("joblib.numpy_pickle", "NumpyArrayWrapper")
@@ -101,18 +114,35 @@ class JoblibUnpickler(RestrictedUnpickler):
         header = ArrayHeader.of(obj, self.allowlist)
         if header.dtype.hasobject:
             array = self._object_array()
+        elif self.scanning:
+            array = self._skip_array(header)
         elif self._mmap_mode is not None and header.allow_mmap:
             array = self._mapped_array(header)
         else:
             array = self._read_array(header)
+        if array is REFUSED:  # only read past, while scanning
+            return array
         if header.subclass not in (np.ndarray, np.memmap):
             array = array.view(header.subclass)
         return array
 
     def _object_array(self) -> Any:
+        """The nested pickle of an object array, checked on its own; its globals are
+        recorded with the stream's, and its refusals are the stream's."""
         import numpy as np
 
-        array = RestrictedUnpickler(self.source, self.allowlist).load()  # checked on its own
+        nested = RestrictedUnpickler(self.source, self.allowlist)
+        nested.decisions = self.decisions
+        if self.scanning:
+            nested.scan()
+            return REFUSED
+        try:
+            array = nested.load()
+        except UnsafeObjectError:
+            if nested.first_refusal is None:
+                raise
+            self._refuse(nested.first_refusal)  # read on, to name the stream's other refusals
+            return REFUSED
         if not isinstance(array, np.ndarray):
             raise DeserializationError("a joblib object array holds no array")
         return array
@@ -130,6 +160,14 @@ class JoblibUnpickler(RestrictedUnpickler):
                 f"an array of shape {header.shape} needs {header.nbytes} bytes but the stream "
                 f"holds only {left} more"
             )
+
+    def _skip_array(self, header: ArrayHeader) -> Refused:
+        """Read past an array's bytes, for REFUSED to stand for it."""
+        self._skip_padding(header)
+        self._check_size(header)
+        if self.source.skip(header.nbytes) != header.nbytes:
+            raise DeserializationError("the stream ends inside an array")
+        return REFUSED
 
     def _read_array(self, header: ArrayHeader) -> Any:
         import numpy as np

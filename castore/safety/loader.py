@@ -1,8 +1,9 @@
 """Entry points: restricted loads of pickle, cloudpickle and joblib streams, and scans.
 
-Every load runs inside the audit hook's guard (castore.safety.audit); every failure is a
-castore error that names the stream; a refusal names every refused global at once and
-says what would make the stream load.
+Every load and scan runs inside the audit hook's guard (castore.safety.audit); every
+failure of a load is a castore error that names the stream; a refusal names every refused
+global at once and says what would make the stream load. A scan reads a stream as a load
+would after a refusal, building nothing, and reports every global it names.
 """
 
 from __future__ import annotations
@@ -15,37 +16,15 @@ from castore.errors import CastoreError, DeserializationError, UnsafeObjectError
 from castore.safety import audit
 from castore.safety.bounds import LimitedReader, stream_size
 from castore.safety.joblib_arrays import JoblibUnpickler
-from castore.safety.names import under_any
-from castore.safety.policy import TRUSTED_GLOBALS_FILE, Allowlist
+from castore.safety.policy import Allowlist
+from castore.safety.report import GlobalUse, Scan, hint
 from castore.safety.unpickler import RestrictedUnpickler
-from castore.trust.userconfig import config_dir
 
 PROTO = pickle.PROTO[0]
 
 for _codec in ("raw-unicode-escape", "latin-1", "ascii", "utf-8", "unicode-escape"):
     codecs.lookup(_codec)  # imported now: protocol 0 text must not import modules mid-load
 del _codec
-
-
-def hint(refused: tuple[str, ...]) -> str:
-    """What a user who trusts the author of a refused stream can do."""
-    if any(under_any(name, ("cloudpickle", "dill")) for name in refused):
-        return (
-            "nothing from it was run. It holds functions or classes pickled by value "
-            "(cloudpickle), which run their own code when loaded: no trusted= entry makes "
-            "that safe. If you trust whoever saved it, have the version signed by a key you "
-            "trust, or load it with allow_unsafe=True"
-        )
-    allow = (
-        f"allow {'it' if len(refused) == 1 else 'them'} with trusted={list(refused)!r} (or "
-        f"lines in {config_dir() / TRUSTED_GLOBALS_FILE}), "
-        if refused
-        else ""
-    )
-    return (
-        f"nothing from it was run. If you trust whoever saved it, {allow}have the version "
-        "signed by a key you trust, or load it with allow_unsafe=True"
-    )
 
 
 def _run(unpickler: RestrictedUnpickler, where: str) -> Any:
@@ -87,11 +66,43 @@ def load_joblib(
 
     With `path` (a local file holding the stream) and `mmap_mode`, arrays are memory-mapped.
     """
+    source = _joblib_source(file, size, where)
+    return _run(JoblibUnpickler(source, allowlist, path=path, mmap_mode=mmap_mode), where)
+
+
+def _joblib_source(file: IO[bytes], size: int | None, where: str) -> LimitedReader:
     peek = getattr(file, "peek", None)
     if peek is not None and peek(1)[:1] not in (bytes([PROTO]), b""):
         raise DeserializationError(
             f"{where} is not an uncompressed joblib stream (castore never writes compressed "
             "ones): the safe loader refuses it; load it with allow_unsafe=True if you trust it"
         )
-    source = LimitedReader(file, stream_size(file, size))
-    return _run(JoblibUnpickler(source, allowlist, path=path, mmap_mode=mmap_mode), where)
+    return LimitedReader(file, stream_size(file, size))
+
+
+def _scan(unpickler: RestrictedUnpickler) -> Scan:
+    """Scan under the audit guard; a stream that cannot be read to its end is reported."""
+    problem = None
+    try:
+        with audit.guarding(unpickler.allowlist.import_roots()):
+            unpickler.scan()
+    except CastoreError as exc:
+        problem = str(exc)
+    uses = (GlobalUse.of(name, decision) for name, decision in unpickler.decisions.items())
+    return Scan(tuple(uses), problem)
+
+
+def scan_pickle(file: IO[bytes], allowlist: Allowlist, *, size: int | None = None) -> Scan:
+    """The globals a pickle or cloudpickle stream names and what `allowlist` makes of
+    each, read without building anything."""
+    return _scan(RestrictedUnpickler(LimitedReader(file, stream_size(file, size)), allowlist))
+
+
+def scan_joblib(file: IO[bytes], allowlist: Allowlist, *, size: int | None = None) -> Scan:
+    """The globals an uncompressed joblib stream names (its object arrays' too) and what
+    `allowlist` makes of each; array data is skipped, nothing is built."""
+    try:
+        source = _joblib_source(file, size, "the stream")
+    except DeserializationError as exc:
+        return Scan(problem=str(exc))
+    return _scan(JoblibUnpickler(source, allowlist))

@@ -120,7 +120,7 @@ def python2_name(module: str, name: str) -> tuple[str, str]:
 
 def refusal(full: str, reason: str) -> UnsafeObjectError:
     """The error for a refused global."""
-    return UnsafeObjectError(f"the global {full} is refused: {reason}", full)
+    return UnsafeObjectError(f"the global {full} is refused: {reason}", full, reason=reason)
 
 
 def resolve(module: str, name: str, full: str, importer: Callable[[str], Any]) -> Any:

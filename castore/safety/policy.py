@@ -35,6 +35,11 @@ from castore.trust.userconfig import config_dir, read_config_lines
 TRUSTED_GLOBALS_FILE = "trusted_globals"
 
 
+def trusted_globals_path() -> Path:
+    """The user's trusted globals: one pattern a line (see `Allowlist`), # comments."""
+    return config_dir() / TRUSTED_GLOBALS_FILE
+
+
 @dataclass(frozen=True)
 class Admission:
     """An admitted global: the object the stream gets, and what the stream may do with it."""
@@ -48,6 +53,25 @@ class Admission:
     """A checked reconstruction helper: its arguments may name admitted classes."""
     trusted: bool = False
     """Admitted by the user's trust rather than by the built-in rules."""
+
+    @property
+    def use(self) -> str:
+        """How the stream may use it: "called" if it may call it, else "held" (a value the
+        loaded object may hold, or an argument of checked helpers)."""
+        return "called" if self.callable else "held"
+
+    @property
+    def reason(self) -> str:
+        """Why it is admitted, in words."""
+        if self.trusted:
+            return "you trust it (trusted= or trusted_globals): it may be called and held"
+        if self.reconstructor:
+            return "a checked reconstruction helper"
+        if self.callable:
+            return "a class whose instances are data"
+        if self.value:
+            return "a type token or constant the loaded object may hold"
+        return "named only as an argument of checked helpers"
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Refuse arguments this constructor's checks reject (builtin and stdlib classes)."""
@@ -176,7 +200,7 @@ def _numpy_rule(obj: Any, name: str, checked: CheckedReconstructors) -> Admissio
         return Admission(obj, callable=True)
     if issubclass(obj, np.generic):
         return Admission(obj, callable=False, value=True)
-    if obj is np.ma.core.MaskedConstant:
+    if obj is lookup("numpy.ma.core", "MaskedConstant"):  # no lazy import of numpy.ma
         return Admission(obj, callable=True)
     if issubclass(obj, np.ndarray) or within(module, "numpy.random"):
         return Admission(obj, callable=False)  # named by _reconstruct and the random ctors
@@ -243,7 +267,7 @@ class Allowlist:
     @classmethod
     def from_config(cls, trusted: Iterable[Trustable] = (), path: Path | None = None) -> Allowlist:
         """The built-in rules, the user's config file (``trusted_globals``) and `trusted`."""
-        path = path or config_dir() / TRUSTED_GLOBALS_FILE
+        path = path or trusted_globals_path()
         configured = []
         for number, line in read_config_lines(path):
             try:

@@ -8,7 +8,8 @@ constructor or a state is frozen, so no check can be undone later); when the str
 the result is checked as data and every structural check runs on the final objects.
 
 A refused global does not end the load at once: the unpickler goes on reading without
-calling anything, so that the error names every refused global of the stream.
+calling anything (it is then *scanning*), so that the error names every refused global
+of the stream. A scan (`scan`) reads a whole stream that way, to list its globals.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class _Unframer(Protocol):
 
 
 class Refused:
-    """What the stream gets for a refused global, and for anything it makes from one."""
+    """What the stream gets for a refused global, and, while scanning, for anything it
+    would make."""
 
 
 REFUSED = Refused()
@@ -87,28 +89,52 @@ class RestrictedUnpickler(_PurePythonUnpickler):
         self.admissions: dict[int, Admission] = {}
         self.created: dict[int, Any] = {}
         self._built: set[int] = set()
-        self.refused: list[str] = []
         self.first_refusal: UnsafeObjectError | None = None
-        self.globals_seen: list[tuple[str, str]] = []
+        self.decisions: dict[str, Admission | UnsafeObjectError] = {}
+        """Every global the stream named (``module.name``), in order, and how the policy
+        admitted it, or why it refused it."""
+        self._scan_only = False
 
     # -- the whole stream -----------------------------------------------------------------
+
+    def _read(self) -> Any:
+        """Interpret the stream up to its STOP; every failure is a castore error."""
+        try:
+            return super().load()
+        except CastoreError:
+            raise
+        except Exception as exc:  # the stream is untrusted: any failure is a malformed stream
+            raise DeserializationError(f"{type(exc).__name__}: {exc}") from exc
 
     def load(self) -> Any:
         """Unpickle; then check the result as data and run every structural check."""
         try:
-            obj = super().load()
-        except Exception as exc:
+            obj = self._read()
+        except CastoreError:
             if self.first_refusal is not None:  # scanning past a refusal hit a malformed part
                 raise self._refusal() from None
-            if isinstance(exc, CastoreError):
-                raise
-            raise DeserializationError(f"{type(exc).__name__}: {exc}") from exc
+            raise
         if self.first_refusal is not None:
             raise self._refusal()
         self.guard.require(obj, "the loaded object")
         for created in self.created.values():
             check_loaded(created)
         return obj
+
+    def scan(self) -> None:
+        """Read the whole stream while scanning from its start, so that `decisions` lists
+        every global it names; nothing is built (see `needed_to_read`) or returned.
+
+        A stream the scan cannot read to its end raises a castore error; `decisions` then
+        holds the globals named before that point.
+        """
+        self._scan_only = True
+        self._read()
+
+    @property
+    def refused(self) -> list[str]:
+        """The refused globals, in the order the stream names them."""
+        return [name for name, d in self.decisions.items() if isinstance(d, UnsafeObjectError)]
 
     def _refusal(self) -> UnsafeObjectError:
         first = self.first_refusal
@@ -126,14 +152,18 @@ class RestrictedUnpickler(_PurePythonUnpickler):
         """Note a refusal; from now on nothing is called, only globals are collected."""
         if self.first_refusal is None:
             self.first_refusal = error
-        name = error.global_name
-        if name is not None and name not in self.refused:
-            self.refused.append(name)
 
     @property
     def scanning(self) -> bool:
-        """Whether a refusal happened, so that the rest of the stream is only read."""
-        return self.first_refusal is not None
+        """Whether the stream is only read: after a refusal, or in a scan. Nothing is then
+        called, no state is set and what calls would return is REFUSED, except for objects
+        the rest of the stream cannot be read without (`needed_to_read`)."""
+        return self._scan_only or self.first_refusal is not None
+
+    def needed_to_read(self, cls: type) -> bool:
+        """Hook: whether instances of `cls` are still built while scanning, because the
+        format needs them to read on (joblib's array headers)."""
+        return False
 
     # -- globals --------------------------------------------------------------------------
 
@@ -141,15 +171,14 @@ class RestrictedUnpickler(_PurePythonUnpickler):
         """The admitted global, or REFUSED (the refusal is raised once the stream is read)."""
         if self.proto < 3 and self.fix_imports:
             module, name = python2_name(module, name)
-        self.globals_seen.append((module, name))
+        full = f"{module}.{name}"
         try:
             admission = self.allowlist.admit(module, name)
         except UnsafeObjectError as exc:
-            self._refuse(exc)
-            return REFUSED
+            return self._refused_global(full, exc)
         except DeserializationError as exc:
-            self._refuse(UnsafeObjectError(str(exc), f"{module}.{name}"))
-            return REFUSED
+            return self._refused_global(full, UnsafeObjectError(str(exc), full))
+        self.decisions.setdefault(full, admission)
         obj = admission.obj
         key = id(obj)
         self.admissions[key] = admission
@@ -157,6 +186,11 @@ class RestrictedUnpickler(_PurePythonUnpickler):
             self.guard.tokens[key] = obj
         self.guard.classes[key] = obj
         return obj
+
+    def _refused_global(self, full: str, error: UnsafeObjectError) -> Refused:
+        self.decisions.setdefault(full, error)
+        self._refuse(error)
+        return REFUSED
 
     def get_extension(self, code: int) -> None:
         """EXT opcodes: always through find_class, never through copyreg's cache."""
@@ -169,7 +203,7 @@ class RestrictedUnpickler(_PurePythonUnpickler):
 
     def _construct(self, func: Any, args: Any, kwargs: Any, *, new: bool) -> Any:
         """Call an admitted callable on data (``cls.__new__(cls, ...)`` if `new`)."""
-        if self.scanning:
+        if self.scanning and not (isinstance(func, type) and self.needed_to_read(func)):
             return REFUSED
         admission = self.admissions.get(id(func))
         if admission is None or admission.obj is not func or not admission.callable:
@@ -219,7 +253,7 @@ class RestrictedUnpickler(_PurePythonUnpickler):
 
     def load_build(self) -> None:
         """BUILD: data, once, on an object the stream constructed (see castore.safety.state)."""
-        if self.scanning:
+        if self.scanning and not self.needed_to_read(type(self.stack[-2])):
             self.stack.pop()
             return
         target = self.stack[-2]
@@ -255,9 +289,13 @@ class RestrictedUnpickler(_PurePythonUnpickler):
     def _marked_target(self) -> Any:
         return self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None
 
+    def _dropped(self, target: Any) -> bool:
+        """Whether items go nowhere: to a placeholder (there are only some while scanning)."""
+        return target is REFUSED
+
     def load_append(self) -> None:
         """APPEND, to a list or deque."""
-        if self.scanning:
+        if self._dropped(self.stack[-2]):
             self.stack.pop()
             return
         self._require_open(self.stack[-2], _LISTS, "appends to")
@@ -265,7 +303,7 @@ class RestrictedUnpickler(_PurePythonUnpickler):
 
     def load_appends(self) -> None:
         """APPENDS, to a list or deque."""
-        if self.scanning:
+        if self._dropped(self._marked_target()):
             self.pop_mark()
             return
         self._require_open(self._marked_target(), _LISTS, "appends to")
@@ -273,7 +311,7 @@ class RestrictedUnpickler(_PurePythonUnpickler):
 
     def load_setitem(self) -> None:
         """SETITEM, on a dict."""
-        if self.scanning:
+        if self._dropped(self.stack[-3]):
             del self.stack[-2:]
             return
         self._require_open(self.stack[-3], _DICTS, "sets an item of")
@@ -281,7 +319,7 @@ class RestrictedUnpickler(_PurePythonUnpickler):
 
     def load_setitems(self) -> None:
         """SETITEMS, on a dict."""
-        if self.scanning:
+        if self._dropped(self._marked_target()):
             self.pop_mark()
             return
         self._require_open(self._marked_target(), _DICTS, "sets items of")
@@ -289,7 +327,7 @@ class RestrictedUnpickler(_PurePythonUnpickler):
 
     def load_additems(self) -> None:
         """ADDITEMS, to a set."""
-        if self.scanning:
+        if self._dropped(self._marked_target()):
             self.pop_mark()
             return
         self._require_open(self._marked_target(), (set,), "adds items to")

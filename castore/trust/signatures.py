@@ -305,6 +305,31 @@ class TrustPolicy:
         return key_id
 
 
+def trust_key(key: KeySource, path: str | os.PathLike[str] | None = None) -> bool:
+    """Add a public key to the user's trusted keys (`trusted_keys_path()`, or `path`).
+
+    The key (a PublicKey, an OpenSSH line or a .pub file) is validated, and so is the
+    file: a malformed line in it is an InvalidInputError and nothing is written. Returns
+    False, writing nothing, when the file already trusts the key.
+    """
+    public = _as_public_key(key)
+    target = Path(path) if path is not None else trusted_keys_path()
+    if TrustPolicy.from_file(target).trusts(public.key_id):
+        return False
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(target, "a+b") as file:
+            file.seek(0, os.SEEK_END)
+            if file.tell():
+                file.seek(-1, os.SEEK_END)
+                if file.read(1) != b"\n":
+                    file.write(b"\n")
+            file.write((public.to_openssh() + "\n").encode())
+    except OSError as exc:
+        raise InvalidInputError(f"cannot add the key to {target}: {exc}") from exc
+    return True
+
+
 # -- signature objects -------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""Named, versioned objects: save, resolve, load, tag, log, diff and delete.
+"""Named, versioned objects: commit, resolve, tag, log, diff and delete (saving and
+loading objects are castore.versions.saving and castore.versions.loading).
 
 Write order for a save: packs -> index object -> manifest -> version ref (created
 exclusively; the loser of a race rebuilds its manifest on the new latest and retries).
@@ -23,10 +24,10 @@ from castore.errors import (
 )
 from castore.format import layout
 from castore.format.digests import format_digest
-from castore.format.manifest import Manifest, environment, normalize_metadata
+from castore.format.manifest import Manifest, environment
 from castore.format.names import Reference, check_name, check_tag, parse_reference
 from castore.format.streams import StreamDescriptor
-from castore.versions.serializers import serializer_named
+from castore.trust.signatures import TrustPolicy, signatures
 
 if TYPE_CHECKING:
     from castore.engine.repository import Repository
@@ -351,35 +352,6 @@ def _apply_tags(repo: Repository, name: str, number: int, digest: bytes, tags: l
             repo.refs.set_tag(name, tag, number, digest)
 
 
-def save(
-    repo: Repository,
-    obj: Any,
-    name: str,
-    *,
-    metadata: dict[str, Any] | None,
-    tags: Iterable[str],
-    serializer: str,
-    force: bool,
-) -> Version:
-    """Serialize `obj` straight into the store and commit it as a version of `name`."""
-    check_name(name)
-    chosen = serializer_named(serializer)
-    clean_metadata = normalize_metadata(metadata)
-    tags = [check_tag(t) for t in tags]
-    stream = repo.write_stream(lambda writer: chosen.dump(obj, writer))
-    return commit_version(
-        repo,
-        name,
-        stream,
-        kind=chosen.kind,
-        serializer=chosen.name,
-        serializer_version=chosen.version(),
-        metadata=clean_metadata,
-        tags=tags,
-        force=force,
-    )
-
-
 # -- tags, history, comparison, deletion -------------------------------------------------------
 
 
@@ -553,8 +525,9 @@ def delete(repo: Repository, ref: str) -> Version:
     return Version.of(manifest, digest)
 
 
-def info(repo: Repository, ref: str) -> dict[str, Any]:
-    """Everything known about a version, for people and scripts."""
+def info(repo: Repository, ref: str, policy: TrustPolicy) -> dict[str, Any]:
+    """Everything known about a version, for people and scripts; `policy` says which of
+    its signatures a trusted key made."""
     manifest, digest = resolve(repo, ref)
     version = Version.of(manifest, digest)
     return {
@@ -572,4 +545,15 @@ def info(repo: Repository, ref: str) -> dict[str, Any]:
         "tags": sorted(t for t, n in tags(repo, manifest.name).items() if n == manifest.number),
         "metadata": manifest.metadata,
         "environment": manifest.environment,
+        "signatures": [
+            {
+                "key_id": check.key_id,
+                "key": policy.describe(check.key_id),
+                "valid": check.valid,
+                "trusted": check.valid and policy.trusts(check.key_id),
+                "created": check.created,
+                "problem": check.problem,
+            }
+            for check in signatures(repo, digest)
+        ],
     }

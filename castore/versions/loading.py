@@ -1,16 +1,24 @@
-"""Loading versions: verified bytes in, an object out, under the trust policy."""
+"""Loading versions: verified bytes in, an object out, under the trust policy; and
+inspecting what a load of a version would need."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from castore.errors import IntegrityError
 from castore.format.digests import format_digest
-from castore.safety import Allowlist
+from castore.format.streams import StreamDescriptor
+from castore.safety import Allowlist, Scan
 from castore.trust.signatures import TrustPolicy, trusted_signers
-from castore.versions.catalog import resolve
-from castore.versions.serializers import LoadOptions, check_loadable, serializer_named
+from castore.versions.catalog import Version, resolve
+from castore.versions.serializers import (
+    LoadOptions,
+    Serializer,
+    check_loadable,
+    serializer_named,
+)
 
 if TYPE_CHECKING:
     from castore.engine.repository import Repository
@@ -52,9 +60,57 @@ def load(
     if path is not None:
         with open(path, "rb") as file:
             return chosen.load(file, options)
-    # The manifest was checked against its version digest, so its chunk list is authentic.
-    with repo.open_descriptor(manifest.stream, authenticated=True) as file:
+    return read_stream(repo, manifest.stream, chosen, options)
+
+
+def read_stream(
+    repo: Repository, stream: StreamDescriptor, chosen: Serializer, options: LoadOptions
+) -> Any:
+    """Deserialize a stored stream whose chunk list is authentic (it comes from a manifest
+    checked against its version digest, or from this process's own write)."""
+    with repo.open_descriptor(stream, authenticated=True) as file:
         obj = chosen.load(file, options)
         if file.read(1):
-            raise IntegrityError(f"{where} has bytes after its serialized object")
+            raise IntegrityError(f"{options.where} has bytes after its serialized object")
     return obj
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inspection(Scan):
+    """The scan of a version's stream: every global a load of it needs, in order, and
+    whether the policy admits each (see `castore.safety.Scan`)."""
+
+    version: Version
+    trusted_signers: tuple[str, ...] = ()
+    """Key ids of trusted keys that signed the version: it then loads without the policy."""
+
+    @property
+    def loads(self) -> bool:
+        """Whether a load would get past the policy: a trusted key signed the version, or
+        the policy admits every global (a load still checks calls, states and structures)."""
+        return bool(self.trusted_signers) or self.admitted
+
+
+def inspect(
+    repo: Repository,
+    ref: str,
+    *,
+    trusted: Iterable[Any] = (),
+    policy: TrustPolicy | None = None,
+) -> Inspection:
+    """Every global the version's stream names and what the load policy (the built-in
+    rules, the user's ``trusted_globals`` and `trusted`) makes of each, and the keys of
+    the trust `policy` (default: the user's) that signed it; nothing is built."""
+    manifest, digest = resolve(repo, ref)
+    where = f"version {manifest.number} of {manifest.name} ({format_digest(digest)})"
+    trust = policy if policy is not None else TrustPolicy.from_config()
+    signers = trusted_signers(repo, digest, trust, where=where)
+    options = LoadOptions(size=manifest.stream.size, allowlist=Allowlist.from_config(trusted))
+    with repo.open_descriptor(manifest.stream, authenticated=True) as file:
+        scan = serializer_named(manifest.serializer).scan(file, options)
+    return Inspection(
+        globals=scan.globals,
+        problem=scan.problem,
+        version=Version.of(manifest, digest),
+        trusted_signers=tuple(signers),
+    )

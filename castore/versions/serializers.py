@@ -59,6 +59,11 @@ class Serializer(Protocol):
         """Read an object back from `file`, as `options` say."""
         ...
 
+    def scan(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> safety.Scan:
+        """The globals the stream in `file` names and what `options`' allowlist makes of
+        each, found without building anything."""
+        ...
+
 
 def _distribution_version(name: str) -> str:
     try:
@@ -117,6 +122,10 @@ class JoblibSerializer:
             where=options.where,
         )
 
+    def scan(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> safety.Scan:
+        """The restricted unpickler's scan of joblib's format (array data is skipped)."""
+        return safety.scan_joblib(file, options.restrictions(), size=options.size)
+
 
 class PickleSerializer:
     """The standard library's pickle, protocol 5."""
@@ -140,6 +149,10 @@ class PickleSerializer:
         return safety.load_pickle(
             file, options.restrictions(), size=options.size, where=options.where
         )
+
+    def scan(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> safety.Scan:
+        """The restricted unpickler's scan (cloudpickle streams too)."""
+        return safety.scan_pickle(file, options.restrictions(), size=options.size)
 
 
 class CloudpickleSerializer(PickleSerializer):
@@ -190,6 +203,10 @@ class RawSerializer:
     def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
         """The stored bytes: nothing is interpreted, so no policy applies."""
         return file.read()
+
+    def scan(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> safety.Scan:
+        """Nothing: raw bytes name no globals."""
+        return safety.Scan()
 
 
 SERIALIZERS: dict[str, Serializer] = {
