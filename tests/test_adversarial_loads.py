@@ -13,6 +13,7 @@ import io
 import pickle
 import shutil
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -367,3 +368,49 @@ def test_the_hook_is_active_only_in_the_loading_thread() -> None:
         Waiter.release.set()
         thread.join()
     assert isinstance(loaded[0], Waiter)
+
+
+# -- red-team round 2: attacks whose failure mode is a crash, run in a victim process -------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def in_a_victim(store: castore.Store, ref: str, use: str = "", timeout: float = 120) -> str:
+    """What a separate process prints when it loads `ref` and runs `use` on it (`obj`).
+
+    A segfault, an abort or a hang fails the test here, where the in-process tests would die.
+    """
+    where = store.repository.backend.root  # type: ignore[attr-defined]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.victim_load", str(where), ref, use],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the victim was still running after {timeout} s")
+    assert proc.returncode == 0, (
+        f"the victim died (exit status {proc.returncode}): {proc.stdout[-600:]}"
+        f"{proc.stderr[-1500:]}"
+    )
+    return proc.stdout
+
+
+def refused_in_a_victim(
+    store: castore.Store, data: bytes, use: str = "", serializer: str = "pickle"
+) -> str:
+    """Plant `data`; a victim process loading it gets a castore error. The message."""
+    out = in_a_victim(store, plant(store, data, serializer), use)
+    assert out.startswith("REFUSED "), out[-2000:]
+    return out
+
+
+def test_a_benign_object_array_loads_before_numpy_ma_is_imported(
+    local_store: castore.Store,
+) -> None:
+    # Finding 00: castore's own checks touched np.ma, whose lazy import the audit hook refused.
+    ref = local_store.save(np.array(["a", None], dtype=object), "arr", serializer="pickle")
+    out = in_a_victim(local_store, ref.reference, "assert list(obj) == ['a', None]")
+    assert out.splitlines() == ["LOADED", "USED"], out

@@ -24,13 +24,13 @@ def check_array_state(array: Any, state: Any) -> None:
     The state must describe its data exactly: an object array needs one list item per
     element, any other array as many bytes as its shape and dtype say.
     """
-    np = sys.modules["numpy"]
-    if isinstance(array, np.ma.MaskedArray):
+    masked = lookup("numpy.ma", "MaskedArray")  # never np.ma: that would import it mid-load
+    if isinstance(masked, type) and isinstance(array, masked):
         if not (isinstance(state, tuple) and len(state) == 7):
             raise DeserializationError("a numpy masked array has malformed state")
         _, shape, dtype, fortran, data, mask, _ = state
         _check_array_parts(shape, dtype, fortran, data)
-        _check_array_parts(shape, np.ma.make_mask_descr(dtype), fortran, mask)
+        _check_array_parts(shape, lookup("numpy.ma", "make_mask_descr")(dtype), fortran, mask)
     elif isinstance(state, tuple) and len(state) == 5 and state[0] == 1:
         _check_array_parts(*state[1:])
     elif isinstance(state, tuple) and len(state) == 4:

@@ -176,7 +176,7 @@ def _numpy_rule(obj: Any, name: str, checked: CheckedReconstructors) -> Admissio
         return Admission(obj, callable=True)
     if issubclass(obj, np.generic):
         return Admission(obj, callable=False, value=True)
-    if obj is np.ma.core.MaskedConstant:
+    if obj is lookup("numpy.ma.core", "MaskedConstant"):  # np.ma would import numpy.ma
         return Admission(obj, callable=True)
     if issubclass(obj, np.ndarray) or within(module, "numpy.random"):
         return Admission(obj, callable=False)  # named by _reconstruct and the random ctors

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from castore.errors import UnsafeObjectError
 from castore.safety.bounds import require_int, require_number_text
 from castore.safety.data import ATOMS, ArgumentCheck
-from castore.safety.names import import_module
+from castore.safety.names import import_module, lookup
 
 if TYPE_CHECKING:
     from castore.safety.policy import Allowlist
@@ -281,19 +281,22 @@ class CheckedReconstructors:
     def masked_reconstruct(
         self, subtype: Any, baseclass: Any, baseshape: Any, basetype: Any
     ) -> Any:
-        """numpy.ma's _mareconstruct, for admitted masked-array and ndarray classes."""
+        """numpy.ma's _mareconstruct, for admitted masked-array and ndarray classes.
+
+        numpy.ma is imported when the stream names the masked-array class: looked up here,
+        never imported (outside audit.importing() the import would be refused)."""
         np = import_module("numpy")
+        masked = lookup("numpy.ma.core", "MaskedArray")
         _require(
-            self._array_class(subtype, np.ma.MaskedArray)
+            isinstance(masked, type)
+            and self._array_class(subtype, masked)
             and self._array_class(baseclass, np.ndarray)
             and _empty(baseshape)
             and isinstance(basetype, bytes | str)
             and len(basetype) <= 8,
             f"numpy.ma _mareconstruct of {subtype!r:.80}",
         )
-        return import_module("numpy.ma.core")._mareconstruct(
-            subtype, baseclass, baseshape, basetype
-        )
+        return lookup("numpy.ma.core", "_mareconstruct")(subtype, baseclass, baseshape, basetype)
 
     def scalar(self, dtype: Any, data: Any = None) -> Any:
         """numpy's scalar(dtype, bytes): exactly the item's bytes, which the stream holds."""

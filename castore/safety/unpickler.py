@@ -113,7 +113,7 @@ class RestrictedUnpickler(_PurePythonUnpickler):
     def _refusal(self) -> UnsafeObjectError:
         first = self.first_refusal
         assert first is not None
-        if len(self.refused) == 1:
+        if len(self.refused) <= 1:  # none: the refusal named no global (an audited import)
             return first
         names = ", ".join(self.refused)
         return UnsafeObjectError(
