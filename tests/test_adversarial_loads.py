@@ -414,3 +414,43 @@ def test_a_benign_object_array_loads_before_numpy_ma_is_imported(
     ref = local_store.save(np.array(["a", None], dtype=object), "arr", serializer="pickle")
     out = in_a_victim(local_store, ref.reference, "assert list(obj) == ['a', None]")
     assert out.splitlines() == ["LOADED", "USED"], out
+
+
+class Reduced:
+    """Pickles as `reduction` (what a ``__reduce__`` returns): a stream built by hand."""
+
+    def __init__(self, *reduction: Any) -> None:
+        self.reduction = reduction
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.reduction
+
+
+def grafted_array(target: str, spec: Any, count: int, data: bytes) -> bytes:
+    """An array whose dtype is built as ``dtype(target)`` and given the state of `spec`."""
+    from numpy._core.multiarray import _reconstruct
+
+    state = np.dtype(spec).__reduce__()[2]
+    dtype = Reduced(np.dtype, (target, False, True), state)
+    array = Reduced(_reconstruct, (np.ndarray, (0,), b"b"), (1, (count,), dtype, False, data))
+    return pickle.dumps({"array": array}, protocol=5)
+
+
+def test_a_structured_dtype_state_grafted_on_an_object_dtype(local_store: castore.Store) -> None:
+    # Finding 09: an object array without hasobject, its elements pointers from the stream.
+    pointers = struct.pack("<QQ", 0x4141414141414141, 0x4242424242424240)
+    data = grafted_array("O", [("a", "f8")], 2, pointers)
+    for serializer in ("pickle", "joblib"):
+        out = refused_in_a_victim(local_store, data, "print(obj)", serializer)
+        assert "DeserializationError" in out and "dtype" in out
+
+
+def test_fields_grafted_past_the_items_of_a_float64(local_store: castore.Store) -> None:
+    # Finding 04: fields at offsets past the 8-byte items read and write out of bounds.
+    spec = {"names": ["a", "b"], "formats": ["f8", "f8"], "offsets": [0, 2_000_000_000],
+            "itemsize": 2_000_000_008}  # fmt: skip
+    data = grafted_array("f8", spec, 4, b"\x00" * 32)
+    out = refused_in_a_victim(local_store, data, "print(obj['array']['b'].tobytes())")
+    assert "given to float64" in out
+    subarray = grafted_array("V8", ("f8", (4,)), 1, b"\x00" * 8)  # 32 bytes on an 8-byte item
+    assert "DeserializationError" in refused_in_a_victim(local_store, subarray, "print(obj)")

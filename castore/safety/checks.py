@@ -99,11 +99,37 @@ def checked_dtype_state(dtype: Any, state: Any) -> tuple[Any, ...]:
         raise DeserializationError(f"a numpy dtype has malformed state {state!r:.200}")
     subarray, names, extra = state[2], state[3], state[8] if len(state) == 9 else None
     if subarray is not None:
-        return sys.modules["numpy"].dtype(subarray).__reduce__()[2]
+        return _grafted_on(dtype, state, sys.modules["numpy"].dtype(subarray)).__reduce__()[2]
     if names is not None:
-        return _with_metadata(_structured_dtype(state).__reduce__()[2], extra)
+        rebuilt = _grafted_on(dtype, state, _structured_dtype(state))
+        return _with_metadata(rebuilt.__reduce__()[2], extra)
     rebuilt, metadata = _plain_dtype(dtype, state, extra)
     return _with_metadata(rebuilt.__reduce__()[2], metadata)
+
+
+def _grafted_on(dtype: Any, state: tuple[Any, ...], rebuilt: Any) -> Any:
+    """`rebuilt` (a structured or subarray dtype), if `dtype` is the plain void dtype of its
+    size that numpy pickles it as (``dtype('V16')``).
+
+    numpy's __setstate__ grafts fields onto whatever dtype it is given, keeping that
+    dtype's type and size: on ``dtype('O')`` it makes an object dtype without the object
+    flags (elements read as pointers from the stream's bytes), on ``dtype('f8')`` fields
+    past the item's 8 bytes.
+    """
+    ok = (
+        dtype.kind == "V"
+        and dtype.names is None
+        and dtype.subdtype is None
+        and dtype.type is sys.modules["numpy"].void
+        and state[1] == "|"
+        and state[5] == dtype.itemsize == rebuilt.itemsize
+        and rebuilt.kind == "V"
+    )
+    if not ok:
+        raise DeserializationError(
+            f"a numpy dtype's state describes {rebuilt} but is given to {dtype}"
+        )
+    return rebuilt
 
 
 def _structured_dtype(state: tuple[Any, ...]) -> Any:
@@ -134,7 +160,8 @@ def _plain_dtype(dtype: Any, state: tuple[Any, ...], extra: Any) -> tuple[Any, A
     byteorder, fields, elsize = state[1], state[4], state[5]
     if byteorder not in ("<", ">", "|", "=") or fields is not None:
         raise DeserializationError(f"a numpy dtype has inconsistent state {state!r:.200}")
-    if elsize not in (-1, dtype.itemsize):
+    flexible = dtype.kind in "SUV"  # numpy pickles their size; other types say -1
+    if elsize != (dtype.itemsize if flexible else -1):
         raise DeserializationError(f"a numpy dtype has inconsistent size {elsize!r:.50}")
     rebuilt = dtype if byteorder in ("|", "=") else dtype.newbyteorder(byteorder)
     if dtype.kind not in "mM":
