@@ -454,3 +454,67 @@ def test_fields_grafted_past_the_items_of_a_float64(local_store: castore.Store) 
     assert "given to float64" in out
     subarray = grafted_array("V8", ("f8", (4,)), 1, b"\x00" * 8)  # 32 bytes on an 8-byte item
     assert "DeserializationError" in refused_in_a_victim(local_store, subarray, "print(obj)")
+
+
+def test_a_bunch_whose_keys_become_a_wild_array_interface(
+    local_store: castore.Store, recorder: Recorder
+) -> None:
+    # Finding 08: copyreg._reconstructor(Bunch, dict, items) filled a Bunch with any keys;
+    # Bunch.__getattr__ made __array_interface__ an attribute numpy reads: any address.
+    import copyreg
+
+    from sklearn.linear_model import LinearRegression
+    from sklearn.utils import Bunch
+
+    interface = {"data": (0x414141414000, False), "shape": (3,), "typestr": "<f8", "version": 3}
+    features = np.random.default_rng(0).random((20, 3))
+    model = LinearRegression().fit(features, features @ [1.0, 2.0, 3.0])
+    model.coef_ = Reduced(copyreg._reconstructor, (Bunch, dict, {"__array_interface__": interface,
+                                                                "ndim": 1}))  # fmt: skip
+    data = pickle.dumps(model, protocol=5)
+    out = refused_in_a_victim(local_store, data, "obj.predict(np.ones((2, 3)))")
+    assert "sklearn.utils._bunch.Bunch is refused" in out
+    items = pickle.EMPTY_DICT + text("__array_interface__") + pickle.NONE + pickle.SETITEM
+    ordered = call(glob("copyreg", "_reconstructor"), ORDERED_DICT, glob("builtins", "dict"), items)
+    assert "never dunders" in refused(local_store, stream(ordered), recorder, None)
+
+
+def test_str_decoding_punycode_costs_quadratic_time(
+    local_store: castore.Store, recorder: Recorder
+) -> None:
+    # Finding 06: str(b, 'punycode') is quadratic (1 MB: ~16 s); only pickle's codecs remain.
+    b"xn--caf-dma".decode("idna")  # the codec imported, as in a process that used IDNA
+    payload = ("\u00e9" * 200_000).encode("punycode")
+    encoded = pickle.BINBYTES + struct.pack("<I", len(payload)) + payload
+    data = stream(call(glob("builtins", "str"), encoded, text("punycode")))
+    assert "str() decoding" in _quick(local_store, data, recorder)
+    latin = stream(
+        call(glob("builtins", "str"), pickle.SHORT_BINBYTES + b"\x01\xe9", text("latin-1"))
+    )
+    assert castore.safety.load_pickle(io.BytesIO(latin), castore.safety.Allowlist()) == "\u00e9"
+
+
+def test_a_scoring_monitor_connecting_in_its_setstate(
+    local_store: castore.Store, recorder: Recorder
+) -> None:
+    # Finding 10: ScoringMonitor.__setstate__ connects to the address in its state; only
+    # the audit hook stopped it. sklearn.callback is now refused by admission.
+    import copyreg
+    import socket
+
+    from sklearn.callback._scoring_monitor import ScoringMonitor
+    from sklearn.callback._transport import ListenerHandle
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.settimeout(0.5)
+        handle = ListenerHandle(server.getsockname(), b"k" * 32)
+        state = {"_scoring": ["accuracy"], "_log": [], "_estimator_scorers": {},
+                 "_listener_handle": handle}  # fmt: skip
+        monitor = Reduced(copyreg._reconstructor, (ScoringMonitor, object, None), state)
+        message = refused(local_store, pickle.dumps(monitor, protocol=5), recorder, None)
+        assert "sklearn.callback._scoring_monitor.ScoringMonitor is refused" in message
+        with pytest.raises(TimeoutError):
+            server.accept()
+

@@ -28,7 +28,7 @@ def main() -> None:
         print(f"REFUSED {type(exc).__name__}: {exc}", flush=True)
         return
     print("LOADED", flush=True)
-    exec(use, {"obj": obj})
+    exec(use, {"obj": obj, "np": sys.modules.get("numpy")})
     print("USED", flush=True)
 
 
