@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import castore
-from castore.errors import UnsafeObjectError
+from castore.errors import DeserializationError, UnsafeObjectError
 from castore.versions import catalog
 
 # -- an opcode assembler --------------------------------------------------------------------
@@ -518,3 +518,67 @@ def test_a_scoring_monitor_connecting_in_its_setstate(
         with pytest.raises(TimeoutError):
             server.accept()
 
+
+def test_random_states_whose_position_is_outside_their_buffer(local_store: castore.Store) -> None:
+    # Finding 05: numpy stores MT19937's pos and Philox's buffer_pos unchecked; the first
+    # draw reads 16 GiB before the state.
+    legacy = np.random.RandomState(0)
+    state = legacy.get_state(legacy=False)
+    state["state"]["pos"] = -(2**31)
+    legacy.set_state(state)
+    philox = np.random.Generator(np.random.Philox(1))
+    state = philox.bit_generator.state
+    state["buffer_pos"] = -(2**31)
+    philox.bit_generator.state = state
+    for rng, draw in ((legacy, "rand()"), (philox, "random()")):
+        data = pickle.dumps({"seeded": rng}, protocol=5)
+        out = refused_in_a_victim(local_store, data, f"print(obj['seeded'].{draw})")
+        assert "random state is malformed or out of range" in out
+
+
+def wide_tree(features: int, feature: int) -> Any:
+    """A fitted two-feature tree classifier whose Tree claims `features` and tests `feature`."""
+    from sklearn.tree import DecisionTreeClassifier
+    from sklearn.tree._tree import Tree
+
+    points = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    model = DecisionTreeClassifier(max_depth=1).fit(points, [0, 1, 0, 1])
+    state = model.tree_.__getstate__()
+    nodes = state["nodes"].copy()
+    nodes["feature"][0] = feature
+    forged = Tree(features, np.array(model.tree_.n_classes, dtype=np.intp), model.tree_.n_outputs)
+    forged.__setstate__({**state, "nodes": nodes})
+    model.tree_ = forged
+    return model
+
+
+def test_a_tree_wider_than_its_estimator(local_store: castore.Store) -> None:
+    # Finding 01: predict validates X against n_features_in_ (2), the Tree reads X[i, 2**31-2].
+    from sklearn.ensemble import RandomForestClassifier
+
+    model = wide_tree(2**31 - 1, 2**31 - 2)
+    use = "print(obj.predict(np.zeros((3, 2))))"
+    out = refused_in_a_victim(local_store, pickle.dumps(model, protocol=5), use)
+    assert "tree does not match its 2 features" in out
+    # A forest passes X to its trees unvalidated: each tree must be as wide as the forest.
+    forest = RandomForestClassifier(n_estimators=2).fit(np.zeros((4, 3)), [0, 1, 0, 1])
+    forest.estimators_[1] = wide_tree(2, 1)
+    ref = plant(local_store, pickle.dumps(forest, protocol=5))
+    with pytest.raises(DeserializationError, match="holds a tree of another width"):
+        local_store.load(ref)
+
+
+def test_gradient_boosting_stages_wider_than_its_predictions(local_store: castore.Store) -> None:
+    # Finding 03: estimators_ of shape (1, K) with n_trees_per_iteration_ = 1 make
+    # predict_stages write K columns of leaf values into a one-column array.
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    points = np.random.default_rng(0).random((40, 2))
+    model = GradientBoostingRegressor(n_estimators=1, max_depth=1).fit(points, points[:, 0])
+    tree = model.estimators_[0, 0]
+    tree.tree_.value[:] = 1e300
+    model.estimators_ = np.empty((1, 200_000), dtype=object)
+    model.estimators_[0, :] = tree
+    use = "print(obj.predict(np.zeros((3, 2)))); junk = [bytearray(100) for _ in range(10000)]"
+    out = refused_in_a_victim(local_store, pickle.dumps(model, protocol=5), use)
+    assert "estimators_ of the wrong shape" in out

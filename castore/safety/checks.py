@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from castore.errors import DeserializationError
+from castore.safety.ensembles import TREE_CHECKS
 from castore.safety.names import lookup
 
 
@@ -267,21 +268,26 @@ def _check_lil(matrix: Any) -> None:
 
 def check_loaded(obj: Any) -> None:
     """Check an object of a class whose compiled code trusts its state (see POST_LOAD_CHECKS)."""
-    check = POST_LOAD_CHECKS.get((type(obj).__module__, type(obj).__qualname__))
+    check = _check_of(obj)
     if check is not None:
         check(obj)
-    elif _is_sparse(obj):
-        _check_scipy_sparse(obj)
 
 
 def needs_check(obj: Any) -> bool:
     """Whether `check_loaded` has anything to check on `obj`."""
-    return (type(obj).__module__, type(obj).__qualname__) in POST_LOAD_CHECKS or _is_sparse(obj)
+    return _check_of(obj) is not None
 
 
-def _is_sparse(obj: Any) -> bool:
-    base = lookup("scipy.sparse._base", "_spbase")
-    return isinstance(base, type) and isinstance(obj, base)
+def _check_of(obj: Any) -> Callable[[Any], None] | None:
+    """The check for `obj`: by its exact class, else by the first listed base it has."""
+    check = POST_LOAD_CHECKS.get((type(obj).__module__, type(obj).__qualname__))
+    if check is not None:
+        return check
+    for (module, name), by_base in CHECKS_BY_BASE:
+        base = lookup(module, name)
+        if isinstance(base, type) and isinstance(obj, base):
+            return by_base
+    return None
 
 
 def _check_hgb_predictor(predictor: Any) -> None:
@@ -339,3 +345,75 @@ POST_LOAD_CHECKS: dict[tuple[str, str], Callable[[Any], None]] = {
 }
 """Checks run on objects of these classes once their state is set: allowlisted classes whose
 compiled code trusts that state. Other such classes are listed in docs/SECURITY.md."""
+
+CHECKS_BY_BASE: tuple[tuple[tuple[str, str], Callable[[Any], None]], ...] = (
+    *TREE_CHECKS,
+    (("scipy.sparse._base", "_spbase"), _check_scipy_sparse),
+)
+"""Checks run on instances of these classes and their subclasses, first match wins."""
+
+
+_WORD = 2**64 - 1
+_BIT_GENERATOR_STATES: dict[str, dict[str, tuple[int, int]]] = {
+    # field: (number of words, largest word); 0 words is one integer
+    "MT19937": {"key": (624, 2**32 - 1), "pos": (0, 624)},
+    "PCG64": {"state": (0, 2**128 - 1), "inc": (0, 2**128 - 1)},
+    "PCG64DXSM": {"state": (0, 2**128 - 1), "inc": (0, 2**128 - 1)},
+    "Philox": {"counter": (4, _WORD), "key": (2, _WORD)},
+    "SFC64": {"state": (4, _WORD)},
+}
+"""What numpy's bit generator state setters copy without checks: positions index buffers
+(MT19937's ``pos`` its key, Philox's ``buffer_pos`` its buffer) on the next draw."""
+_FLAGS = {"has_uint32": (0, 1), "uinteger": (0, 2**32 - 1), "has_gauss": (0, 1)}
+_OUTER_FIELDS = {
+    **{name: _FLAGS for name in _BIT_GENERATOR_STATES},
+    "Philox": {**_FLAGS, "buffer": (4, _WORD), "buffer_pos": (0, 4)},
+}
+
+
+def check_random_state(target: Any, state: Any) -> None:
+    """The state given to a numpy RandomState, Generator or bit generator is one numpy's
+    own ``state`` getter could return for its bit generator."""
+    generator, state = _bit_generator_state(target, state)
+    name = type(generator).__name__
+    ok = name in _BIT_GENERATOR_STATES and isinstance(state, dict)
+    ok = ok and state.get("bit_generator") == name and isinstance(state.get("state"), dict)
+    ok = ok and _fields_ok(state["state"], _BIT_GENERATOR_STATES[name], required=True)
+    outer = {k: v for k, v in state.items() if k not in ("bit_generator", "state", "gauss")}
+    ok = ok and type(state.get("gauss", 0.0)) is float
+    if not (ok and _fields_ok(outer, _OUTER_FIELDS[name], required=False)):
+        raise DeserializationError(f"a numpy {name} random state is malformed or out of range")
+
+
+def _bit_generator_state(target: Any, state: Any) -> tuple[Any, Any]:
+    """The bit generator whose state `state` sets, and that state in its dict form."""
+    random = sys.modules["numpy"].random
+    if isinstance(target, random.BitGenerator):
+        pair = isinstance(state, tuple) and len(state) == 2  # (state, seed sequence)
+        return target, state[0] if pair else state
+    if isinstance(target, random.Generator):
+        return target.bit_generator, state
+    if isinstance(state, tuple) and len(state) == 5:  # RandomState's legacy tuple
+        name, key, pos, has_gauss, gauss = state
+        state = {"bit_generator": name, "state": {"key": key, "pos": pos},
+                 "has_gauss": has_gauss, "gauss": gauss}  # fmt: skip
+    return target._bit_generator, state
+
+
+def _fields_ok(
+    fields: dict[Any, Any], schema: dict[str, tuple[int, int]], *, required: bool
+) -> bool:
+    """Each field an integer (or `words` integers) in [0, largest]; all present if `required`."""
+    np = sys.modules["numpy"]
+    if not set(fields) <= set(schema) or (required and set(fields) != set(schema)):
+        return False
+    for key, value in fields.items():
+        words, largest = schema[key]
+        if words:
+            ok = isinstance(value, np.ndarray) and value.shape == (words,)
+            ok = ok and value.dtype.kind in "ui" and bool(((value >= 0) & (value <= largest)).all())
+        else:
+            ok = isinstance(value, int | np.integer) and 0 <= int(value) <= largest
+        if not ok:
+            return False
+    return True
