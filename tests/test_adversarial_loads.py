@@ -375,7 +375,7 @@ def test_the_hook_is_active_only_in_the_loading_thread() -> None:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def in_a_victim(store: castore.Store, ref: str, use: str = "", timeout: float = 120) -> str:
+def in_a_victim(store: castore.Store, ref: str, use: str = "", timeout: float = 60) -> str:
     """What a separate process prints when it loads `ref` and runs `use` on it (`obj`).
 
     A segfault, an abort or a hang fails the test here, where the in-process tests would die.
@@ -582,3 +582,39 @@ def test_gradient_boosting_stages_wider_than_its_predictions(local_store: castor
     use = "print(obj.predict(np.zeros((3, 2)))); junk = [bytearray(100) for _ in range(10000)]"
     out = refused_in_a_victim(local_store, pickle.dumps(model, protocol=5), use)
     assert "estimators_ of the wrong shape" in out
+
+
+def test_a_dict_key_nested_300000_deep(local_store: castore.Store) -> None:
+    # Finding 02: SETITEM hashes the key; C's tuple hash recursed until the stack overflowed.
+    depth = 300_000
+    data = (pickle.PROTO + b"\x05" + pickle.EMPTY_DICT + pickle.EMPTY_TUPLE
+            + pickle.TUPLE1 * depth + pickle.NONE + pickle.SETITEM + pickle.STOP)  # fmt: skip
+    assert "nests more than 1000 deep" in refused_in_a_victim(local_store, data)
+    members = pickle.EMPTY_SET + pickle.MARK + pickle.EMPTY_TUPLE + pickle.TUPLE1 * depth
+    assert "nests more" in refused_in_a_victim(local_store, stream(members + pickle.ADDITEMS))
+
+
+def test_lists_nested_deeper_than_a_thousand(
+    local_store: castore.Store, recorder: Recorder
+) -> None:
+    nested = pickle.EMPTY_LIST + (pickle.MARK + pickle.EMPTY_LIST) * 1200
+    data = stream(nested + pickle.LIST * 1200 + pickle.APPEND)
+    assert "nests more than 1000 deep" in refused(local_store, data, recorder, None)
+
+
+def test_a_memo_billion_laughs(local_store: castore.Store) -> None:
+    # Finding 07: 40 lists each holding the previous twice: 325 bytes, 2**40 on print().
+    parts = [pickle.PROTO + b"\x04", pickle.EMPTY_LIST, pickle.MEMOIZE]
+    for level in range(1, 41):
+        previous = pickle.BINGET + bytes([level - 1])
+        parts += [
+            pickle.EMPTY_LIST,
+            pickle.MEMOIZE,
+            pickle.MARK,
+            previous,
+            previous,
+            pickle.APPENDS,
+        ]
+    data = b"".join(parts) + pickle.STOP
+    assert len(data) < 400
+    assert "expands to more than" in refused_in_a_victim(local_store, data, "print(obj)")
