@@ -618,3 +618,42 @@ def test_a_memo_billion_laughs(local_store: castore.Store) -> None:
     data = b"".join(parts) + pickle.STOP
     assert len(data) < 400
     assert "expands to more than" in refused_in_a_victim(local_store, data, "print(obj)")
+
+
+def test_the_audit_hook_refuses_attribute_changes_and_blocking_opens(tmp_path: Path) -> None:
+    # Noted by the red team: os.utime, os.setxattr and reading a named pipe got through.
+    import os
+
+    marker = tmp_path / "marker"
+    marker.write_bytes(b"")
+    os.utime(marker, (1, 1))
+    for function, extra in (
+        ("utime", pickle.NONE),
+        ("setxattr", text("user.x") + pickle.SHORT_BINBYTES + b"\x011"),
+    ):
+        data = stream(call(glob("os", function), text(str(marker)), extra))
+        with pytest.raises(UnsafeObjectError, match=rf"os\.{function} while loading"):
+            castore.safety.load_pickle(
+                io.BytesIO(data), castore.safety.Allowlist([f"os.{function}"])
+            )
+    assert marker.stat().st_mtime == 1 and not os.listxattr(marker)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    data = stream(call(glob("builtins", "open"), text(str(pipe))))
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            castore.safety.load_pickle(
+                io.BytesIO(data), castore.safety.Allowlist(["builtins.open"])
+            )
+        except UnsafeObjectError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))  # let the blocked open end
+        pytest.fail("the load hung opening a named pipe")
+    assert errors and "not a regular file" in str(errors[0])
