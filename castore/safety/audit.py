@@ -2,16 +2,18 @@
 
 The hook is installed once per process and acts only in a thread that is inside a
 restricted load. It refuses exec, compile, process creation, sockets, opening files for
-writing and importing modules outside the policy, by raising UnsafeObjectError inside the
-operation (so that the operation does not happen) and by recording the event so that the
-load fails even if some code swallowed the error. Python's documentation is explicit that
-audit hooks are no sandbox: the allowlist and the data rules are the first wall, this one
-only turns a gadget they missed into an error.
+writing, blocking opens of pipes and devices, file attribute changes, signals to threads,
+thread starts (where Python audits them) and importing modules outside the policy, by
+raising UnsafeObjectError inside the operation (so that the operation does not happen) and
+by recording the event so that the load fails even if some code swallowed the error.
+Python's documentation is explicit that audit hooks are no sandbox: the allowlist and the
+data rules are the first wall, this one only turns a gadget they missed into an error.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -31,9 +33,12 @@ REFUSED_EVENTS = frozenset({
     "webbrowser.open", "shutil.rmtree", "shutil.copyfile", "shutil.move", "builtins.input",
     "sys.settrace", "sys.setprofile", "sys.addaudithook", "cpython.run_command",
     "cpython.run_module", "cpython.run_file", "sqlite3.connect", "pickle.find_class",
-    "object.__setattr__", "object.__delattr__", "setopencodehook",
+    "object.__setattr__", "object.__delattr__", "setopencodehook", "os.utime",
+    "os.setxattr", "os.removexattr", "os.chflags", "os.lockf", "signal.pthread_kill",
+    "_thread.start_new_thread",
 })  # fmt: skip
-"""Events refused outright while a restricted load runs."""
+"""Events refused outright while a restricted load runs. (CPython 3.11 audits no thread
+start, os.mkfifo, os.mknod, os.abort or signal.signal: only the first walls stop those.)"""
 
 _PREFIXES = ("socket.", "ctypes.", "os.exec", "os.spawn", "os.posix_spawn", "_winapi.")
 _WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000  # O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND
@@ -62,6 +67,8 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
     elif event == "open":
         if not scope.writable and _writes(args):
             _refuse(scope, f"opening {args[0]!r} for writing")
+        if _special_file(args):
+            _refuse(scope, f"opening {args[0]!r}, which is not a regular file")
     elif event in ("exec", "compile"):
         if not _module_code(args[0] if event == "exec" else args[1], scope.roots):
             _refuse(scope, event)
@@ -92,6 +99,21 @@ def _writes(args: tuple[Any, ...]) -> bool:
     if isinstance(mode, str):
         return any(c in mode for c in "wax+")
     return isinstance(flags, int) and bool(flags & _WRITE_FLAGS)
+
+
+def _special_file(args: tuple[Any, ...]) -> bool:
+    """Whether a blocking open names a pipe, socket or device (a named pipe hangs the load,
+    /dev/zero never ends). Opens with O_NONBLOCK, as castore's own, do not block."""
+    path, flags = args[0], args[2] if len(args) >= 3 else 0
+    if isinstance(flags, int) and flags & os.O_NONBLOCK:
+        return False
+    if not isinstance(path, str | bytes | os.PathLike):
+        return False  # a file descriptor: already open
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False  # nothing there: the open fails by itself
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _refuse(scope: _Scope, what: str) -> None:

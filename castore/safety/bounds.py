@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from castore.errors import UnsafeObjectError
@@ -131,3 +132,112 @@ def stream_size(file: IO[bytes], size: int | None) -> int | None:
         return os.fstat(file.fileno()).st_size - file.tell()
     except (AttributeError, OSError, ValueError):
         return None
+
+
+MAX_DEPTH = 1000
+"""Deepest nesting of containers and objects a stream may build: CPython hashes tuples
+recursively in C without a recursion guard (300,000 nested tuples overflow the C stack)."""
+
+EXPANSION = 64
+"""How many times its stream's size a result may be, counting every reference to a shared
+container as a copy (what repr, str, json.dumps and deep copies of it do)."""
+
+_NESTED = (tuple, frozenset)
+
+
+class Nesting:
+    """The depths of the tuples and frozensets a stream builds, each computed once.
+
+    They are immutable, so a depth is final when they are built; they are what hashing
+    (a dict key, a set member) walks. Each is kept alive so that its id stays its own.
+    """
+
+    def __init__(self) -> None:
+        self._depths: dict[int, tuple[Any, int]] = {}
+
+    def require(self, value: Any, what: str) -> None:
+        """Refuse `value` (a new tuple or frozenset) if it nests deeper than MAX_DEPTH."""
+        if type(value) not in _NESTED or id(value) in self._depths:
+            return
+        pending = [value]
+        while pending:
+            item = pending[-1]
+            if id(item) in self._depths:
+                pending.pop()
+                continue
+            members = [m for m in item if type(m) in _NESTED]
+            fresh = [m for m in members if id(m) not in self._depths]
+            if fresh:
+                pending.extend(fresh)
+                continue
+            pending.pop()
+            depth = 1 + max((self._depths[id(m)][1] for m in members), default=0)
+            if depth > MAX_DEPTH:
+                raise UnsafeObjectError(f"{what} nests more than {MAX_DEPTH} deep")
+            self._depths[id(item)] = (item, depth)
+
+
+def expansion_budget(stream_bytes: int) -> int:
+    """How many values a result read from `stream_bytes` may expand to."""
+    return EXPANSION * max(stream_bytes, 1 << 14)
+
+
+Children = Callable[[Any], Iterable[Any] | None]
+"""What a value holds, as a walk of a loaded graph sees it (None: it holds nothing)."""
+
+
+def require_shape(
+    root: Any, children: Children, budget: int, leaves: frozenset[type] = frozenset()
+) -> None:
+    """Refuse a graph nested deeper than MAX_DEPTH, or whose expansion (every reference to
+    a shared value counted as a copy) exceeds `budget` values. Values of the types in
+    `leaves` hold nothing (a shortcut past `children`).
+
+    One iterative walk, each value's size and depth computed once; a reference back to a
+    value being walked (a cycle) counts as one value.
+    """
+    done: dict[int, tuple[int, int]] = {}  # id -> (expanded size, depth)
+    walking: set[int] = set()
+    stack: list[tuple[Any, Iterator[Any], list[int]]] = []
+
+    def enter(value: Any, held: Iterable[Any]) -> None:
+        if len(stack) >= MAX_DEPTH:
+            raise UnsafeObjectError(f"the loaded object nests more than {MAX_DEPTH} deep")
+        walking.add(id(value))
+        stack.append((value, iter(held), [1, 0]))
+
+    held = children(root)
+    if held is None:
+        return
+    enter(root, held)
+    while stack:
+        value, pending, totals = stack[-1]
+        for child in pending:
+            if type(child) in leaves:
+                totals[0] += 1
+                continue
+            key, inner = id(child), children(child)
+            if inner is None or key in walking:
+                totals[0] += 1
+            elif key in done:
+                totals[0] += done[key][0]
+                totals[1] = max(totals[1], done[key][1])
+            else:
+                enter(child, inner)
+                break
+        else:
+            stack.pop()
+            walking.discard(id(value))
+            size, depth = totals[0], totals[1] + 1
+            if depth > MAX_DEPTH:
+                raise UnsafeObjectError(f"the loaded object nests more than {MAX_DEPTH} deep")
+            if size > budget:
+                raise UnsafeObjectError(
+                    f"the loaded object expands to more than {budget} values, counting "
+                    "every reference to a shared container as a copy"
+                )
+            done[id(value)] = (size, depth)
+            if stack:
+                outer = stack[-1][2]
+                outer[0] += size
+                outer[1] = max(outer[1], depth)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from castore.errors import DeserializationError
+from castore.safety.ensembles import TREE_CHECKS
 from castore.safety.names import lookup
 
 
@@ -24,14 +25,13 @@ def check_array_state(array: Any, state: Any) -> None:
     The state must describe its data exactly: an object array needs one list item per
     element, any other array as many bytes as its shape and dtype say.
     """
-    np = sys.modules["numpy"]
-    masked = lookup("numpy.ma", "MaskedArray")  # np.ma would import numpy.ma mid-load
-    if masked is not None and isinstance(array, masked):
+    masked = lookup("numpy.ma", "MaskedArray")  # never np.ma: that would import it mid-load
+    if isinstance(masked, type) and isinstance(array, masked):
         if not (isinstance(state, tuple) and len(state) == 7):
             raise DeserializationError("a numpy masked array has malformed state")
         _, shape, dtype, fortran, data, mask, _ = state
         _check_array_parts(shape, dtype, fortran, data)
-        _check_array_parts(shape, np.ma.make_mask_descr(dtype), fortran, mask)
+        _check_array_parts(shape, lookup("numpy.ma", "make_mask_descr")(dtype), fortran, mask)
     elif isinstance(state, tuple) and len(state) == 5 and state[0] == 1:
         _check_array_parts(*state[1:])
     elif isinstance(state, tuple) and len(state) == 4:
@@ -100,11 +100,37 @@ def checked_dtype_state(dtype: Any, state: Any) -> tuple[Any, ...]:
         raise DeserializationError(f"a numpy dtype has malformed state {state!r:.200}")
     subarray, names, extra = state[2], state[3], state[8] if len(state) == 9 else None
     if subarray is not None:
-        return sys.modules["numpy"].dtype(subarray).__reduce__()[2]
+        return _grafted_on(dtype, state, sys.modules["numpy"].dtype(subarray)).__reduce__()[2]
     if names is not None:
-        return _with_metadata(_structured_dtype(state).__reduce__()[2], extra)
+        rebuilt = _grafted_on(dtype, state, _structured_dtype(state))
+        return _with_metadata(rebuilt.__reduce__()[2], extra)
     rebuilt, metadata = _plain_dtype(dtype, state, extra)
     return _with_metadata(rebuilt.__reduce__()[2], metadata)
+
+
+def _grafted_on(dtype: Any, state: tuple[Any, ...], rebuilt: Any) -> Any:
+    """`rebuilt` (a structured or subarray dtype), if `dtype` is the plain void dtype of its
+    size that numpy pickles it as (``dtype('V16')``).
+
+    numpy's __setstate__ grafts fields onto whatever dtype it is given, keeping that
+    dtype's type and size: on ``dtype('O')`` it makes an object dtype without the object
+    flags (elements read as pointers from the stream's bytes), on ``dtype('f8')`` fields
+    past the item's 8 bytes.
+    """
+    ok = (
+        dtype.kind == "V"
+        and dtype.names is None
+        and dtype.subdtype is None
+        and dtype.type is sys.modules["numpy"].void
+        and state[1] == "|"
+        and state[5] == dtype.itemsize == rebuilt.itemsize
+        and rebuilt.kind == "V"
+    )
+    if not ok:
+        raise DeserializationError(
+            f"a numpy dtype's state describes {rebuilt} but is given to {dtype}"
+        )
+    return rebuilt
 
 
 def _structured_dtype(state: tuple[Any, ...]) -> Any:
@@ -135,7 +161,8 @@ def _plain_dtype(dtype: Any, state: tuple[Any, ...], extra: Any) -> tuple[Any, A
     byteorder, fields, elsize = state[1], state[4], state[5]
     if byteorder not in ("<", ">", "|", "=") or fields is not None:
         raise DeserializationError(f"a numpy dtype has inconsistent state {state!r:.200}")
-    if elsize not in (-1, dtype.itemsize):
+    flexible = dtype.kind in "SUV"  # numpy pickles their size; other types say -1
+    if elsize != (dtype.itemsize if flexible else -1):
         raise DeserializationError(f"a numpy dtype has inconsistent size {elsize!r:.50}")
     rebuilt = dtype if byteorder in ("|", "=") else dtype.newbyteorder(byteorder)
     if dtype.kind not in "mM":
@@ -241,21 +268,26 @@ def _check_lil(matrix: Any) -> None:
 
 def check_loaded(obj: Any) -> None:
     """Check an object of a class whose compiled code trusts its state (see POST_LOAD_CHECKS)."""
-    check = POST_LOAD_CHECKS.get((type(obj).__module__, type(obj).__qualname__))
+    check = _check_of(obj)
     if check is not None:
         check(obj)
-    elif _is_sparse(obj):
-        _check_scipy_sparse(obj)
 
 
 def needs_check(obj: Any) -> bool:
     """Whether `check_loaded` has anything to check on `obj`."""
-    return (type(obj).__module__, type(obj).__qualname__) in POST_LOAD_CHECKS or _is_sparse(obj)
+    return _check_of(obj) is not None
 
 
-def _is_sparse(obj: Any) -> bool:
-    base = lookup("scipy.sparse._base", "_spbase")
-    return isinstance(base, type) and isinstance(obj, base)
+def _check_of(obj: Any) -> Callable[[Any], None] | None:
+    """The check for `obj`: by its exact class, else by the first listed base it has."""
+    check = POST_LOAD_CHECKS.get((type(obj).__module__, type(obj).__qualname__))
+    if check is not None:
+        return check
+    for (module, name), by_base in CHECKS_BY_BASE:
+        base = lookup(module, name)
+        if isinstance(base, type) and isinstance(obj, base):
+            return by_base
+    return None
 
 
 def _check_hgb_predictor(predictor: Any) -> None:
@@ -313,3 +345,75 @@ POST_LOAD_CHECKS: dict[tuple[str, str], Callable[[Any], None]] = {
 }
 """Checks run on objects of these classes once their state is set: allowlisted classes whose
 compiled code trusts that state. Other such classes are listed in docs/SECURITY.md."""
+
+CHECKS_BY_BASE: tuple[tuple[tuple[str, str], Callable[[Any], None]], ...] = (
+    *TREE_CHECKS,
+    (("scipy.sparse._base", "_spbase"), _check_scipy_sparse),
+)
+"""Checks run on instances of these classes and their subclasses, first match wins."""
+
+
+_WORD = 2**64 - 1
+_BIT_GENERATOR_STATES: dict[str, dict[str, tuple[int, int]]] = {
+    # field: (number of words, largest word); 0 words is one integer
+    "MT19937": {"key": (624, 2**32 - 1), "pos": (0, 624)},
+    "PCG64": {"state": (0, 2**128 - 1), "inc": (0, 2**128 - 1)},
+    "PCG64DXSM": {"state": (0, 2**128 - 1), "inc": (0, 2**128 - 1)},
+    "Philox": {"counter": (4, _WORD), "key": (2, _WORD)},
+    "SFC64": {"state": (4, _WORD)},
+}
+"""What numpy's bit generator state setters copy without checks: positions index buffers
+(MT19937's ``pos`` its key, Philox's ``buffer_pos`` its buffer) on the next draw."""
+_FLAGS = {"has_uint32": (0, 1), "uinteger": (0, 2**32 - 1), "has_gauss": (0, 1)}
+_OUTER_FIELDS = {
+    **{name: _FLAGS for name in _BIT_GENERATOR_STATES},
+    "Philox": {**_FLAGS, "buffer": (4, _WORD), "buffer_pos": (0, 4)},
+}
+
+
+def check_random_state(target: Any, state: Any) -> None:
+    """The state given to a numpy RandomState, Generator or bit generator is one numpy's
+    own ``state`` getter could return for its bit generator."""
+    generator, state = _bit_generator_state(target, state)
+    name = type(generator).__name__
+    ok = name in _BIT_GENERATOR_STATES and isinstance(state, dict)
+    ok = ok and state.get("bit_generator") == name and isinstance(state.get("state"), dict)
+    ok = ok and _fields_ok(state["state"], _BIT_GENERATOR_STATES[name], required=True)
+    outer = {k: v for k, v in state.items() if k not in ("bit_generator", "state", "gauss")}
+    ok = ok and type(state.get("gauss", 0.0)) is float
+    if not (ok and _fields_ok(outer, _OUTER_FIELDS[name], required=False)):
+        raise DeserializationError(f"a numpy {name} random state is malformed or out of range")
+
+
+def _bit_generator_state(target: Any, state: Any) -> tuple[Any, Any]:
+    """The bit generator whose state `state` sets, and that state in its dict form."""
+    random = sys.modules["numpy"].random
+    if isinstance(target, random.BitGenerator):
+        pair = isinstance(state, tuple) and len(state) == 2  # (state, seed sequence)
+        return target, state[0] if pair else state
+    if isinstance(target, random.Generator):
+        return target.bit_generator, state
+    if isinstance(state, tuple) and len(state) == 5:  # RandomState's legacy tuple
+        name, key, pos, has_gauss, gauss = state
+        state = {"bit_generator": name, "state": {"key": key, "pos": pos},
+                 "has_gauss": has_gauss, "gauss": gauss}  # fmt: skip
+    return target._bit_generator, state
+
+
+def _fields_ok(
+    fields: dict[Any, Any], schema: dict[str, tuple[int, int]], *, required: bool
+) -> bool:
+    """Each field an integer (or `words` integers) in [0, largest]; all present if `required`."""
+    np = sys.modules["numpy"]
+    if not set(fields) <= set(schema) or (required and set(fields) != set(schema)):
+        return False
+    for key, value in fields.items():
+        words, largest = schema[key]
+        if words:
+            ok = isinstance(value, np.ndarray) and value.shape == (words,)
+            ok = ok and value.dtype.kind in "ui" and bool(((value >= 0) & (value <= largest)).all())
+        else:
+            ok = isinstance(value, int | np.integer) and 0 <= int(value) <= largest
+        if not ok:
+            return False
+    return True

@@ -130,7 +130,7 @@ DENIED_MODULES = (
     "sklearn.utils._testing", "sklearn.utils.estimator_checks", "sklearn.utils._mocking",
     "sklearn.utils.parallel", "sklearn.utils._joblib", "sklearn.utils._show_versions",
     "sklearn.externals", "sklearn.datasets", "sklearn._build_utils", "sklearn.__check_build",
-    "sklearn.experimental",
+    "sklearn.experimental", "sklearn.callback",
 )  # fmt: skip
 """Modules (and their submodules) never admitted by a rule or a wildcard pattern (the
 exact names in SAFE_GLOBALS and the checked reconstructors aside)."""
@@ -158,6 +158,16 @@ DANGEROUS_BASES = (
 """Classes whose instances act on construction or state (threads, files, scipy.stats
 distributions, which exec their `shapes` text): no subclass is admitted by a rule."""
 
+VETTED_LOOKUPS = (
+    ("numpy.rec", "recarray"), ("numpy", "record"),
+    ("sklearn.frozen._frozen", "FrozenEstimator"),
+    ("sklearn.utils._metadata_requests", "MetadataRequest"),
+)  # fmt: skip
+"""Classes with their own ``__getattr__`` or ``__getattribute__`` that rules may admit:
+each answers only from fields, a wrapped estimator or method names, never from keys the
+stream chose freely (unlike sklearn's Bunch, whose keys, ``__array_interface__`` too,
+become attributes that numpy reads)."""
+
 CODE_MODULES = ("cloudpickle", "dill", "types", "functools", "builtins", "copyreg")
 """Where the globals of functions and classes pickled by value come from."""
 
@@ -180,6 +190,17 @@ def _denied_object(obj: Any) -> bool:
     return False
 
 
+def _answers_lookups(obj: Any) -> bool:
+    """Whether `obj` is a class whose own code answers attribute lookups, and is not vetted."""
+    if not isinstance(obj, type) or any(obj is lookup(*key) for key in VETTED_LOOKUPS):
+        return False
+    return any(
+        "__getattr__" in vars(base) or "__getattribute__" in vars(base)
+        for base in obj.__mro__
+        if base.__module__ not in ("builtins", "collections")
+    )
+
+
 def _is_cython_unpickler(obj: Any, name: str) -> bool:
     return callable(obj) and name.rsplit(".", 1)[-1].startswith("__pyx_unpickle_")
 
@@ -200,7 +221,7 @@ def _numpy_rule(obj: Any, name: str, checked: CheckedReconstructors) -> Admissio
         return Admission(obj, callable=True)
     if issubclass(obj, np.generic):
         return Admission(obj, callable=False, value=True)
-    if obj is lookup("numpy.ma.core", "MaskedConstant"):  # no lazy import of numpy.ma
+    if obj is lookup("numpy.ma.core", "MaskedConstant"):  # np.ma would import numpy.ma
         return Admission(obj, callable=True)
     if issubclass(obj, np.ndarray) or within(module, "numpy.random"):
         return Admission(obj, callable=False)  # named by _reconstruct and the random ctors
@@ -332,6 +353,10 @@ class Allowlist:
             raise refusal(full, "it reaches a private attribute")
         obj = self._resolve(module, name, full)
         admission = rule(obj, name, self.checked) if rule is not None else None
+        if admission is not None and _answers_lookups(obj):
+            raise refusal(
+                full, "its class answers attribute lookups itself, so its data becomes attributes"
+            )
         if admission is not None and not admission.callable:
             return admission  # named only as an argument of checked reconstructors
         if _denied_object(obj):

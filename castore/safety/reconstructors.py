@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from castore.errors import UnsafeObjectError
 from castore.safety.bounds import require_int, require_number_text
 from castore.safety.data import ATOMS, ArgumentCheck
-from castore.safety.names import import_module
+from castore.safety.names import import_module, lookup
+from castore.safety.state import check_names
 
 if TYPE_CHECKING:
     from castore.safety.policy import Allowlist
@@ -143,6 +144,20 @@ def _bytes_like(what: str) -> ArgumentCheck:
     return check
 
 
+_CODECS = frozenset({"utf-8", "utf8", "latin-1", "latin1", "ascii"})
+"""Encodings str(bytes, encoding) may decode with: the linear ones pickles use (others,
+such as punycode, cost quadratic time or import modules mid-load)."""
+
+
+def _str(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """str(x), or str(bytes, encoding[, 'strict']) in an encoding of `_CODECS`."""
+    _atoms(args, kwargs, "str", 3)
+    if len(args) > 1:
+        ok = type(args[0]) in (bytes, bytearray) and type(args[1]) is str
+        ok = ok and args[1].lower() in _CODECS and args[2:] in ((), ("strict",))
+        _require(ok, f"str() decoding with {args[1:]!r:.60}")
+
+
 def _of_atoms(what: str, most: int) -> ArgumentCheck:
     return lambda args, kwargs: _atoms(args, kwargs, what, most)
 
@@ -153,7 +168,7 @@ def _of_container(what: str) -> ArgumentCheck:
 
 ARGUMENT_CHECKS: dict[tuple[str, str], ArgumentCheck] = {
     **{("builtins", n): _of_container(n) for n in ("dict", "list", "tuple", "set", "frozenset")},
-    ("builtins", "str"): _of_atoms("str", 3),
+    ("builtins", "str"): _str,
     ("builtins", "int"): _of_atoms("int", 2),
     ("builtins", "float"): _of_atoms("float", 1),
     ("builtins", "complex"): _of_atoms("complex", 2),
@@ -181,6 +196,10 @@ ARGUMENT_CHECKS: dict[tuple[str, str], ArgumentCheck] = {
 }
 """Argument checks by class (module, qualified name); classes without one (scikit-learn's,
 scipy's) take data, checked by castore.safety.data."""
+
+RECONSTRUCTOR_BASES = (object, dict, list, tuple, set, frozenset, int, float, str, bytes)
+"""The bases copyreg._reconstructor is admitted with: the builtin types whose subclasses
+protocols 0 and 1 pickle that way."""
 
 DEFAULT_FACTORIES = (list, dict, set, frozenset, tuple, int, float, str, bytes, bool, complex)
 """Types a defaultdict may hold as its factory: calling one builds empty data."""
@@ -228,18 +247,24 @@ class CheckedReconstructors:
         return admission is not None and (admission.callable or not call)
 
     def reconstructor(self, cls: Any, base: Any, state: Any) -> Any:
-        """copyreg._reconstructor, for admitted classes only, with checked state."""
+        """copyreg._reconstructor, for admitted classes only, with checked state.
+
+        The base is one of the builtin types protocols 0 and 1 name. A dict base fills the
+        instance with `state`: text keys follow the BUILD rules, in case the class turns
+        items into attributes (other keys, such as a dok_matrix's (row, column), cannot be).
+        """
         _require(self._class(cls, call=True), f"copyreg._reconstructor of {cls!r:.80}")
         _require(
-            base is object or (self._class(base, call=True) and issubclass(cls, base)),
+            base in RECONSTRUCTOR_BASES and isinstance(cls, type) and issubclass(cls, base),
             f"copyreg._reconstructor with base {base!r:.80}",
         )
         if base is object:
             _require(state is None, "copyreg._reconstructor of object with a state")
+        elif base is dict:
+            _require(type(state) is dict, "copyreg._reconstructor of a dict from a non-dict")
+            check_names(cls, {k: v for k, v in state.items() if type(k) is str}, as_attributes=True)
         else:
-            check = ARGUMENT_CHECKS.get((base.__module__, base.__qualname__))
-            if check is not None:
-                check((state,), {})
+            ARGUMENT_CHECKS[("builtins", base.__qualname__)]((state,), {})
         return copyreg._reconstructor(cls, base, state)  # type: ignore[attr-defined]
 
     def partial_function(self, func: Any) -> bool:
@@ -281,19 +306,22 @@ class CheckedReconstructors:
     def masked_reconstruct(
         self, subtype: Any, baseclass: Any, baseshape: Any, basetype: Any
     ) -> Any:
-        """numpy.ma's _mareconstruct, for admitted masked-array and ndarray classes."""
+        """numpy.ma's _mareconstruct, for admitted masked-array and ndarray classes.
+
+        numpy.ma is imported when the stream names the masked-array class: looked up here,
+        never imported (outside audit.importing() the import would be refused)."""
         np = import_module("numpy")
+        masked = lookup("numpy.ma.core", "MaskedArray")
         _require(
-            self._array_class(subtype, np.ma.MaskedArray)
+            isinstance(masked, type)
+            and self._array_class(subtype, masked)
             and self._array_class(baseclass, np.ndarray)
             and _empty(baseshape)
             and isinstance(basetype, bytes | str)
             and len(basetype) <= 8,
             f"numpy.ma _mareconstruct of {subtype!r:.80}",
         )
-        return import_module("numpy.ma.core")._mareconstruct(
-            subtype, baseclass, baseshape, basetype
-        )
+        return lookup("numpy.ma.core", "_mareconstruct")(subtype, baseclass, baseshape, basetype)
 
     def scalar(self, dtype: Any, data: Any = None) -> Any:
         """numpy's scalar(dtype, bytes): exactly the item's bytes, which the stream holds."""

@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 from castore.errors import UnsafeObjectError
-from castore.safety.checks import check_array_state, checked_dtype_state
+from castore.safety.checks import check_array_state, check_random_state, checked_dtype_state
 from castore.safety.data import DataGuard, describe
 from castore.safety.names import lookup
 
@@ -34,6 +34,10 @@ def check_state(target: Any, state: Any, guard: DataGuard) -> Any:
     if numpy_dtype is not None and isinstance(target, numpy_dtype):
         guard.require(state, "a numpy dtype's state")
         return checked_dtype_state(target, state)
+    if _random_state(target):
+        guard.require(state, "a numpy random state")
+        check_random_state(target, state)
+        return state
     if ndarray is not None and isinstance(target, ndarray):
         guard.require(state, "a numpy array's state")
         check_array_state(target, state)
@@ -59,6 +63,12 @@ def check_state(target: Any, state: Any, guard: DataGuard) -> Any:
         if slots is not None:
             _check_slots(klass, slots)
     return state
+
+
+def _random_state(target: Any) -> bool:
+    """Whether `target` is a numpy RandomState, Generator or bit generator."""
+    kinds = [lookup("numpy.random", name) for name in ("RandomState", "Generator", "BitGenerator")]
+    return any(isinstance(kind, type) and isinstance(target, kind) for kind in kinds)
 
 
 def check_names(klass: type, state: dict[Any, Any], *, as_attributes: bool) -> None:

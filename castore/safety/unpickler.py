@@ -17,16 +17,17 @@ from __future__ import annotations
 import collections
 import copyreg
 import io
+import itertools
 import pickle
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from castore.errors import CastoreError, DeserializationError, UnsafeObjectError
-from castore.safety.bounds import LimitedReader
+from castore.safety.bounds import LimitedReader, Nesting, expansion_budget, require_shape
 from castore.safety.checks import check_loaded, needs_check
-from castore.safety.data import DataGuard, describe, is_code
-from castore.safety.names import python2_name
+from castore.safety.data import ATOMS, SEQUENCES, DataGuard, describe, is_code
+from castore.safety.names import lookup, python2_name
 from castore.safety.policy import Admission, Allowlist
 from castore.safety.state import check_state
 
@@ -66,6 +67,16 @@ _LISTS = (list, collections.deque)
 _DICTS = (dict, collections.OrderedDict, collections.defaultdict, collections.Counter)
 
 
+def _then(load: Callable[[Any], None], after: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An opcode handler that runs `load`, then `after`."""
+
+    def handler(unpickler: Any) -> None:
+        load(unpickler)
+        after(unpickler)
+
+    return handler
+
+
 class RestrictedUnpickler(_PurePythonUnpickler):
     """Python's pure unpickler with the checks this module describes."""
 
@@ -85,6 +96,7 @@ class RestrictedUnpickler(_PurePythonUnpickler):
         self.source = source
         self.allowlist = allowlist
         self.guard = DataGuard()
+        self.nesting = Nesting()
         self.guard.checked_partial = allowlist.checked.partial_function
         self.admissions: dict[int, Admission] = {}
         self.created: dict[int, Any] = {}
@@ -117,6 +129,7 @@ class RestrictedUnpickler(_PurePythonUnpickler):
         if self.first_refusal is not None:
             raise self._refusal()
         self.guard.require(obj, "the loaded object")
+        require_shape(obj, self._held, expansion_budget(self.source.position), ATOMS)
         for created in self.created.values():
             check_loaded(created)
         return obj
@@ -136,10 +149,32 @@ class RestrictedUnpickler(_PurePythonUnpickler):
         """The refused globals, in the order the stream names them."""
         return [name for name, d in self.decisions.items() if isinstance(d, UnsafeObjectError)]
 
+    def _held(self, value: Any) -> Iterable[Any] | None:
+        """What `value` holds, as repr and copies walk it: container items, the attributes
+        of objects the stream constructed, the elements of object arrays."""
+        kind = type(value)
+        if kind in ATOMS:
+            return None
+        if isinstance(value, dict):
+            return itertools.chain(dict.keys(value), dict.values(value))
+        for base in SEQUENCES:
+            if isinstance(value, base):
+                return base.__iter__(value)  # type: ignore[arg-type]
+        ndarray: Any = lookup("numpy", "ndarray")
+        if ndarray is not None and isinstance(value, ndarray):
+            return ndarray.tolist(ndarray.ravel(value)) if value.dtype == object else None
+        if self.created.get(id(value)) is not value:
+            return None
+        try:
+            attributes = object.__getattribute__(value, "__dict__")
+        except AttributeError:
+            return None
+        return dict.values(attributes) if type(attributes) is dict else None
+
     def _refusal(self) -> UnsafeObjectError:
         first = self.first_refusal
         assert first is not None
-        if len(self.refused) == 1:
+        if len(self.refused) <= 1:  # none: the refusal named no global (an audited import)
             return first
         names = ", ".join(self.refused)
         return UnsafeObjectError(
@@ -222,6 +257,7 @@ class RestrictedUnpickler(_PurePythonUnpickler):
         obj = func.__new__(func, *args, **kwargs) if new else func(*args, **kwargs)
         if admission.reconstructor and is_code(obj):  # a checked functools.partial
             self.guard.tokens[id(obj)] = obj
+        self.nesting.require(obj, f"the result of {describe(func)}")
         if needs_check(obj) or not isinstance(obj, _DATA_RESULTS):
             self.created[id(obj)] = obj
         return obj
@@ -333,6 +369,10 @@ class RestrictedUnpickler(_PurePythonUnpickler):
         self._require_open(self._marked_target(), (set,), "adds items to")
         super().load_additems()
 
+    def built_tuple(self) -> None:
+        """After TUPLE*, FROZENSET: the new tuple or frozenset nests at most MAX_DEPTH deep."""
+        self.nesting.require(self.stack[-1], "a tuple or frozenset")
+
     def load_bytearray8(self) -> None:
         """BYTEARRAY8, allocated only once the stream is known to hold that many bytes.
 
@@ -372,6 +412,8 @@ class RestrictedUnpickler(_PurePythonUnpickler):
         (pickle.BYTEARRAY8, load_bytearray8),
     ):
         dispatch[_opcode[0]] = _method
+    for _opcode in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.FROZENSET):
+        dispatch[_opcode[0]] = _then(dispatch[_opcode[0]], built_tuple)
     del _opcode, _method
 
 
