@@ -8,6 +8,7 @@ and only if they are still the regular file the walk listed.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -160,6 +161,47 @@ def pieces(file: BinaryIO) -> Iterator[bytes]:
     """The content of an opened file, READ_BYTES at a time."""
     while piece := file.read(READ_BYTES):
         yield piece
+
+
+def data_extents(fd: int, size: int, limit: int) -> tuple[tuple[int, int], ...] | None:
+    """The (offset, length) ranges of an open file that hold data, found with SEEK_DATA
+    and SEEK_HOLE; None if the file has no hole (or the file system cannot tell), or
+    more than `limit` ranges."""
+    extents: list[tuple[int, int]] = []
+    position = 0
+    while position < size:
+        try:
+            start = os.lseek(fd, position, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after `position`: a hole to the end
+                break
+            return None
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if start >= size:
+            break
+        extents.append((start, end - start))
+        if len(extents) > limit:
+            return None
+        position = end
+    os.lseek(fd, 0, os.SEEK_SET)
+    if extents == [(0, size)]:
+        return None
+    return tuple(extents)
+
+
+def extent_pieces(file: BinaryIO, extents: tuple[tuple[int, int], ...]) -> Iterator[bytes]:
+    """The data of an opened file's extents, in order, up to READ_BYTES at a time.
+
+    A file that shrank while being read raises OSError (it then has changed)."""
+    fd = file.fileno()
+    for offset, length in extents:
+        done = 0
+        while done < length:
+            piece = os.pread(fd, min(READ_BYTES, length - done), offset + done)
+            if not piece:
+                raise OSError(errno.EIO, "it shrank while being backed up")
+            done += len(piece)
+            yield piece
 
 
 def file_kind(mode: int) -> str:
