@@ -4,6 +4,8 @@ directories; tree format version 2 beside version 1 snapshots, and hostile link 
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -253,3 +255,67 @@ def test_sparse_files_keep_their_holes(local_store: castore.Store, tmp_path: Pat
     assert again.stats.files_reused == 2
     reused = {e.path: e for e in local_store.snapshot_entries(again.reference)}
     assert reused[b"disk.img"].extents == entries[b"disk.img"].extents
+
+
+# -- file system boundaries and cache directories -------------------------------------------------
+
+
+@pytest.fixture
+def mounted_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """An empty directory with a tmpfs mounted on it (unmounted afterwards)."""
+    point = tmp_path / "src" / "mnt"
+    point.mkdir(parents=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "none", str(point)], capture_output=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
+
+
+def test_one_file_system_records_mount_points_without_their_contents(
+    local_store: castore.Store, tmp_path: Path, mounted_tmpfs: Path
+) -> None:
+    src = tmp_path / "src"
+    (src / "here.txt").write_bytes(b"here")
+    (mounted_tmpfs / "sub").mkdir()
+    (mounted_tmpfs / "sub" / "there.txt").write_bytes(b"there")
+    os.chmod(mounted_tmpfs, 0o750)
+    whole = local_store.backup(src, "backups/all")
+    assert {e.path for e in local_store.snapshot_entries(whole.reference)} >= {b"mnt/sub"}
+
+    snap = local_store.backup(src, "backups/x", one_file_system=True)
+    paths = [e.path for e in local_store.snapshot_entries(snap.reference)]
+    assert paths == [b"here.txt", b"mnt"]
+    assert snap.stats.skipped == 1 and "another file system" in snap.stats.skipped_paths[0][1]
+    assert snap.stats.skipped_paths[0][0] == "mnt"
+    out = tmp_path / "out"
+    local_store.restore(snap.reference, out)
+    assert list((out / "mnt").iterdir()) == []
+    assert stat.S_IMODE(os.stat(out / "mnt").st_mode) == 0o750
+
+
+def test_exclude_caches_honours_cachedir_tags(local_store: castore.Store, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    cache, fake = src / "build" / "cache", src / "fake"
+    cache.mkdir(parents=True)
+    fake.mkdir()
+    (cache / "CACHEDIR.TAG").write_bytes(b"Signature: 8a477f597d28d172789f06886806bc55\n# x\n")
+    (cache / "blob").write_bytes(b"cached")
+    (fake / "CACHEDIR.TAG").write_bytes(b"Signature: not the right one")
+    (fake / "kept").write_bytes(b"kept")
+    (src / "linked").mkdir()
+    (src / "linked" / "CACHEDIR.TAG").symlink_to(cache / "CACHEDIR.TAG")  # not followed
+
+    snap = local_store.backup(src, "backups/caches", exclude_caches=True)
+    paths = {e.path for e in local_store.snapshot_entries(snap.reference)}
+    assert b"build/cache" in paths and b"build/cache/blob" not in paths
+    assert {b"fake/kept", b"linked/CACHEDIR.TAG"} <= paths
+    assert snap.stats.skipped_paths == [
+        ("build/cache", "a cache directory (CACHEDIR.TAG): its contents are not backed up")
+    ]
+    plain = local_store.backup(src, "backups/plain")
+    assert b"build/cache/blob" in {e.path for e in local_store.snapshot_entries(plain.reference)}

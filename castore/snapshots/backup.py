@@ -212,9 +212,10 @@ class _Backup:
         self.scan_pool.shutdown(wait=True, cancel_futures=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def run(self, root: str, rules: IgnoreRules) -> None:
-        """Back up everything below `root` into the tree."""
-        for found in scan.walk(root, rules, self.scan_pool):
+    def run(self, root: str, rules: IgnoreRules, bounds: scan.Boundaries) -> None:
+        """Back up everything below `root` into the tree, not entering what `bounds`
+        excludes."""
+        for found in scan.walk(root, rules, self.scan_pool, bounds):
             self._add(found)
             self._drain(MAX_PENDING_FILES, MAX_PENDING_BYTES)
         self._drain(0, 0)
@@ -232,6 +233,8 @@ class _Backup:
             self._push(path, Entry.skipped(path, found.error or "unknown error"))
         elif stat.S_ISDIR(st.st_mode):
             self._push(path, Entry.from_stat(path, DIR, st))
+            if found.not_entered:
+                self._skip(found.rel, found.not_entered)
         elif stat.S_ISLNK(st.st_mode):
             target = found.target or b""
             self._push(path, Entry.from_stat(path, SYMLINK, st, size=len(target), target=target))
@@ -397,8 +400,14 @@ def backup(
     exclude: Iterable[str] = (),
     tags: Iterable[str] = (),
     progress: ProgressCallback | None = None,
+    one_file_system: bool = False,
+    exclude_caches: bool = False,
 ) -> Snapshot:
     """Snapshot the directory `path` as the next version of `name`.
+
+    With `one_file_system`, directories on another file system than `path` (mount
+    points) are recorded but not entered; with `exclude_caches`, neither are directories
+    tagged as caches by a CACHEDIR.TAG file. Both are reported as skipped.
 
     `exclude` holds gitignore-style patterns (castore.snapshots.ignore). Files unchanged
     since the latest snapshot of `name` are not read. Unreadable files and special files
@@ -409,6 +418,8 @@ def backup(
     tags = [check_tag(tag) for tag in tags]
     root = _source_directory(path)
     rules = IgnoreRules(exclude)
+    device = os.stat(root).st_dev if one_file_system else None
+    bounds = scan.Boundaries(device, exclude_caches)
     parent = _parent_snapshot(repo, name)
     with ExitStack() as stack:
         cursor = None
@@ -418,7 +429,7 @@ def backup(
         tree_stream = session.stream()
         run = _Backup(repo, session, TreeWriter(tree_stream.write), cursor, progress)
         stack.callback(run.close)
-        run.run(root, rules)
+        run.run(root, rules, bounds)
         descriptor = tree_stream.finish()
         session.commit()
     stats = run.stats
