@@ -354,13 +354,26 @@ class Store:
         exclude: Iterable[str] = (),
         tags: Iterable[str] = (),
         progress: ProgressCallback | None = None,
+        one_file_system: bool = False,
+        exclude_caches: bool = False,
     ) -> backups.Snapshot:
         """Snapshot a directory as the next version of `name`, deduplicated against
         everything in the store; files unchanged since the last snapshot are not read.
-        `exclude` takes gitignore-style patterns; unreadable files are skipped and listed."""
+        `exclude` takes gitignore-style patterns; unreadable files are skipped and listed.
+        `one_file_system` does not enter mount points, `exclude_caches` directories
+        tagged with CACHEDIR.TAG (both are recorded, empty, and reported as skipped)."""
         repo = self.repository
         with repo.writing():
-            return backups.backup(repo, path, name, exclude=exclude, tags=tags, progress=progress)
+            return backups.backup(
+                repo,
+                path,
+                name,
+                exclude=exclude,
+                tags=tags,
+                progress=progress,
+                one_file_system=one_file_system,
+                exclude_caches=exclude_caches,
+            )
 
     def restore(
         self,

@@ -579,6 +579,8 @@ def cmd_backup(command: Command) -> int:
             exclude=args.exclude,
             tags=args.tag,
             progress=_progress_callback(bar),
+            one_file_system=args.one_file_system,
+            exclude_caches=args.exclude_caches,
         )
     stats = snapshot.stats
     command.emit(
@@ -1061,6 +1063,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="gitignore-style pattern (repeatable)",
     )
     backup.add_argument("--tag", action="append", default=[], help="tag the snapshot")
+    backup.add_argument(
+        "-x",
+        "--one-file-system",
+        action="store_true",
+        help="do not cross file system boundaries: mount points are recorded, not entered",
+    )
+    backup.add_argument(
+        "--exclude-caches",
+        action="store_true",
+        help="do not back up the contents of directories tagged with a CACHEDIR.TAG file",
+    )
     restore = add(
         "restore",
         cmd_restore,

@@ -24,8 +24,13 @@ from castore.errors import CastoreError, IntegrityError, InvalidInputError
 from castore.format import wire
 from castore.format.streams import DIGEST_SIZE, StreamDescriptor
 
-TREE_FORMAT_VERSION = 1
-"""Version of the tree stream format; the manifest's serializer version is its str."""
+TREE_FORMAT_VERSION = 2
+"""Newest tree stream format this castore reads and writes; the manifest's serializer
+version is its str. A snapshot records version 2 only if an entry uses a key of version
+2 (`nlink`, `hardlink`, `extents`); otherwise it is a version 1 tree, which older
+castores read (docs/FORMAT.md, 20.1 and 20.3)."""
+BASE_TREE_FORMAT_VERSION = 1
+"""The version of a tree that uses no key newer than version 1."""
 TREE_KIND = "tree"
 """The manifest kind of a snapshot."""
 TREE_SERIALIZER = "tree"
@@ -48,7 +53,9 @@ MAX_REASON_CHARS = 1024
 """Longest skip reason; longer ones are cut when written."""
 MAX_FILE_CHUNKS = 2**21
 """Most chunks one file entry may list (about 128 GiB at the default chunk size)."""
-MAX_ENTRY_BYTES = MAX_FILE_CHUNKS * (DIGEST_SIZE + 5) + 64 * 1024
+MAX_EXTENTS = 2**16
+"""Most data extents one sparse file entry may list (more: the file is read whole)."""
+MAX_ENTRY_BYTES = MAX_FILE_CHUNKS * (DIGEST_SIZE + 5) + 64 * 1024 + MAX_EXTENTS * 20
 """Largest encoded entry a reader accepts: bounds the memory one entry can take."""
 EMPTY_SHA256 = hashlib.sha256(b"").digest()
 
@@ -85,6 +92,14 @@ class Entry:
     """Symlink: the link target, as stored by the file system (never followed)."""
     reason: str = ""
     """Skipped: why the path was not backed up."""
+    nlink: int = 1
+    """File: the file system's link count (recorded from version 2 when above 1)."""
+    hardlink: bytes = b""
+    """File: the path of the earlier entry of the same inode, which it is restored as a
+    link to; b"" for the first (or only) name of an inode."""
+    extents: tuple[tuple[int, int], ...] | None = None
+    """File: (offset, length) of the ranges holding data, the rest being holes; None for
+    a file whose whole length is data. The chunks hold the extents' bytes, in order."""
 
     @property
     def path_str(self) -> str:
@@ -101,11 +116,25 @@ class Entry:
         """The path of the directory holding the entry; b"" at the top."""
         return self.path.rpartition(b"/")[0]
 
+    @property
+    def stored_size(self) -> int:
+        """Bytes of content in the store: the file's size, less its holes."""
+        if self.extents is None:
+            return self.size
+        return sum(length for _, length in self.extents)
+
+    @property
+    def format_version(self) -> int:
+        """The lowest tree format version that can record this entry."""
+        new = self.nlink > 1 or self.hardlink or self.extents is not None
+        return TREE_FORMAT_VERSION if new else BASE_TREE_FORMAT_VERSION
+
     def descriptor(self) -> StreamDescriptor:
-        """A file entry's content as a stream descriptor, for reading it from the store."""
+        """A file entry's stored content (its data extents, if sparse) as a stream
+        descriptor, for reading it from the store."""
         if self.type != FILE:
             raise InvalidInputError(f"{self.path_str} is a {self.type}, not a file")
-        return StreamDescriptor(self.sha256, self.size, self.chunk_ids, self.chunk_sizes)
+        return StreamDescriptor(self.sha256, self.stored_size, self.chunk_ids, self.chunk_sizes)
 
     @classmethod
     def from_stat(cls, path: bytes, kind: str, st: os.stat_result, **content: Any) -> Entry:
@@ -124,16 +153,28 @@ class Entry:
         )
 
     @classmethod
-    def file(cls, path: bytes, st: os.stat_result, content: StreamDescriptor) -> Entry:
-        """A file entry: `st`'s metadata and the content `content` describes."""
+    def file(
+        cls,
+        path: bytes,
+        st: os.stat_result,
+        content: StreamDescriptor,
+        *,
+        hardlink: bytes = b"",
+        extents: tuple[tuple[int, int], ...] | None = None,
+    ) -> Entry:
+        """A file entry: `st`'s metadata and the content `content` describes (the data
+        `extents` of a sparse file; `hardlink` names an earlier name of its inode)."""
         return cls.from_stat(
             path,
             FILE,
             st,
-            size=content.size,
+            size=content.size if extents is None else st.st_size,
             sha256=content.sha256,
             chunk_ids=content.chunk_ids,
             chunk_sizes=content.chunk_sizes,
+            nlink=st.st_nlink,
+            hardlink=hardlink,
+            extents=extents,
         )
 
     @classmethod
@@ -159,13 +200,20 @@ class Entry:
         }
         if self.type == FILE:
             fields.update(sha256=self.sha256, chunks=self.chunk_ids, sizes=list(self.chunk_sizes))
+            if self.nlink > 1:
+                fields["nlink"] = self.nlink
+            if self.hardlink:
+                fields["hardlink"] = self.hardlink
+            if self.extents is not None:
+                fields["extents"] = [list(extent) for extent in self.extents]
         elif self.type == SYMLINK:
             fields["target"] = self.target
         return fields
 
     @classmethod
-    def from_wire(cls, raw: object, what: str) -> Entry:
-        """Validate one decoded map (docs/FORMAT.md section 20.5) and build the entry."""
+    def from_wire(cls, raw: object, what: str, version: int = TREE_FORMAT_VERSION) -> Entry:
+        """Validate one decoded map (docs/FORMAT.md section 20.5) and build the entry;
+        keys newer than the tree's format `version` are ignored, as unknown keys are."""
         if not isinstance(raw, dict):
             raise IntegrityError(f"{what} is not a msgpack map")
         path = wire.field(raw, "path", bytes, what)
@@ -180,7 +228,11 @@ class Entry:
             raise IntegrityError(f"{what} has unknown type {kind!r}")
         common = _common_fields(raw, what)
         if kind == FILE:
-            return cls(path=path, type=kind, **common, **_file_fields(raw, common["size"], what))
+            extra = _version2_fields(raw, path, common["size"], what) if version >= 2 else {}
+            stored = common["size"]
+            if extra.get("extents") is not None:
+                stored = sum(length for _, length in extra["extents"])
+            return cls(path=path, type=kind, **common, **_file_fields(raw, stored, what), **extra)
         if kind == SYMLINK:
             return cls(path=path, type=kind, **common, target=_target_field(raw, common, what))
         if common["size"] != 0:
@@ -215,6 +267,49 @@ def _file_fields(raw: dict[str, Any], size: int, what: str) -> dict[str, Any]:
         "chunk_ids": descriptor.chunk_ids,
         "chunk_sizes": descriptor.chunk_sizes,
     }
+
+
+def _version2_fields(raw: dict[str, Any], path: bytes, size: int, what: str) -> dict[str, Any]:
+    """A file entry's keys of tree format version 2: `nlink`, `hardlink`, `extents`."""
+    extra: dict[str, Any] = {}
+    if "nlink" in raw:
+        extra["nlink"] = wire.bounded_int(raw, "nlink", 2, _UINT32[1], what)
+    if "hardlink" in raw:
+        link = wire.field(raw, "hardlink", bytes, what)
+        problem = path_problem(link)
+        if problem:
+            raise IntegrityError(f"{what} has an invalid hardlink path {link!r}: {problem}")
+        if sort_key(link) >= sort_key(path):
+            raise IntegrityError(f"{what}: its hardlink {link!r} does not come before it")
+        extra["hardlink"] = link
+    if "extents" in raw:
+        extra["extents"] = _extents_field(raw, size, what)
+    return extra
+
+
+def _extents_field(raw: dict[str, Any], size: int, what: str) -> tuple[tuple[int, int], ...]:
+    """A sparse file's data extents: ascending, disjoint, non-empty, within `size`."""
+    items = wire.field(raw, "extents", list, what)
+    if len(items) > MAX_EXTENTS:
+        raise IntegrityError(f"{what} lists more than {MAX_EXTENTS} extents")
+    extents = []
+    end = 0
+    for item in items:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(type(value) is int for value in item)
+        ):
+            raise IntegrityError(f"{what}: an extent is not an array of two ints")
+        offset, length = item
+        if offset < end or length < 1 or offset + length > size:
+            raise IntegrityError(
+                f"{what}: extent [{offset}, {length}] is not after the previous one, "
+                f"empty, or beyond the size {size}"
+            )
+        end = offset + length
+        extents.append((offset, length))
+    return tuple(extents)
 
 
 def _target_field(raw: dict[str, Any], common: dict[str, int], what: str) -> bytes:
@@ -275,16 +370,19 @@ def is_within(path: bytes, top: bytes) -> bool:
 
 
 class TreeOrder:
-    """Checks that entries come in strictly ascending order, each under a directory entry.
+    """Checks that entries come in strictly ascending order, each under a directory entry,
+    and that every hard link names an earlier file entry with the same content.
 
-    It keeps only the chain of directories above the current entry, so checking takes
-    memory proportional to the depth of the tree, not its size.
+    It keeps the chain of directories above the current entry, and the file entries
+    that other names may link to (those with `nlink` above 1), so checking takes memory
+    proportional to the depth of the tree and the number of multiply-linked files.
     """
 
     def __init__(self, what: str) -> None:
         self._what = what
         self._previous: Entry | None = None
         self._open_dirs: list[bytes] = []
+        self._link_targets: dict[bytes, tuple[bytes, int, object]] = {}
         self.count = 0
         """Entries checked so far."""
 
@@ -307,8 +405,23 @@ class TreeOrder:
             )
         if entry.type == DIR:
             self._open_dirs.append(entry.path)
+        elif entry.type == FILE:
+            self._check_link(entry)
         self._previous = entry
         self.count += 1
+
+    def _check_link(self, entry: Entry) -> None:
+        content = (entry.sha256, entry.size, entry.extents)
+        if not entry.hardlink:
+            if entry.nlink > 1:
+                self._link_targets[entry.path] = content
+            return
+        if self._link_targets.get(entry.hardlink) != content:
+            raise IntegrityError(
+                f"{self._what}: entry {entry.path_str!r} is a hard link of "
+                f"{os.fsdecode(entry.hardlink)!r}, which is not an earlier file entry "
+                "(with nlink above 1 and no hardlink of its own) of the same content"
+            )
 
 
 class TreeWriter:
@@ -321,6 +434,8 @@ class TreeWriter:
         self._packer = msgpack.Packer(use_bin_type=True)
         self._order = TreeOrder("tree being written")
         self._buffer = bytearray()
+        self.version = BASE_TREE_FORMAT_VERSION
+        """The tree format version the entries written so far need."""
 
     @property
     def count(self) -> int:
@@ -333,6 +448,7 @@ class TreeWriter:
         if problem:
             raise IntegrityError(f"cannot write entry {entry.path!r}: {problem}")
         self._order.check(entry)
+        self.version = max(self.version, entry.format_version)
         self._buffer += self._packer.pack(entry.to_wire())
         if len(self._buffer) >= self.FLUSH_BYTES:
             self.flush()
@@ -351,8 +467,11 @@ def _unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return mapping
 
 
-def read_tree(file: BinaryIO, size: int, what: str) -> Iterator[Entry]:
-    """Decode and validate a tree stream of `size` bytes, entry by entry.
+def read_tree(
+    file: BinaryIO, size: int, what: str, version: int = TREE_FORMAT_VERSION
+) -> Iterator[Entry]:
+    """Decode and validate a tree stream of `size` bytes and format `version`, entry by
+    entry.
 
     Any malformation (bad msgpack, an entry over MAX_ENTRY_BYTES, a field of the wrong
     type, a bad path, disorder, trailing bytes) is an IntegrityError naming `what`.
@@ -368,7 +487,7 @@ def read_tree(file: BinaryIO, size: int, what: str) -> Iterator[Entry]:
     )
     order = TreeOrder(what)
     while (raw := _next_value(unpacker, what, order.count)) is not _END:
-        entry = Entry.from_wire(raw, f"{what}, entry {order.count}")
+        entry = Entry.from_wire(raw, f"{what}, entry {order.count}", version)
         order.check(entry)
         yield entry
     _check_end(unpacker, size, what)

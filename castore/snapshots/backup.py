@@ -14,6 +14,7 @@ chunk list is reused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import socket
@@ -37,10 +38,10 @@ from castore.format.streams import StreamDescriptor
 from castore.format.tree import (
     DIR,
     FILE,
+    MAX_EXTENTS,
     MAX_FILE_CHUNKS,
     SKIPPED,
     SYMLINK,
-    TREE_FORMAT_VERSION,
     TREE_KIND,
     TREE_SERIALIZER,
     Entry,
@@ -75,6 +76,10 @@ class BackupStats:
     """What one backup found, read, reused and added to the store."""
 
     files: int = 0
+    hardlinks: int = 0
+    """File entries that are further names of an inode recorded before (in `files` too)."""
+    sparse: int = 0
+    """Files recorded with holes."""
     dirs: int = 0
     symlinks: int = 0
     skipped: int = 0
@@ -162,8 +167,17 @@ class _ParentCursor:
         return None
 
 
-_Pending = tuple[bytes, "Entry | Future[_FileRead | str]", int]
-"""(path, the entry or the future read of a small file, bytes in flight)."""
+@dataclass(frozen=True, slots=True)
+class _HardLink:
+    """A further name of an inode met before: recorded from that earlier entry."""
+
+    first: bytes
+    """The path of the inode's first name in the backup."""
+
+
+_Item = Entry | Future[_FileRead | str] | _HardLink
+_Pending = tuple[bytes, _Item, int]
+"""(path, the entry, the future read of a small file or a hard link, bytes in flight)."""
 
 
 class _Backup:
@@ -188,15 +202,20 @@ class _Backup:
         self.scan_pool = ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="castore-scan")
         self.pending: deque[_Pending] = deque()
         self.pending_bytes = 0
+        self.inodes: dict[tuple[int, int], bytes] = {}
+        """(st_dev, st_ino) of the files with several links met so far: their first path."""
+        self.link_roots: dict[bytes, Entry] = {}
+        """The recorded entries of those first paths."""
 
     def close(self) -> None:
         """Stop the workers (after an error, work not started is dropped)."""
         self.scan_pool.shutdown(wait=True, cancel_futures=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def run(self, root: str, rules: IgnoreRules) -> None:
-        """Back up everything below `root` into the tree."""
-        for found in scan.walk(root, rules, self.scan_pool):
+    def run(self, root: str, rules: IgnoreRules, bounds: scan.Boundaries) -> None:
+        """Back up everything below `root` into the tree, not entering what `bounds`
+        excludes."""
+        for found in scan.walk(root, rules, self.scan_pool, bounds):
             self._add(found)
             self._drain(MAX_PENDING_FILES, MAX_PENDING_BYTES)
         self._drain(0, 0)
@@ -214,6 +233,8 @@ class _Backup:
             self._push(path, Entry.skipped(path, found.error or "unknown error"))
         elif stat.S_ISDIR(st.st_mode):
             self._push(path, Entry.from_stat(path, DIR, st))
+            if found.not_entered:
+                self._skip(found.rel, found.not_entered)
         elif stat.S_ISLNK(st.st_mode):
             target = found.target or b""
             self._push(path, Entry.from_stat(path, SYMLINK, st, size=len(target), target=target))
@@ -224,12 +245,18 @@ class _Backup:
             self._push(path, Entry.skipped(path, f"unsupported file type: {kind}"))
 
     def _file(self, path: bytes, abspath: str, st: os.stat_result) -> None:
+        if st.st_nlink > 1:
+            first = self.inodes.setdefault((st.st_dev, st.st_ino), path)
+            if first != path:
+                self._push(path, _HardLink(first))
+                return
         reused = self.parent.reusable(path, st) if self.parent else None
         if reused is not None:
             self.stats.files_reused += 1
             self.stats.bytes_reused += reused.size
-            self._push(path, Entry.file(path, st, reused.descriptor()))
-        elif st.st_size <= SMALL_FILE_BYTES:
+            entry = Entry.file(path, st, reused.descriptor(), extents=reused.extents)
+            self._push(path, entry)
+        elif st.st_size <= SMALL_FILE_BYTES and st.st_blocks * 512 >= st.st_size:
             config = self.session.config
             future = self.pool.submit(
                 _read_small_file,
@@ -244,15 +271,21 @@ class _Backup:
             self._push(path, self._read_large_file(path, abspath, st))
 
     def _read_large_file(self, path: bytes, abspath: str, listed: os.stat_result) -> Entry:
-        """Stream a large file into the session here; its chunks are encoded in parallel.
+        """Stream a large or sparse file into the session here; its chunks are encoded in
+        parallel. Of a file with holes (fewer blocks than its size says) only the data
+        extents are read and stored.
 
         The writer is not registered with the session: it is finished here, and dropping
         it frees its chunking buffer (a registered one lives until the commit).
         """
         writer = StreamWriter(self.session)
+        extents = None
         try:
             with scan.open_regular(abspath, listed) as (file, st):
-                for piece in scan.pieces(file):
+                if st.st_blocks * 512 < st.st_size:
+                    extents = scan.data_extents(file.fileno(), st.st_size, MAX_EXTENTS)
+                pieces = scan.pieces(file) if extents is None else scan.extent_pieces(file, extents)
+                for piece in pieces:
                     writer.write(piece)
                 descriptor = writer.finish()
         except OSError as exc:
@@ -264,9 +297,10 @@ class _Backup:
         if len(descriptor.chunk_sizes) > MAX_FILE_CHUNKS:
             return Entry.skipped(path, f"more than {MAX_FILE_CHUNKS} chunks: too large")
         self._count_read(descriptor.size)
-        return Entry.file(path, st, descriptor)
+        self.stats.sparse += extents is not None
+        return Entry.file(path, st, descriptor, extents=extents)
 
-    def _push(self, path: bytes, item: Entry | Future[_FileRead | str], size: int = 0) -> None:
+    def _push(self, path: bytes, item: _Item, size: int = 0) -> None:
         self.pending.append((path, item, size))
         self.pending_bytes += size
 
@@ -279,11 +313,28 @@ class _Backup:
                 return
             self._record(*self.pending.popleft())
 
-    def _record(self, path: bytes, item: Entry | Future[_FileRead | str], size: int) -> None:
+    def _record(self, path: bytes, item: _Item, size: int) -> None:
         self.pending_bytes -= size
-        entry = self._stored(path, item.result()) if isinstance(item, Future) else item
+        if isinstance(item, Future):
+            entry = self._stored(path, item.result())
+        elif isinstance(item, _HardLink):
+            entry = self._linked(path, item.first)
+        else:
+            entry = item
         self.tree.add(entry)
+        if entry.type == FILE and entry.nlink > 1 and not entry.hardlink:
+            self.link_roots[path] = entry
         self._count(entry)
+
+    def _linked(self, path: bytes, first: bytes) -> Entry:
+        """A further name of the inode recorded at `first`: that entry's metadata and
+        content (an inode has one of each), recorded as a hard link of it."""
+        root = self.link_roots.get(first)
+        if root is None:
+            reason = f"a hard link of {os.fsdecode(first)!r}, which was not backed up"
+            return Entry.skipped(path, reason)
+        self.stats.hardlinks += 1
+        return dataclasses.replace(root, path=path, hardlink=first)
 
     def _stored(self, path: bytes, result: _FileRead | str) -> Entry:
         """Hand a small file's new chunks to the session (one thread packs) and describe it."""
@@ -349,8 +400,14 @@ def backup(
     exclude: Iterable[str] = (),
     tags: Iterable[str] = (),
     progress: ProgressCallback | None = None,
+    one_file_system: bool = False,
+    exclude_caches: bool = False,
 ) -> Snapshot:
     """Snapshot the directory `path` as the next version of `name`.
+
+    With `one_file_system`, directories on another file system than `path` (mount
+    points) are recorded but not entered; with `exclude_caches`, neither are directories
+    tagged as caches by a CACHEDIR.TAG file. Both are reported as skipped.
 
     `exclude` holds gitignore-style patterns (castore.snapshots.ignore). Files unchanged
     since the latest snapshot of `name` are not read. Unreadable files and special files
@@ -361,6 +418,8 @@ def backup(
     tags = [check_tag(tag) for tag in tags]
     root = _source_directory(path)
     rules = IgnoreRules(exclude)
+    device = os.stat(root).st_dev if one_file_system else None
+    bounds = scan.Boundaries(device, exclude_caches)
     parent = _parent_snapshot(repo, name)
     with ExitStack() as stack:
         cursor = None
@@ -370,7 +429,7 @@ def backup(
         tree_stream = session.stream()
         run = _Backup(repo, session, TreeWriter(tree_stream.write), cursor, progress)
         stack.callback(run.close)
-        run.run(root, rules)
+        run.run(root, rules, bounds)
         descriptor = tree_stream.finish()
         session.commit()
     stats = run.stats
@@ -385,7 +444,7 @@ def backup(
         descriptor,
         kind=TREE_KIND,
         serializer=TREE_SERIALIZER,
-        serializer_version=str(TREE_FORMAT_VERSION),
+        serializer_version=str(run.tree.version),
         metadata=_snapshot_metadata(root, rules, stats),
         tags=tags,
         force=True,

@@ -107,6 +107,8 @@ class RestoreStats:
     skipped: int = 0
     """Entries the snapshot records as skipped at backup time (nothing to restore)."""
     bytes_written: int = 0
+    hardlinks: int = 0
+    """Hard links made to files restored in the same run (not in `files_written`)."""
     elapsed: float = 0.0
 
 
@@ -240,8 +242,8 @@ def _keep_existing_file(
     If so its owner and mode are corrected and it is kept; otherwise it is left to be
     replaced (a new file renamed over it), so that a hard link is never changed.
     """
-    if not _may_keep(current, entry):
-        return False
+    if not _may_keep(current, entry) or entry.extents is not None:
+        return False  # a sparse file is rewritten: its holes are not compared
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     with open(os.open(name, flags, dir_fd=dir_fd), "rb", buffering=0) as file:
         if not _may_keep(os.fstat(file.fileno()), entry):
@@ -261,10 +263,16 @@ def _write_content(
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     whole = hashlib.sha256()
     with open(os.open(name, flags, 0o600, dir_fd=dir_fd), "wb") as out:
+        sparse = _SparseWriter(out.fileno(), entry.extents) if entry.extents is not None else None
         for _ in entry.chunk_sizes:
             chunk = next(chunks)
             whole.update(chunk)
-            out.write(chunk)
+            if sparse is None:
+                out.write(chunk)
+            else:
+                sparse.write(chunk)
+        if sparse is not None:
+            out.truncate(entry.size)  # the file's length, with the holes after the last extent
         if whole.digest() != entry.sha256:
             raise IntegrityError(
                 f"{entry.path_str!r} restores as sha256:{whole.hexdigest()}, not as the "
@@ -273,6 +281,31 @@ def _write_content(
         out.flush()
         _set_owner_and_mode(out.fileno(), entry, owners)
         os.utime(out.fileno(), ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+class _SparseWriter:
+    """Writes a sparse file's stored bytes where its extents say, leaving holes between
+    them (nothing is written to a hole: it takes no blocks)."""
+
+    def __init__(self, fd: int, extents: tuple[tuple[int, int], ...]) -> None:
+        self._fd = fd
+        self._extents = extents
+        self._number = 0
+        self._done = 0
+        """Bytes of the current extent written so far."""
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Write the next stored bytes (they never exceed the extents: the chunk sizes
+        add up to the extents' lengths, 20.5)."""
+        view = memoryview(data)
+        while view:
+            offset, length = self._extents[self._number]
+            piece = view[: length - self._done]
+            written = os.pwrite(self._fd, piece, offset + self._done)
+            self._done += written
+            if self._done == length:
+                self._number, self._done = self._number + 1, 0
+            view = view[written:]
 
 
 class _EntryFailed(Exception):
@@ -324,10 +357,70 @@ def _concatenation(entries: list[Entry]) -> StreamDescriptor:
     """One descriptor for the files' contents one after the other (its digest unused)."""
     return StreamDescriptor(
         sha256=bytes(32),
-        size=sum(entry.size for entry in entries),
+        size=sum(entry.stored_size for entry in entries),
         chunk_ids=b"".join(entry.chunk_ids for entry in entries),
         chunk_sizes=tuple(size for entry in entries for size in entry.chunk_sizes),
     )
+
+
+def _open_parent(root_fd: int, path: bytes) -> int:
+    """Open the directory holding `path` (relative to the target), one component at a
+    time from the target, never following a symlink."""
+    fd = os.dup(root_fd)
+    try:
+        for part in path.split(b"/")[:-1]:
+            inner = _open_dir(fd, part)
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _restore_hardlink(
+    root_fd: int, entry: Entry, first_written: Future[Any], dir_fd: int
+) -> list[bool]:
+    """Make `entry` a hard link of its inode's first name, restored in this run (once
+    that is written); [True] if the link had to be made, [False] if it was in place.
+
+    The first name is opened from the target without following symlinks and must be a
+    regular file; the link is made under a temporary name (linkat never follows a
+    symlink) and renamed over whatever is in the way.
+    """
+    first_written.result()
+    try:
+        first_dir = _open_parent(root_fd, entry.hardlink)
+        try:
+            first_name = entry.hardlink.rpartition(b"/")[2]
+            first = _lstat(first_dir, first_name)
+            if first is None or not stat.S_ISREG(first.st_mode):
+                raise IntegrityError(
+                    f"{entry.path_str!r} links to {os.fsdecode(entry.hardlink)!r}, which is "
+                    "not the regular file this restore wrote"
+                )
+            current = _lstat(dir_fd, entry.name)
+            if current is not None and (current.st_dev, current.st_ino) == (
+                first.st_dev,
+                first.st_ino,
+            ):
+                return [False]
+
+            def link(temporary: bytes) -> None:
+                os.link(
+                    first_name,
+                    temporary,
+                    src_dir_fd=first_dir,
+                    dst_dir_fd=dir_fd,
+                    follow_symlinks=False,
+                )
+
+            _replace(dir_fd, entry.name, current, link)
+        finally:
+            os.close(first_dir)
+    except OSError as exc:
+        raise _EntryFailed(entry, exc) from exc
+    return [True]
 
 
 class _OpenDir:
@@ -380,6 +473,8 @@ class _Job:
     future: Future[Any] | None
     """The task; None for the completion of a directory, done when its turn comes."""
     directory: _OpenDir | None = None
+    link: bool = False
+    """Whether the task makes a hard link rather than writing a file."""
 
 
 class _Restorer:
@@ -413,6 +508,9 @@ class _Restorer:
         self.dirs = [_OpenDir(b"", None, _done(root_fd))]
         self.batch: list[tuple[_OpenDir, Entry]] = []
         self.batch_bytes = 0
+        self.link_roots: dict[bytes, Future[Any] | None] = {}
+        """Files restored in this run that later entries may link to: their tasks (None
+        while in the batch not yet submitted)."""
         self.pending: deque[_Job] = deque()
         threads = RESTORE_THREADS_REMOTE if repo.backend.is_remote else RESTORE_THREADS_LOCAL
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="castore-restore")
@@ -431,6 +529,13 @@ class _Restorer:
         elif entry.type == SYMLINK:
             linked = pool.submit(lambda: _restore_symlink(parent.fd(), name, entry, owners))
             self.pending.append(_Job([entry], linked))
+        elif entry.type == FILE and entry.hardlink in self.link_roots:
+            self._flush_batch()  # the first name may be in the batch: its task must exist
+            first = self.link_roots[entry.hardlink]
+            assert first is not None
+            root_fd = self.dirs[0].fd()
+            job = pool.submit(lambda: _restore_hardlink(root_fd, entry, first, parent.fd()))
+            self.pending.append(_Job([entry], job, link=True))
         elif entry.type == FILE:
             self._batch_file(parent, entry)
         else:
@@ -454,8 +559,12 @@ class _Restorer:
             directory.close()
 
     def _batch_file(self, parent: _OpenDir, entry: Entry) -> None:
+        """Add a file to the batch (a hard link whose first name is not restored in this
+        run is restored as a file of its own)."""
         self.batch.append((parent, entry))
         self.batch_bytes += entry.size
+        if entry.nlink > 1 and not entry.hardlink:
+            self.link_roots[entry.path] = None
         if self.batch_bytes >= RESTORE_BATCH_BYTES or len(self.batch) >= RESTORE_BATCH_FILES:
             self._flush_batch()
 
@@ -464,6 +573,9 @@ class _Restorer:
             files, self.batch, self.batch_bytes = self.batch, [], 0
             job = self.pool.submit(_restore_files, self.repo, files, self.owners)
             self.pending.append(_Job([entry for _, entry in files], job))
+            for _, entry in files:
+                if entry.path in self.link_roots:
+                    self.link_roots[entry.path] = job
 
     def _leave_dirs(self, parent: bytes) -> None:
         """Queue the completion of directories the walk has left, after their files."""
@@ -486,19 +598,23 @@ class _Restorer:
                     job.directory.finish(self.owners)  # every task before it, so inside it, is done
                 else:
                     assert job.future is not None
-                    self._count(job.entries, job.future.result())
+                    self._count(job.entries, job.future.result(), job.link)
             except _EntryFailed as failed:
                 raise self._error(failed.entry, failed.cause) from failed.cause
             except OSError as exc:
                 raise self._error(job.entries[0], exc) from exc
 
-    def _count(self, entries: list[Entry], result: object) -> None:
+    def _count(self, entries: list[Entry], result: object, link: bool) -> None:
         stats = self.stats
         kind = entries[0].type
         if kind == DIR:
             stats.dirs += 1
         elif kind == SYMLINK:
             stats.symlinks += 1
+        elif link:
+            assert isinstance(result, list)
+            stats.hardlinks += result[0]
+            stats.files_unchanged += not result[0]
         else:
             assert isinstance(result, list)
             for entry, written in zip(entries, result, strict=True):

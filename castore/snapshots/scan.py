@@ -8,6 +8,8 @@ and only if they are still the regular file the walk listed.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -33,6 +35,8 @@ class Found:
     error: str | None = None
     target: bytes | None = None
     """A symlink's target, read along with the listing."""
+    not_entered: str | None = None
+    """A directory recorded but not descended: why (another file system, a cache)."""
 
 
 def os_reason(exc: OSError) -> str:
@@ -65,14 +69,59 @@ def _is_dir(found: Found) -> bool:
     return found.stat is not None and stat.S_ISDIR(found.stat.st_mode)
 
 
+CACHEDIR_TAG = "CACHEDIR.TAG"
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+"""What a cache directory's CACHEDIR.TAG starts with (https://bford.info/cachedir/)."""
+
+
+def is_cache_dir(abspath: str) -> bool:
+    """Whether the directory holds a CACHEDIR.TAG file (not a symlink) with the signature."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(os.path.join(abspath, CACHEDIR_TAG), flags)
+    except OSError:
+        return False
+    try:
+        return (
+            stat.S_ISREG(os.fstat(fd).st_mode)
+            and os.read(fd, len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+        )
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class Boundaries:
+    """Directories the walk records but does not enter."""
+
+    device: int | None = None
+    """With --one-file-system: the root's st_dev; directories on others are not entered."""
+    exclude_caches: bool = False
+    """Whether directories tagged with CACHEDIR.TAG are not entered."""
+
+    def reason(self, found: Found) -> str | None:
+        """Why the directory `found` is not to be entered, or None to enter it."""
+        assert found.stat is not None
+        if self.device is not None and found.stat.st_dev != self.device:
+            return "another file system (--one-file-system): its contents are not backed up"
+        if self.exclude_caches and is_cache_dir(found.abspath):
+            return "a cache directory (CACHEDIR.TAG): its contents are not backed up"
+        return None
+
+
 class _Listing:
     """The entries of one directory being walked, with scans of its subdirectories
-    started a few ahead of the walk."""
+    started a few ahead of the walk (not of those the walk will not enter)."""
 
     PREFETCH = 8
 
-    def __init__(self, entries: list[Found], rules: IgnoreRules, pool: Executor) -> None:
-        self.entries = [e for e in entries if not rules.excluded(e.rel, _is_dir(e))]
+    def __init__(
+        self, entries: list[Found], rules: IgnoreRules, pool: Executor, bounds: Boundaries
+    ) -> None:
+        kept = [e for e in entries if not rules.excluded(e.rel, _is_dir(e))]
+        self.entries = [_bounded(e, bounds) for e in kept]
         self.position = 0
         self._pool = pool
         self._cursor = 0
@@ -93,7 +142,7 @@ class _Listing:
     def _prefetch(self) -> None:
         while len(self._scans) < self.PREFETCH and self._cursor < len(self.entries):
             entry = self.entries[self._cursor]
-            if self._cursor >= self.position - 1 and _is_dir(entry):
+            if self._cursor >= self.position - 1 and _is_dir(entry) and not entry.not_entered:
                 self._scans[self._cursor] = self._pool.submit(_scan, entry.abspath, entry.rel)
             self._cursor += 1
 
@@ -103,22 +152,34 @@ class _Listing:
             future.cancel()
 
 
-def walk(root: str, rules: IgnoreRules, pool: Executor) -> Iterator[Found]:
+def _bounded(found: Found, bounds: Boundaries) -> Found:
+    """`found`, marked as not to be entered if it is a directory beyond `bounds`."""
+    if not _is_dir(found):
+        return found
+    reason = bounds.reason(found)
+    return found if reason is None else dataclasses.replace(found, not_entered=reason)
+
+
+def walk(
+    root: str, rules: IgnoreRules, pool: Executor, bounds: Boundaries | None = None
+) -> Iterator[Found]:
     """Every path below `root` not excluded by `rules`, in tree order (depth first).
 
-    A directory that cannot be listed is reported with its error instead of descended.
+    A directory that cannot be listed is reported with its error instead of descended;
+    one beyond `bounds` is yielded with `not_entered` set, and not descended.
     """
+    bounds = bounds or Boundaries()
     try:
         top = _scan(root, "")
     except OSError as exc:
         raise InvalidInputError(f"cannot read the directory {root!r}: {os_reason(exc)}") from exc
-    stack = [_Listing(top, rules, pool)]
+    stack = [_Listing(top, rules, pool, bounds)]
     try:
         while stack:
             found = stack[-1].next()
             if found is None:
                 stack.pop()
-            elif not _is_dir(found):
+            elif not _is_dir(found) or found.not_entered:
                 yield found
             else:
                 try:
@@ -128,7 +189,7 @@ def walk(root: str, rules: IgnoreRules, pool: Executor) -> Iterator[Found]:
                     yield Found(found.rel, found.abspath, found.stat, reason)
                     continue
                 yield found
-                stack.append(_Listing(entries, rules, pool))
+                stack.append(_Listing(entries, rules, pool, bounds))
     finally:
         for listing in stack:
             listing.cancel()
@@ -160,6 +221,47 @@ def pieces(file: BinaryIO) -> Iterator[bytes]:
     """The content of an opened file, READ_BYTES at a time."""
     while piece := file.read(READ_BYTES):
         yield piece
+
+
+def data_extents(fd: int, size: int, limit: int) -> tuple[tuple[int, int], ...] | None:
+    """The (offset, length) ranges of an open file that hold data, found with SEEK_DATA
+    and SEEK_HOLE; None if the file has no hole (or the file system cannot tell), or
+    more than `limit` ranges."""
+    extents: list[tuple[int, int]] = []
+    position = 0
+    while position < size:
+        try:
+            start = os.lseek(fd, position, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after `position`: a hole to the end
+                break
+            return None
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if start >= size:
+            break
+        extents.append((start, end - start))
+        if len(extents) > limit:
+            return None
+        position = end
+    os.lseek(fd, 0, os.SEEK_SET)
+    if extents == [(0, size)]:
+        return None
+    return tuple(extents)
+
+
+def extent_pieces(file: BinaryIO, extents: tuple[tuple[int, int], ...]) -> Iterator[bytes]:
+    """The data of an opened file's extents, in order, up to READ_BYTES at a time.
+
+    A file that shrank while being read raises OSError (it then has changed)."""
+    fd = file.fileno()
+    for offset, length in extents:
+        done = 0
+        while done < length:
+            piece = os.pread(fd, min(READ_BYTES, length - done), offset + done)
+            if not piece:
+                raise OSError(errno.EIO, "it shrank while being backed up")
+            done += len(piece)
+            yield piece
 
 
 def file_kind(mode: int) -> str:

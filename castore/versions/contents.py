@@ -72,8 +72,10 @@ def check_tree_manifest(manifest: Manifest, ref: str) -> None:
 
 @contextmanager
 def tree_entries(repo: Repository, manifest: Manifest) -> Iterator[Iterator[Entry]]:
-    """The snapshot's entries, validated and verified as they stream in."""
+    """The snapshot's entries, validated and verified as they stream in (the manifest
+    was checked with check_tree_manifest: its tree format version is one castore reads)."""
     what = f"the tree of {manifest.name}:{manifest.number}"
     # The manifest was checked against its version digest: its chunk list is authentic.
     with repo.open_descriptor(manifest.stream, authenticated=True) as file:
-        yield read_tree(file, manifest.stream.size, what)
+        version = int(manifest.serializer_version)
+        yield read_tree(file, manifest.stream.size, what, version)

@@ -1,0 +1,321 @@
+"""Backups at restic's fidelity: hard links, sparse files, file system boundaries, cache
+directories; tree format version 2 beside version 1 snapshots, and hostile link entries."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+
+import castore
+from castore.format.streams import StreamDescriptor
+from castore.format.tree import DIR, FILE
+from castore.versions import catalog
+from castore.versions.catalog import commit_version
+from tests.helpers import pattern
+
+MTIME = 1_600_000_000_123_456_789
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> Iterator[castore.Store]:
+    """A fresh store on local disk (these tests are about the file system, not backends)."""
+    with castore.init(str(tmp_path / "store")) as opened:
+        yield opened
+
+
+def serializer_version(store: castore.Store, ref: str) -> str:
+    """The tree format version a snapshot's manifest records."""
+    manifest, _ = catalog.resolve(store.repository, ref)
+    return manifest.serializer_version
+
+
+def commit_tree(store: castore.Store, name: str, values: list[object], version: str) -> str:
+    """Commit hand-made tree entries (msgpack maps) as a snapshot of tree format `version`."""
+    data = b"".join(msgpack.packb(value, use_bin_type=True) for value in values)
+    committed = commit_version(
+        store.repository,
+        name,
+        store.repository.write_stream(data),
+        kind="tree",
+        serializer="tree",
+        serializer_version=version,
+        metadata={},
+        tags=(),
+        force=True,
+    )
+    return committed.reference
+
+
+def raw_entry(path: bytes, kind: str, **extra: object) -> dict[str, object]:
+    """A tree entry as the first-round (version 1) encoder wrote it, plus `extra` keys."""
+    entry: dict[str, object] = {"path": path, "type": kind, "mode": 0o644, "mtime_ns": MTIME}
+    entry.update(ctime_ns=MTIME, size=0, uid=0, gid=0, dev=0, ino=0)
+    return entry | extra
+
+
+def raw_file(path: bytes, content: StreamDescriptor, **extra: object) -> dict[str, object]:
+    """A file entry holding `content`."""
+    fields = {"size": content.size, "sha256": content.sha256, "chunks": content.chunk_ids}
+    return raw_entry(path, FILE, **fields, sizes=list(content.chunk_sizes), **extra)
+
+
+# -- hard links --------------------------------------------------------------------------------
+
+
+def build_linked_tree(root: Path) -> None:
+    """Three names of one inode in three directories, a pair in one directory, a loner."""
+    (root / "a").mkdir(parents=True)
+    (root / "b" / "deep").mkdir(parents=True)
+    (root / "a" / "data.bin").write_bytes(pattern(300_000, 3))
+    os.link(root / "a" / "data.bin", root / "b" / "deep" / "again.bin")
+    os.link(root / "a" / "data.bin", root / "third.bin")
+    (root / "b" / "one").write_bytes(b"one")
+    os.link(root / "b" / "one", root / "b" / "two")
+    (root / "single").write_bytes(b"single")
+    for path in (root / "a" / "data.bin", root / "b" / "one", root / "single"):
+        os.utime(path, ns=(MTIME, MTIME))
+
+
+def test_hard_links_are_recorded_once_and_restored_as_links(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    build_linked_tree(src)
+    snap = local_store.backup(src, "backups/links")
+    assert (snap.stats.files, snap.stats.hardlinks, snap.stats.files_read) == (6, 3, 3)
+    assert serializer_version(local_store, snap.reference) == "2"
+    entries = {e.path: e for e in local_store.snapshot_entries(snap.reference)}
+    assert entries[b"b/deep/again.bin"].hardlink == b"a/data.bin"
+    assert entries[b"third.bin"].hardlink == b"a/data.bin"
+    assert entries[b"b/two"].hardlink == b"b/one"
+    assert entries[b"a/data.bin"].hardlink == b"" and entries[b"a/data.bin"].nlink == 3
+
+    stats = local_store.restore(snap.reference, out)
+    assert (stats.files_written, stats.hardlinks) == (3, 3)
+    first = os.lstat(out / "a" / "data.bin")
+    assert first.st_nlink == 3 and first.st_mtime_ns == MTIME
+    for name in ("b/deep/again.bin", "third.bin"):
+        assert os.lstat(out / name).st_ino == first.st_ino
+    assert os.lstat(out / "b" / "two").st_ino == os.lstat(out / "b" / "one").st_ino
+    assert os.lstat(out / "single").st_nlink == 1
+    assert (out / "third.bin").read_bytes() == pattern(300_000, 3)
+
+    # In place, a file with several links is never kept (its other names could lie
+    # outside the target): the first names are rewritten and linked again.
+    again = local_store.restore(snap.reference, out)
+    assert (again.files_written, again.hardlinks, again.files_unchanged) == (2, 3, 1)
+    assert os.lstat(out / "third.bin").st_ino == os.lstat(out / "a" / "data.bin").st_ino
+
+    # A partial restore without the first name writes the other names as files.
+    part = tmp_path / "part"
+    local_store.restore(snap.reference, part, ["b"])
+    assert (part / "b" / "deep" / "again.bin").read_bytes() == pattern(300_000, 3)
+    assert os.lstat(part / "b" / "two").st_ino == os.lstat(part / "b" / "one").st_ino
+
+
+def test_snapshots_without_new_features_stay_version_1(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "plain").write_bytes(b"plain")
+    snap = local_store.backup(src, "backups/plain")
+    assert serializer_version(local_store, snap.reference) == "1"
+    (src / "plain.link").hardlink_to(src / "plain")
+    linked = local_store.backup(src, "backups/plain")
+    assert serializer_version(local_store, linked.reference) == "2"
+    newer = commit_tree(local_store, "backups/newer", [], "3")
+    with pytest.raises(castore.UnsupportedFormatError, match="upgrade castore"):
+        local_store.restore(newer, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def test_an_old_format_snapshot_still_restores(local_store: castore.Store, tmp_path: Path) -> None:
+    content = local_store.repository.write_stream(b"old content")
+    # Version 1 readers ignore unknown keys: a `hardlink` key in a version 1 tree is
+    # not a link, and must not be read as one.
+    values: list[object] = [
+        raw_entry(b"d", DIR, mode=0o755),
+        raw_file(b"d/f", content),
+        raw_file(b"g", content, hardlink=b"d/f", nlink=2),
+    ]
+    ref = commit_tree(local_store, "backups/old", values, "1")
+    out = tmp_path / "out"
+    stats = local_store.restore(ref, out)
+    assert (stats.files_written, stats.hardlinks) == (2, 0)
+    assert (out / "d" / "f").read_bytes() == (out / "g").read_bytes() == b"old content"
+    assert os.lstat(out / "g").st_nlink == 1
+    assert os.lstat(out / "g").st_mtime_ns == MTIME
+
+
+def hostile_links(
+    outside: Path, content: StreamDescriptor, other: StreamDescriptor
+) -> dict[str, list[object]]:
+    """Version 2 trees whose hard link names something it may not link to."""
+    away = os.fsencode(outside / "victim")
+    root = raw_file(b"a", content, nlink=2)
+    return {
+        "absolute": [raw_file(b"z", content, hardlink=away, nlink=2)],
+        "dotdot": [raw_file(b"z", content, hardlink=b"../outside/victim", nlink=2)],
+        "later": [raw_file(b"a", content, hardlink=b"b", nlink=2), raw_file(b"b", content)],
+        "itself": [raw_file(b"a", content, hardlink=b"a", nlink=2)],
+        "nonexistent": [root, raw_file(b"b", content, hardlink=b"aa", nlink=2)],
+        "a directory": [raw_entry(b"a", DIR), raw_file(b"b", content, hardlink=b"a", nlink=2)],
+        "single link": [raw_file(b"a", content), raw_file(b"b", content, hardlink=b"a")],
+        "other content": [root, raw_file(b"b", other, hardlink=b"a", nlink=2)],
+        "a link of a link": [
+            root,
+            raw_file(b"b", content, hardlink=b"a", nlink=2),
+            raw_file(b"c", content, hardlink=b"b", nlink=2),
+        ],
+    }
+
+
+def test_hostile_hard_links_are_refused(local_store: castore.Store, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"victim")
+    content = local_store.repository.write_stream(b"evil bytes")
+    other = local_store.repository.write_stream(b"other bytes")
+    for number, (case, values) in enumerate(hostile_links(outside, content, other).items()):
+        ref = commit_tree(local_store, f"evil/case{number}", values, "2")
+        target = tmp_path / f"target{number}"
+        with pytest.raises(castore.IntegrityError, match=r"hard ?link"):
+            local_store.restore(ref, target)
+        assert os.lstat(outside / "victim").st_nlink == 1, case
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    assert (outside / "victim").read_bytes() == b"victim"
+
+
+# -- sparse files ------------------------------------------------------------------------------
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+def data_map(path: Path) -> list[tuple[int, int]]:
+    """The data extents of a file on disk (SEEK_DATA / SEEK_HOLE)."""
+    extents = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size, position = os.fstat(fd).st_size, 0
+        while position < size:
+            try:
+                start = os.lseek(fd, position, os.SEEK_DATA)
+            except OSError:
+                break
+            position = os.lseek(fd, start, os.SEEK_HOLE)
+            extents.append((start, position - start))
+    finally:
+        os.close(fd)
+    return extents
+
+
+def test_sparse_files_keep_their_holes(local_store: castore.Store, tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    image = src / "disk.img"
+    with open(image, "wb") as file:
+        file.truncate(10 * GIB)
+        file.seek(GIB)
+        file.write(pattern(MIB // 2, 4))
+        file.seek(5 * GIB)
+        file.write(pattern(MIB // 2, 5))
+    if os.stat(image).st_blocks * 512 > 2 * MIB or len(data_map(image)) != 2:
+        pytest.skip("this file system does not keep holes")
+    (src / "all-hole").write_bytes(b"")
+    os.truncate(src / "all-hole", 3 * MIB)
+    snap = local_store.backup(src, "backups/sparse")
+    assert snap.stats.sparse == 2 and snap.stats.bytes_read == MIB
+    assert serializer_version(local_store, snap.reference) == "2"
+    entries = {e.path: e for e in local_store.snapshot_entries(snap.reference)}
+    assert entries[b"disk.img"].extents == tuple(data_map(image))
+    assert entries[b"all-hole"].extents == () and entries[b"all-hole"].chunk_sizes == ()
+
+    local_store.restore(snap.reference, out)
+    restored = os.stat(out / "disk.img")
+    assert restored.st_size == 10 * GIB
+    assert restored.st_blocks * 512 <= 2 * MIB  # about 1 MiB allocated, not 10 GiB
+    assert data_map(out / "disk.img") == data_map(image)
+    with open(out / "disk.img", "rb") as file:
+        assert os.pread(file.fileno(), MIB // 2, GIB) == pattern(MIB // 2, 4)
+        assert os.pread(file.fileno(), MIB // 2, 5 * GIB) == pattern(MIB // 2, 5)
+        assert os.pread(file.fileno(), 4096, 3 * GIB) == bytes(4096)
+    hole = os.stat(out / "all-hole")
+    assert (hole.st_size, hole.st_blocks) == (3 * MIB, 0)
+    assert (out / "all-hole").read_bytes() == bytes(3 * MIB)
+
+    again = local_store.backup(src, "backups/sparse")  # unchanged: reused with its extents
+    assert again.stats.files_reused == 2
+    reused = {e.path: e for e in local_store.snapshot_entries(again.reference)}
+    assert reused[b"disk.img"].extents == entries[b"disk.img"].extents
+
+
+# -- file system boundaries and cache directories -------------------------------------------------
+
+
+@pytest.fixture
+def mounted_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """An empty directory with a tmpfs mounted on it (unmounted afterwards)."""
+    point = tmp_path / "src" / "mnt"
+    point.mkdir(parents=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "none", str(point)], capture_output=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
+
+
+def test_one_file_system_records_mount_points_without_their_contents(
+    local_store: castore.Store, tmp_path: Path, mounted_tmpfs: Path
+) -> None:
+    src = tmp_path / "src"
+    (src / "here.txt").write_bytes(b"here")
+    (mounted_tmpfs / "sub").mkdir()
+    (mounted_tmpfs / "sub" / "there.txt").write_bytes(b"there")
+    os.chmod(mounted_tmpfs, 0o750)
+    whole = local_store.backup(src, "backups/all")
+    assert {e.path for e in local_store.snapshot_entries(whole.reference)} >= {b"mnt/sub"}
+
+    snap = local_store.backup(src, "backups/x", one_file_system=True)
+    paths = [e.path for e in local_store.snapshot_entries(snap.reference)]
+    assert paths == [b"here.txt", b"mnt"]
+    assert snap.stats.skipped == 1 and "another file system" in snap.stats.skipped_paths[0][1]
+    assert snap.stats.skipped_paths[0][0] == "mnt"
+    out = tmp_path / "out"
+    local_store.restore(snap.reference, out)
+    assert list((out / "mnt").iterdir()) == []
+    assert stat.S_IMODE(os.stat(out / "mnt").st_mode) == 0o750
+
+
+def test_exclude_caches_honours_cachedir_tags(local_store: castore.Store, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    cache, fake = src / "build" / "cache", src / "fake"
+    cache.mkdir(parents=True)
+    fake.mkdir()
+    (cache / "CACHEDIR.TAG").write_bytes(b"Signature: 8a477f597d28d172789f06886806bc55\n# x\n")
+    (cache / "blob").write_bytes(b"cached")
+    (fake / "CACHEDIR.TAG").write_bytes(b"Signature: not the right one")
+    (fake / "kept").write_bytes(b"kept")
+    (src / "linked").mkdir()
+    (src / "linked" / "CACHEDIR.TAG").symlink_to(cache / "CACHEDIR.TAG")  # not followed
+
+    snap = local_store.backup(src, "backups/caches", exclude_caches=True)
+    paths = {e.path for e in local_store.snapshot_entries(snap.reference)}
+    assert b"build/cache" in paths and b"build/cache/blob" not in paths
+    assert {b"fake/kept", b"linked/CACHEDIR.TAG"} <= paths
+    assert snap.stats.skipped_paths == [
+        ("build/cache", "a cache directory (CACHEDIR.TAG): its contents are not backed up")
+    ]
+    plain = local_store.backup(src, "backups/plain")
+    assert b"build/cache/blob" in {e.path for e in local_store.snapshot_entries(plain.reference)}
