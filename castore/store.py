@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from castore.backend.counting import Requests
 from castore.engine import leases
 from castore.engine.cache import LocalCache
 from castore.engine.reader import VerifiedStream
@@ -65,8 +66,13 @@ class Store:
 
     @property
     def last_write(self) -> WriteStats | None:
-        """What the most recent put or save on this Store object added."""
+        """What the most recent put, save or backup on this Store object added, and the
+        backend requests it made (`requests`)."""
         return self.repository.last_write
+
+    def requests(self) -> Requests:
+        """Backend requests this Store object has made since it was opened, by kind."""
+        return self.repository.requests()
 
     def __repr__(self) -> str:
         return f"<castore.Store {self.url}>"

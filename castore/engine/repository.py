@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from castore.backend import Backend, open_backend, read_bounded
+from castore.backend import open_backend, read_bounded
+from castore.backend.counting import CountingBackend, Requests
 from castore.engine.cache import LocalCache
 from castore.engine.index import Index
 from castore.engine.leases import WriterLease
@@ -57,7 +58,7 @@ class Repository:
     """The internals of one opened store. Thread-safe; close() releases its threads."""
 
     def __init__(
-        self, backend: Backend, config: StoreConfig, cache: LocalCache | None = None
+        self, backend: CountingBackend, config: StoreConfig, cache: LocalCache | None = None
     ) -> None:
         self.backend = backend
         self.config = config
@@ -112,6 +113,10 @@ class Repository:
         """Where the store lives."""
         return self.backend.url
 
+    def requests(self) -> Requests:
+        """The backend operations this repository has made since it was opened."""
+        return self.backend.requests()
+
     def close(self) -> None:
         """Release the worker threads."""
         for pool in (self._cpu_pool, self._io_pool, self._hash_pool):
@@ -125,10 +130,20 @@ class Repository:
 
         Deduplicating against an index loaded before a gc could reference chunks that gc
         deleted; once the lease is held no gc can start, so one refresh suffices.
+
+        The write statistics of the operation (`last_write`) count every backend operation
+        made while it ran, the lease's included (and those of other threads, if any use
+        this repository at the same time).
         """
-        with self.lease.held():
-            self.index.refresh()
-            yield
+        before = self.requests()
+        self.last_write = None
+        try:
+            with self.lease.held():
+                self.index.refresh()
+                yield
+        finally:
+            if self.last_write is not None:
+                self.last_write.requests = self.requests() - before
 
     def write_session(self, *, rewrite: bool = False) -> WriteSession:
         """A session for writing streams; commit() it before referring to them."""
