@@ -7,12 +7,14 @@ same on every backend (castore counts its own backend operations, not HTTP calls
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
 import castore
 from castore.backend import open_backend
 from castore.backend.counting import Requests
+from castore.engine.cache import LocalCache
 from castore.errors import ObjectNotFoundError
 from tests.conftest import Location
 from tests.helpers import pattern
@@ -64,12 +66,12 @@ def test_an_unchanged_resave_writes_nothing_but_its_lease(store: castore.Store) 
     assert store.last_write.new_chunks == 0
 
 
-def test_opening_reads_the_config_and_the_index(location: Location) -> None:
+def test_a_cold_open_reads_the_config_and_the_index(location: Location, tmp_path: Path) -> None:
     with location.init() as store:
         store.save(DATA, "model/a", serializer="raw")
-    with location.open() as store:
+    with castore.open(location.url, cache=LocalCache(tmp_path / "cold"), **location.options) as s:
         # The config (a bounded ranged read), the index listing, the one index object.
-        assert store.requests() == Requests(read_range=1, list=1, read=1)
+        assert s.requests() == Requests(read_range=1, list=1, read=1)
 
 
 @pytest.mark.xfail(

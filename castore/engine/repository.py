@@ -71,7 +71,12 @@ class Repository:
         io_threads = REMOTE_IO_THREADS if backend.is_remote else LOCAL_IO_THREADS
         self._io_pool = ThreadPoolExecutor(io_threads, thread_name_prefix="castore-io")
         self._hash_pool = ThreadPoolExecutor(1, thread_name_prefix="castore-hash")
-        self.index = Index(backend, self._io_pool)
+        # The local backend reads its own disk: copies of its index objects would only
+        # double the bytes on disk (docs/DECISIONS.md, "Index cache").
+        index_cache = (
+            self.cache.index_objects(config.store_id, backend.url) if backend.is_remote else None
+        )
+        self.index = Index(backend, self._io_pool, index_cache)
         self.index.refresh()
         self.last_write: WriteStats | None = None
         """What the most recent stream written through this repository added."""
