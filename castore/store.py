@@ -414,6 +414,13 @@ class Store:
             return transfer.copy_name(self.repository, ref, dest.repository, tags=tags)
         return transfer.copy_version(self.repository, ref, dest.repository, tags=tags)
 
+    def consolidate_index(self) -> int:
+        """Merge the store's index objects (one per write) into one, so that opens read one
+        object instead of many; return how many were replaced. Safe while others read and
+        write: the merged object is written before the old ones are deleted. Writes do this
+        on their own once a store has more than 32 index objects; gc also leaves one."""
+        return len(self.repository.consolidate_index())
+
     def repair(self) -> RepairReport:
         """Rebuild lost or damaged index objects from pack footers; report what is lost."""
         return repair_store(self.repository)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -152,3 +152,33 @@ class Index:
             self.objects[path] = [pack_id for pack_id, _ in packs]
             self._merge(packs)
         return path
+
+    def consolidate(self, before_publish: Callable[[], None]) -> list[str]:
+        """Merge every usable index object into one, then delete those merged; return them.
+
+        Run under the writer lease, so that no gc runs meanwhile. The objects are read from
+        the store (not from cached copies) into a view of their own; damaged ones are left
+        for repair. The merged object lists every pack of every object it replaces and is
+        written before any of them is deleted, so a reader never misses a chunk: one that
+        finds a listed object gone re-lists and reloads (refresh). Objects other writers
+        commit meanwhile are in no listing read here, so they stay. `before_publish` (the
+        lease check) runs before the merged object is written and before the deletions.
+        """
+        view = Index(self._backend, self._pool, self._cache)
+        view.refresh(from_store=True)
+        replaced = sorted(view.objects)
+        if len(replaced) < 2:
+            return []
+        pack_ids = dict.fromkeys(pack_id for path in replaced for pack_id in view.objects[path])
+        before_publish()
+        # Objects that list no pack (or vanished since the listing) need no merged object.
+        merged = self.commit([(p, view.packs[p]) for p in pack_ids]) if pack_ids else None
+        before_publish()
+        deleted = [path for path in replaced if path != merged]
+        for path in deleted:
+            self._backend.delete(path)
+        with self._lock:
+            self._loaded.difference_update(deleted)
+            for path in deleted:
+                self.objects.pop(path, None)
+        return deleted

@@ -7,6 +7,7 @@ sessions and streams, verified chunk iteration, and the writer lease.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from castore.engine.refs import RefStore
 from castore.engine.writer import StreamWriter, WriteSession, WriteStats
 from castore.errors import (
     BackendError,
+    CastoreError,
     InvalidInputError,
     NotAStoreError,
     NotFoundError,
@@ -52,6 +54,8 @@ REMOTE_IO_THREADS = 16
 """Concurrent requests to a remote backend: latency, not CPU, bounds them."""
 LOCAL_IO_THREADS = 4
 """Concurrent local reads and writes: more only adds memory (per-thread malloc arenas)."""
+CONSOLIDATE_AT = 32
+"""A write that leaves more index objects than this merges them into one (Index.consolidate)."""
 
 
 class Repository:
@@ -122,6 +126,11 @@ class Repository:
         """The backend operations this repository has made since it was opened."""
         return self.backend.requests()
 
+    def consolidate_index(self) -> list[str]:
+        """Merge the index objects into one under the writer lease; return those replaced."""
+        with self.lease.held():
+            return self.index.consolidate(self.lease.check)
+
     def close(self) -> None:
         """Release the worker threads."""
         for pool in (self._cpu_pool, self._io_pool, self._hash_pool):
@@ -136,6 +145,9 @@ class Repository:
         Deduplicating against an index loaded before a gc could reference chunks that gc
         deleted; once the lease is held no gc can start, so one refresh suffices.
 
+        A write that leaves more than CONSOLIDATE_AT index objects merges them into one
+        before it releases the lease, so that cold opens stay short.
+
         The write statistics of the operation (`last_write`) count every backend operation
         made while it ran, the lease's included (and those of other threads, if any use
         this repository at the same time).
@@ -146,6 +158,11 @@ class Repository:
             with self.lease.held():
                 self.index.refresh()
                 yield
+                if len(self.index.objects) > CONSOLIDATE_AT:
+                    with contextlib.suppress(CastoreError):
+                        # The write is published: a failed merge leaves a readable index
+                        # (merged first, deleted after), and the next write tries again.
+                        self.index.consolidate(self.lease.check)
         finally:
             if self.last_write is not None:
                 self.last_write.requests = self.requests() - before
