@@ -104,7 +104,7 @@ def run_maintenance(work_dir: Path, model_bytes: int = 256 * MiB) -> list[Mainte
         fs.mkdir(BUCKET)
         with castore.init(f"s3://{BUCKET}/{uuid.uuid4().hex}", **options) as remote:
             _populate(remote, model_bytes)
-            counter = RequestCounter(remote.repository.backend.fs)  # type: ignore[attr-defined]
+            counter = RequestCounter(remote.repository.backend.inner.fs)  # type: ignore[attr-defined]
             figures.append(_measure(remote, "S3 (moto)", counter))
     return figures
 

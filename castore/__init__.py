@@ -1,5 +1,6 @@
 """castore: a content-addressed, deduplicated, verified store for ML models and backups."""
 
+from castore.backend.counting import Requests
 from castore.engine.leases import LeaseHolder
 from castore.engine.writer import WriteStats
 from castore.errors import (
@@ -78,6 +79,7 @@ __all__ = [
     "PrivateKey",
     "PublicKey",
     "RepairReport",
+    "Requests",
     "RestorePlan",
     "RestoreStats",
     "Signature",

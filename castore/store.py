@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from castore.backend.counting import Requests
 from castore.engine import leases
 from castore.engine.cache import LocalCache
 from castore.engine.reader import VerifiedStream
@@ -66,8 +67,13 @@ class Store:
 
     @property
     def last_write(self) -> WriteStats | None:
-        """What the most recent put or save on this Store object added."""
+        """What the most recent put, save or backup on this Store object added, and the
+        backend requests it made (`requests`)."""
         return self.repository.last_write
+
+    def requests(self) -> Requests:
+        """Backend requests this Store object has made since it was opened, by kind."""
+        return self.repository.requests()
 
     def __repr__(self) -> str:
         return f"<castore.Store {self.url}>"
@@ -451,6 +457,13 @@ class Store:
         if parse_reference(ref).name is not None and ":" not in ref and "@" not in ref:
             return transfer.copy_name(self.repository, ref, dest.repository, tags=tags)
         return transfer.copy_version(self.repository, ref, dest.repository, tags=tags)
+
+    def consolidate_index(self) -> int:
+        """Merge the store's index objects (one per write) into one, so that opens read one
+        object instead of many; return how many were replaced. Safe while others read and
+        write: the merged object is written before the old ones are deleted. Writes do this
+        on their own once a store has more than 32 index objects; gc also leaves one."""
+        return len(self.repository.consolidate_index())
 
     def repair(self) -> RepairReport:
         """Rebuild lost or damaged index objects from pack footers; report what is lost."""

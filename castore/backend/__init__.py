@@ -6,9 +6,12 @@ same small set of operations, so that the layers above never know where bytes li
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from castore.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from castore.backend.counting import CountingBackend
 
 
 class Backend(Protocol):
@@ -71,8 +74,14 @@ def read_bounded(backend: Backend, path: str, limit: int) -> bytes:
     return backend.read_range(path, 0, limit + 1)
 
 
-def open_backend(url: str, storage_options: dict[str, Any] | None = None) -> Backend:
-    """Open the backend for a plain local path or any fsspec URL."""
+def open_backend(url: str, storage_options: dict[str, Any] | None = None) -> CountingBackend:
+    """Open the backend for a plain local path or any fsspec URL, its requests counted."""
+    from castore.backend.counting import CountingBackend
+
+    return CountingBackend(_open_uncounted(url, storage_options))
+
+
+def _open_uncounted(url: str, storage_options: dict[str, Any] | None) -> Backend:
     if not isinstance(url, str) or not url:
         raise InvalidInputError(f"a store location must be a non-empty string, got {url!r}")
     options = dict(storage_options or {})

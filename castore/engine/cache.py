@@ -1,8 +1,11 @@
-"""The local cache: verified copies of chunks of remote stores and of whole streams for mmap.
+"""The local cache: verified copies of chunks and index objects of remote stores, and of
+whole streams for mmap.
 
 Everything in it is named by its SHA-256 and re-checked on every hit, so a damaged or
-tampered cache costs a re-fetch, never wrong bytes. It is bounded: the least recently
-used files are evicted once it grows past its size.
+tampered cache costs a re-fetch, never wrong bytes. Chunks and streams are bounded: the
+least recently used files are evicted once they grow past the cache's size. Index objects
+are kept per store and pruned to the store's own listing whenever it is read, so they take
+what the store's index takes (docs/DECISIONS.md, "Index cache").
 """
 
 from __future__ import annotations
@@ -86,6 +89,18 @@ class LocalCache:
             return
         self._account(len(data))
 
+    # -- index objects ----------------------------------------------------------------------
+
+    def index_objects(self, store_id: str, url: str) -> IndexObjectCache:
+        """The copies of one store's index objects, in a folder of their own per store.
+
+        The folder is named by the store's id and location together, so that a store made
+        again at the same location, or a copy of a bucket elsewhere, has its own: the copies
+        are verified by name anyway, but each store prunes its folder to its own listing.
+        """
+        key = hashlib.sha256(f"{store_id}\n{url}".encode()).hexdigest()[:32]
+        return IndexObjectCache(self.root / "index" / key)
+
     # -- whole streams ----------------------------------------------------------------------
 
     def stream_file(self, digest: bytes, size: int, fill: Callable[[object], None]) -> Path:
@@ -136,6 +151,54 @@ class LocalCache:
                 path.unlink()
                 total -= size
         self._size = total
+
+
+class IndexObjectCache:
+    """Verified local copies of one store's index objects, named by their SHA-256.
+
+    Thread-safe (every file is written whole and renamed into place) and shared by every
+    process that opens the store; failures of the cache never fail an open.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        """Where the copies are: one file per index object, named by its hex digest."""
+
+    def get(self, name: bytes) -> bytes | None:
+        """The cached index object `name` if present and intact (a damaged copy is dropped)."""
+        path = self.folder / name.hex()
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if hashlib.sha256(data).digest() != name:
+            path.unlink(missing_ok=True)
+            return None
+        return data
+
+    def add(self, name: bytes, data: bytes) -> None:
+        """Keep a copy of an index object already verified against its name."""
+        path = self.folder / name.hex()
+        temporary = self.folder / f".{name.hex()}.{secrets.token_hex(6)}.tmp"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+
+    def keep_only(self, names: set[bytes]) -> None:
+        """Drop the copies of index objects the store no longer lists."""
+        wanted = {name.hex() for name in names}
+        try:
+            present = [p for p in self.folder.iterdir() if not p.name.startswith(".")]
+        except OSError:
+            return
+        for path in present:
+            if path.name not in wanted:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
 
 def _file_digest(path: Path) -> bytes:

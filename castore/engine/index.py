@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from castore.backend import Backend
+from castore.engine.cache import IndexObjectCache
 from castore.errors import CastoreError, IntegrityError, ObjectNotFoundError
 from castore.format import layout
 from castore.format.index import PackListing, decode_index_object, encode_index_object
@@ -24,11 +25,18 @@ class ChunkLocation:
 
 
 class Index:
-    """The merged view of every index object in a store, loaded lazily and refreshed on miss."""
+    """The merged view of every index object in a store, loaded lazily and refreshed on miss.
 
-    def __init__(self, backend: Backend, pool: Executor) -> None:
+    With a `cache`, each index object is read from the backend once: later loads take the
+    verified local copy, so that an open lists index/ and reads only what is new.
+    """
+
+    def __init__(
+        self, backend: Backend, pool: Executor, cache: IndexObjectCache | None = None
+    ) -> None:
         self._backend = backend
         self._pool = pool
+        self._cache = cache
         self._locations: dict[bytes, ChunkLocation] = {}
         self._loaded: set[str] = set()
         self.damaged: dict[str, str] = {}
@@ -63,26 +71,35 @@ class Index:
         """The chunk's location, or None if no loaded index object lists it."""
         return self._locations.get(chunk_id)
 
-    def reload(self) -> None:
-        """Forget everything and load the index objects that exist now (after a gc)."""
+    def reload(self, *, from_store: bool = False) -> None:
+        """Forget everything and load the index objects that exist now (after a gc).
+
+        With `from_store`, every index object is read from the store, none from a cached
+        copy: verify, gc and repair judge the objects in the store, which may be damaged
+        where an earlier copy is intact.
+        """
         with self._lock:
             self._locations, self._loaded, self.damaged = {}, set(), {}
             self.objects, self.packs = {}, {}
-        self.refresh()
+        self.refresh(from_store=from_store)
 
-    def refresh(self) -> None:
+    def refresh(self, *, from_store: bool = False) -> None:
         """Load index objects written since the last refresh (by anyone).
 
         If an index object we loaded is gone, a gc has rewritten the index and may have
-        deleted packs: everything is reloaded, so that no stale location survives.
+        deleted packs: everything is reloaded, so that no stale location survives. New
+        objects are taken from the cache where it has them, unless `from_store`.
         """
         with self._lock:
             listed = self._backend.list(layout.INDEX)
             if not self._loaded.issubset(listed):
                 self._locations, self._loaded, self.damaged = {}, set(), {}
                 self.objects, self.packs = {}, {}
+            if self._cache is not None:
+                self._cache.keep_only({n for p in listed if (n := layout.name_of(p)) is not None})
             paths = [p for p in listed if p not in self._loaded]
-            for path, outcome in zip(paths, self._pool.map(self._load_object, paths), strict=True):
+            outcomes = self._pool.map(lambda path: self._load_object(path, from_store), paths)
+            for path, outcome in zip(paths, outcomes, strict=True):
                 self._loaded.add(path)
                 if isinstance(outcome, CastoreError):
                     self.damaged[path] = str(outcome)
@@ -90,17 +107,31 @@ class Index:
                     self.objects[path] = [pack_id for pack_id, _ in outcome]
                     self._merge(outcome)
 
-    def _load_object(self, path: str) -> list[PackListing] | CastoreError:
+    def _load_object(self, path: str, from_store: bool) -> list[PackListing] | CastoreError:
         try:
-            data = self._backend.read(path)
-            name = layout.name_of(path)
-            if name is None or hashlib.sha256(data).digest() != name:
-                raise IntegrityError(f"index object {path} does not match its name")
-            return decode_index_object(data, f"index object {path}")
+            return decode_index_object(self._fetch(path, from_store), f"index object {path}")
         except ObjectNotFoundError:
             return []  # removed since the listing (by gc): nothing to merge
         except CastoreError as exc:  # damaged, or written by a newer castore: reported on use
             return exc
+
+    def _fetch(self, path: str, from_store: bool) -> bytes:
+        """The index object's bytes, checked against its name: cached, else read and cached."""
+        name = layout.name_of(path)
+        if name is None:
+            raise IntegrityError(f"index object {path} does not match its name")
+        if (
+            self._cache is not None
+            and not from_store
+            and (cached := self._cache.get(name)) is not None
+        ):
+            return cached
+        data = self._backend.read(path)
+        if hashlib.sha256(data).digest() != name:
+            raise IntegrityError(f"index object {path} does not match its name")
+        if self._cache is not None:
+            self._cache.add(name, data)
+        return data
 
     def _merge(self, packs: Iterable[PackListing]) -> None:
         for pack_id, entries in packs:
@@ -111,10 +142,43 @@ class Index:
     def commit(self, packs: list[PackListing]) -> str:
         """Write an index object for packs already stored, then make them visible here."""
         data = encode_index_object(packs)
-        path = layout.index_path(hashlib.sha256(data).digest())
+        name = hashlib.sha256(data).digest()
+        path = layout.index_path(name)
         self._backend.write(path, data)
+        if self._cache is not None:
+            self._cache.add(name, data)
         with self._lock:
             self._loaded.add(path)
             self.objects[path] = [pack_id for pack_id, _ in packs]
             self._merge(packs)
         return path
+
+    def consolidate(self, before_publish: Callable[[], None]) -> list[str]:
+        """Merge every usable index object into one, then delete those merged; return them.
+
+        Run under the writer lease, so that no gc runs meanwhile. The objects are read from
+        the store (not from cached copies) into a view of their own; damaged ones are left
+        for repair. The merged object lists every pack of every object it replaces and is
+        written before any of them is deleted, so a reader never misses a chunk: one that
+        finds a listed object gone re-lists and reloads (refresh). Objects other writers
+        commit meanwhile are in no listing read here, so they stay. `before_publish` (the
+        lease check) runs before the merged object is written and before the deletions.
+        """
+        view = Index(self._backend, self._pool, self._cache)
+        view.refresh(from_store=True)
+        replaced = sorted(view.objects)
+        if len(replaced) < 2:
+            return []
+        pack_ids = dict.fromkeys(pack_id for path in replaced for pack_id in view.objects[path])
+        before_publish()
+        # Objects that list no pack (or vanished since the listing) need no merged object.
+        merged = self.commit([(p, view.packs[p]) for p in pack_ids]) if pack_ids else None
+        before_publish()
+        deleted = [path for path in replaced if path != merged]
+        for path in deleted:
+            self._backend.delete(path)
+        with self._lock:
+            self._loaded.difference_update(deleted)
+            for path in deleted:
+                self.objects.pop(path, None)
+        return deleted

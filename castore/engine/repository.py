@@ -7,6 +7,7 @@ sessions and streams, verified chunk iteration, and the writer lease.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from castore.backend import Backend, open_backend, read_bounded
+from castore.backend import open_backend, read_bounded
+from castore.backend.counting import CountingBackend, Requests
 from castore.engine.cache import LocalCache
 from castore.engine.index import Index
 from castore.engine.leases import WriterLease
@@ -23,6 +25,7 @@ from castore.engine.refs import RefStore
 from castore.engine.writer import StreamWriter, WriteSession, WriteStats
 from castore.errors import (
     BackendError,
+    CastoreError,
     InvalidInputError,
     NotAStoreError,
     NotFoundError,
@@ -51,13 +54,15 @@ REMOTE_IO_THREADS = 16
 """Concurrent requests to a remote backend: latency, not CPU, bounds them."""
 LOCAL_IO_THREADS = 4
 """Concurrent local reads and writes: more only adds memory (per-thread malloc arenas)."""
+CONSOLIDATE_AT = 32
+"""A write that leaves more index objects than this merges them into one (Index.consolidate)."""
 
 
 class Repository:
     """The internals of one opened store. Thread-safe; close() releases its threads."""
 
     def __init__(
-        self, backend: Backend, config: StoreConfig, cache: LocalCache | None = None
+        self, backend: CountingBackend, config: StoreConfig, cache: LocalCache | None = None
     ) -> None:
         self.backend = backend
         self.config = config
@@ -70,7 +75,12 @@ class Repository:
         io_threads = REMOTE_IO_THREADS if backend.is_remote else LOCAL_IO_THREADS
         self._io_pool = ThreadPoolExecutor(io_threads, thread_name_prefix="castore-io")
         self._hash_pool = ThreadPoolExecutor(1, thread_name_prefix="castore-hash")
-        self.index = Index(backend, self._io_pool)
+        # The local backend reads its own disk: copies of its index objects would only
+        # double the bytes on disk (docs/DECISIONS.md, "Index cache").
+        index_cache = (
+            self.cache.index_objects(config.store_id, backend.url) if backend.is_remote else None
+        )
+        self.index = Index(backend, self._io_pool, index_cache)
         self.index.refresh()
         self.last_write: WriteStats | None = None
         """What the most recent stream written through this repository added."""
@@ -112,6 +122,15 @@ class Repository:
         """Where the store lives."""
         return self.backend.url
 
+    def requests(self) -> Requests:
+        """The backend operations this repository has made since it was opened."""
+        return self.backend.requests()
+
+    def consolidate_index(self) -> list[str]:
+        """Merge the index objects into one under the writer lease; return those replaced."""
+        with self.lease.held():
+            return self.index.consolidate(self.lease.check)
+
     def close(self) -> None:
         """Release the worker threads."""
         for pool in (self._cpu_pool, self._io_pool, self._hash_pool):
@@ -125,10 +144,28 @@ class Repository:
 
         Deduplicating against an index loaded before a gc could reference chunks that gc
         deleted; once the lease is held no gc can start, so one refresh suffices.
+
+        A write that leaves more than CONSOLIDATE_AT index objects merges them into one
+        before it releases the lease, so that cold opens stay short.
+
+        The write statistics of the operation (`last_write`) count every backend operation
+        made while it ran, the lease's included (and those of other threads, if any use
+        this repository at the same time).
         """
-        with self.lease.held():
-            self.index.refresh()
-            yield
+        before = self.requests()
+        self.last_write = None
+        try:
+            with self.lease.held():
+                self.index.refresh()
+                yield
+                if len(self.index.objects) > CONSOLIDATE_AT:
+                    with contextlib.suppress(CastoreError):
+                        # The write is published: a failed merge leaves a readable index
+                        # (merged first, deleted after), and the next write tries again.
+                        self.index.consolidate(self.lease.check)
+        finally:
+            if self.last_write is not None:
+                self.last_write.requests = self.requests() - before
 
     def write_session(self, *, rewrite: bool = False) -> WriteSession:
         """A session for writing streams; commit() it before referring to them."""

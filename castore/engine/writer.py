@@ -10,6 +10,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 from castore.backend import Backend
+from castore.backend.counting import Requests
 from castore.engine.chunking import Chunker
 from castore.engine.index import Index
 from castore.errors import InvalidInputError
@@ -37,6 +38,9 @@ class WriteStats:
     new_chunks: int = 0
     new_bytes_stored: int = 0
     packs: list[bytes] = field(default_factory=list)
+    requests: Requests = field(default_factory=Requests)
+    """Backend operations of the whole put, save or backup (lease, refs and manifest
+    included); all zero for a write made outside one (Repository.writing)."""
 
 
 def encode_group(

@@ -64,7 +64,7 @@ def gc(
         marker_time = (
             storage_now(repo.backend) if dry_run else repo.backend.modified(layout.GC_MARKER)
         )
-        repo.index.reload()
+        repo.index.reload(from_store=True)
         reach = walk(repo)
         report.problems.extend(reach.problems)
         report.problems.extend(f"{p}: {why}" for p, why in repo.index.damaged.items())

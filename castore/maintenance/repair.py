@@ -41,7 +41,7 @@ def read_footer(repo: Repository, pack_id: bytes) -> list[PackEntry]:
 def repair(repo: Repository) -> RepairReport:
     """Rebuild lost or damaged index objects from pack footers; report what stays lost."""
     report = RepairReport()
-    repo.index.reload()
+    repo.index.reload(from_store=True)
     recovered = []
     for pack_id in repo.index.unindexed_packs():
         try:

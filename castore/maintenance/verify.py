@@ -63,7 +63,7 @@ def select_packs(pack_ids: list[bytes], subset: str | None) -> list[bytes]:
 def verify(repo: Repository, *, read_data: bool = True, subset: str | None = None) -> VerifyReport:
     """Check every ref, manifest, hash chain, chunk location and (with read_data) byte."""
     report = VerifyReport()
-    repo.index.reload()
+    repo.index.reload(from_store=True)
     report.problems.extend(f"{path}: {why}" for path, why in repo.index.damaged.items())
     reach = walk(repo, track_users=True)
     report.problems.extend(reach.problems)
