@@ -340,3 +340,30 @@ def test_cat_holds_a_large_stream_in_a_temporary_file_until_verified(
     result = _cli(location, "cat", digest, env={"TMPDIR": str(spool)})
     assert result.returncode == 1 and result.stdout == b""
     assert list(spool.iterdir()) == []
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_a_snapshot_counts_its_files_bytes(location: Location, tmp_path: Path) -> None:
+    """stats and ls once counted a snapshot's tree stream, not its files (dedup 0.01x)."""
+    source = tmp_path / "run"
+    source.mkdir()
+    for seed in range(3):
+        (source / f"part-{seed}.bin").write_bytes(pattern(300_000, seed=seed))
+    (source / "copy.bin").write_bytes(pattern(300_000, seed=0))  # deduplicates with part-0
+    (source / "link").symlink_to("part-0.bin")
+    _ok(location, "init")
+    _ok(location, "backup", str(source), "--name", "runs/exp")
+    _ok(location, "backup", str(source), "--name", "runs/exp")  # a second, identical snapshot
+    files = 4 * 300_000
+    stats = json.loads(_ok(location, "--json", "stats"))
+    assert stats["logical_bytes"] == 2 * files
+    assert stats["dedup_ratio"] > 2 * 4 / 3 * 0.9
+    info = json.loads(_ok(location, "--json", "info", "runs/exp:1"))
+    assert info["size"] == files and 0 < info["stream_size"] < 10_000
+    listing = json.loads(_ok(location, "--json", "ls", "runs/exp"))
+    assert [row["size"] for row in listing] == [files, files]
+    assert "1.1 MiB" in _ok(location, "ls", "runs/exp")
+    assert "1.1 MiB" in _ok(location, "ls")
+    with location.open() as store:
+        assert store.version("runs/exp:2").size == files
+        assert [e.details.size for e in store.log("runs/exp") if e.details] == [files, files]

@@ -136,6 +136,7 @@ def _version_json(version: castore.Version) -> dict[str, Any]:
         "reference": version.reference,
         "content_digest": version.content_digest,
         "size": version.size,
+        "stream_size": version.stream_size,
         "serializer": version.serializer,
         "created": version.created,
         "metadata": version.metadata,
@@ -446,7 +447,7 @@ def cmd_diff(command: Command) -> int:
     if _is_snapshot(store, command.args.a) and _is_snapshot(store, command.args.b):
         return _diff_snapshots(command)
     result = store.diff(command.args.a, command.args.b)
-    share = result.shared_bytes / result.b.size if result.b.size else 1.0
+    share = result.shared_bytes / result.b.stream_size if result.b.stream_size else 1.0
     data = {
         "a": result.a.reference,
         "b": result.b.reference,
@@ -463,7 +464,7 @@ def cmd_diff(command: Command) -> int:
         lines = [
             f"{result.a.name}:{result.a.version} -> {result.b.name}:{result.b.version}",
             f"content: {'identical' if result.same_content else 'differs'}; "
-            f"{_human_size(result.shared_bytes)} of {_human_size(result.b.size)} shared "
+            f"{_human_size(result.shared_bytes)} of {_human_size(result.b.stream_size)} shared "
             f"({share:.0%})",
         ]
         lines += [f"+ {k} = {v!r}" for k, v in result.metadata_added.items()]

@@ -26,6 +26,7 @@ from castore.format.digests import format_digest
 from castore.format.manifest import Manifest, environment, normalize_metadata
 from castore.format.names import Reference, check_name, check_tag, parse_reference
 from castore.format.streams import StreamDescriptor
+from castore.format.tree import TREE_KIND
 from castore.versions.serializers import serializer_named
 
 if TYPE_CHECKING:
@@ -45,6 +46,11 @@ class Version:
     content_digest: str
     """``sha256:<hex>`` of the serialized stream (equal to sha256sum of its bytes)."""
     size: int
+    """Bytes the version holds: its stream's size; for a snapshot, the total size of its
+    files as its metadata records it (docs/FORMAT.md 20.1), or its tree stream's size if it
+    records none (stats counts a snapshot's files from its tree)."""
+    stream_size: int
+    """Bytes of the stored stream (for a snapshot, its tree stream)."""
     serializer: str
     created: str
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -65,13 +71,23 @@ class Version:
             version=manifest.number,
             digest=format_digest(digest),
             content_digest=format_digest(manifest.stream.sha256),
-            size=manifest.stream.size,
+            size=_recorded_size(manifest),
+            stream_size=manifest.stream.size,
             serializer=manifest.serializer,
             created=manifest.created,
             metadata=manifest.metadata,
             parent=format_digest(manifest.parent) if manifest.parent else None,
             kind=manifest.kind,
         )
+
+
+def _recorded_size(manifest: Manifest) -> int:
+    """A version's size without reading its stream: a snapshot's files' total comes from
+    its metadata (informational, 20.1: a bad value falls back to the stream's size)."""
+    recorded = manifest.metadata.get("bytes") if manifest.kind == TREE_KIND else None
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 0:
+        return recorded
+    return manifest.stream.size
 
 
 @dataclass(frozen=True)
@@ -563,7 +579,8 @@ def info(repo: Repository, ref: str) -> dict[str, Any]:
         "reference": version.reference,
         "digest": version.digest,
         "content_digest": version.content_digest,
-        "size": manifest.stream.size,
+        "size": version.size,
+        "stream_size": version.stream_size,
         "chunks": len(manifest.stream.chunk_sizes),
         "kind": manifest.kind,
         "serializer": {"name": manifest.serializer, "version": manifest.serializer_version},
