@@ -367,3 +367,22 @@ def test_a_snapshot_counts_its_files_bytes(location: Location, tmp_path: Path) -
     with location.open() as store:
         assert store.version("runs/exp:2").size == files
         assert [e.details.size for e in store.log("runs/exp") if e.details] == [files, files]
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_ls_of_an_unknown_name_or_a_file_version(location: Location) -> None:
+    """ls of an unknown name printed a blank line and exited 0; ls NAME:N of a file
+    version said "invalid name"."""
+    _ok(location, "init")
+    _ok(location, "put", "-", "--name", "models/m", "--tag", "production", stdin=b"weights")
+    missing = _cli(location, "ls", "nothing/here")
+    assert missing.returncode == 3 and missing.stdout == b""
+    assert b"there is no name 'nothing/here'" in missing.stderr
+    shown = _ok(location, "ls", "models/m:1")
+    assert shown.startswith("1 ") and "production" in shown and "invalid" not in shown
+    row = json.loads(_ok(location, "--json", "ls", "models/m:production"))
+    assert row == json.loads(_ok(location, "--json", "ls", "models/m"))
+    assert row[0]["tags"] == ["production"] and row[0]["size"] == len(b"weights")
+    with_path = _cli(location, "ls", "models/m:1", "some/dir")
+    assert with_path.returncode == 2
+    assert b"models/m:1 is a file version, not a snapshot" in with_path.stderr

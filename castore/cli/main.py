@@ -269,6 +269,21 @@ def _is_snapshot(store: castore.Store, ref: str) -> bool:
     return store.version(ref).kind == "tree"
 
 
+def _version_row(version: castore.Version, tags: dict[str, int]) -> dict[str, Any]:
+    """A version as `ls NAME` lists it: its JSON and the tags that point at it."""
+    return {
+        **_version_json(version),
+        "tags": sorted(t for t, n in tags.items() if n == version.version),
+    }
+
+
+def _version_line(row: dict[str, Any]) -> str:
+    return (
+        f"{row['version']:<5} {row['digest'][:19]}  {_human_size(row['size']):>10}  "
+        f"{shown(row['created'][:19])}  " + " ".join(row["tags"])
+    )
+
+
 def _entry_json(entry: Any) -> dict[str, Any]:
     return {
         "path": entry.path_str,
@@ -296,12 +311,22 @@ def _list_snapshot(command: Command, ref: str, path: str | None) -> int:
 
 
 def cmd_ls(command: Command) -> int:
-    """castore ls [NAME | SNAPSHOT [PATH]]."""
+    """castore ls [NAME | REF | SNAPSHOT [PATH]]."""
     store = command.store
-    selected = command.args.name is not None and any(c in command.args.name for c in ":@")
-    if selected and _is_snapshot(store, command.args.name):
-        return _list_snapshot(command, command.args.name, command.args.path)
-    if command.args.name is None:
+    args = command.args
+    if args.name is not None and any(c in args.name for c in ":@"):
+        version = store.version(args.name)
+        if version.kind == "tree":
+            return _list_snapshot(command, args.name, args.path)
+        if args.path is not None:
+            raise InvalidInputError(
+                f"{args.name} is a {version.kind} version, not a snapshot: it has no paths; "
+                "use castore info"
+            )
+        row = _version_row(version, store.tags(version.name))
+        command.emit([row], lambda: _version_line(row))
+        return 0
+    if args.name is None:
         rows = []
         for name in store.names():
             latest = store.version(name)
@@ -318,20 +343,13 @@ def cmd_ls(command: Command) -> int:
             ),
         )
         return 0
-    name = command.args.name
+    name = args.name
+    numbers = store.versions(name)
+    if not numbers:
+        store.version(name)  # raises NotFoundError saying what the store has instead
     tags = store.tags(name)
-    entries = [store.version(f"{name}:{n}") for n in store.versions(name)]
-    command.emit(
-        [
-            {**_version_json(v), "tags": sorted(t for t, n in tags.items() if n == v.version)}
-            for v in entries
-        ],
-        lambda: "\n".join(
-            f"{v.version:<5} {v.digest[:19]}  {_human_size(v.size):>10}  {shown(v.created[:19])}  "
-            + " ".join(sorted(t for t, n in tags.items() if n == v.version))
-            for v in entries
-        ),
-    )
+    rows = [_version_row(store.version(f"{name}:{n}"), tags) for n in numbers]
+    command.emit(rows, lambda: "\n".join(_version_line(row) for row in rows))
     return 0
 
 
@@ -878,7 +896,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ref"
     )
     ls = add("ls", cmd_ls, "list names, the versions of NAME, or the files of a snapshot")
-    ls.add_argument("name", nargs="?", help="NAME, or a snapshot NAME:version")
+    ls.add_argument("name", nargs="?", help="NAME, a version NAME:N, or a snapshot NAME:N")
     ls.add_argument("path", nargs="?", help="a directory inside the snapshot")
     log = add("log", cmd_log, "history of a name, newest first")
     log.add_argument("name")
