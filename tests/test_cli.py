@@ -386,3 +386,28 @@ def test_ls_of_an_unknown_name_or_a_file_version(location: Location) -> None:
     with_path = _cli(location, "ls", "models/m:1", "some/dir")
     assert with_path.returncode == 2
     assert b"models/m:1 is a file version, not a snapshot" in with_path.stderr
+
+
+def _bare(*args: str) -> subprocess.CompletedProcess:
+    """castore with exactly these arguments (no --store put first, as _cli does)."""
+    return subprocess.run(
+        [sys.executable, "-m", "castore", *args],
+        capture_output=True,
+        env={**os.environ, "CASTORE_STORE": ""},
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_global_flags_may_follow_the_command(location: Location) -> None:
+    """castore ls --store x was refused: the global flags had to come first."""
+    _ok(location, "init")
+    _ok(location, "put", "-", "--name", "m", stdin=b"weights")
+    listed = _bare("ls", "m", "--store", location.url, "--json")
+    assert listed.returncode == 0, listed.stderr.decode()
+    assert [row["version"] for row in json.loads(listed.stdout)] == [1]
+    # given on both sides, the store after the command wins; --option adds up
+    overridden = _bare("--store", "/nonexistent/store", "--json", "ls", "--store", location.url)
+    assert overridden.returncode == 0 and json.loads(overridden.stdout)[0]["name"] == "m"
+    both = _bare("--option", "a=1", "ls", "--store", location.url, "--option", "b=2")
+    assert both.returncode == 2 and b"['a', 'b']" in both.stderr

@@ -849,6 +849,23 @@ def cmd_copy(command: Command) -> int:
 # -- parser -------------------------------------------------------------------------------------
 
 
+def _add_global_flags(parser: argparse.ArgumentParser, *, after: bool) -> None:
+    """--store, --option and --json, before the command or (`after`) after it. After it
+    they leave unset what they are not given, so as not to undo the flags given before;
+    --option given there is kept apart (as options_after) and added to those before."""
+    unset: dict[str, Any] = {"default": argparse.SUPPRESS} if after else {}
+    parser.add_argument("--store", help="store URL or path (default: $CASTORE_STORE)", **unset)
+    parser.add_argument(
+        "--option",
+        action="append",
+        dest="options_after" if after else "option",
+        metavar="KEY=VALUE",
+        help="storage option passed to fsspec, e.g. endpoint_url=http://127.0.0.1:9000",
+        **(unset or {"default": []}),
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output", **unset)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -857,22 +874,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--store", help="store URL or path (default: $CASTORE_STORE)")
-    parser.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="storage option passed to fsspec, e.g. endpoint_url=http://127.0.0.1:9000",
-    )
-    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    _add_global_flags(parser, after=False)
     parser.add_argument("--version", action="version", version=f"castore {castore.__version__}")
+    after_command = argparse.ArgumentParser(add_help=False)
+    _add_global_flags(after_command, after=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
         name: str, handler: Callable[[Command], int], help_text: str
     ) -> argparse.ArgumentParser:
-        command = sub.add_parser(name, help=help_text, description=help_text)
+        command = sub.add_parser(
+            name, help=help_text, description=help_text, parents=[after_command]
+        )
         command.set_defaults(handler=handler)
         return command
 
@@ -1020,6 +1033,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
+    args.option += getattr(args, "options_after", [])
     command = Command(args)
     try:
         return args.handler(command)
