@@ -411,3 +411,16 @@ def test_global_flags_may_follow_the_command(location: Location) -> None:
     assert overridden.returncode == 0 and json.loads(overridden.stdout)[0]["name"] == "m"
     both = _bare("--option", "a=1", "ls", "--store", location.url, "--option", "b=2")
     assert both.returncode == 2 and b"['a', 'b']" in both.stderr
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_the_short_digests_ls_prints_are_references(location: Location) -> None:
+    _ok(location, "init")
+    _ok(location, "put", "-", "--name", "m", stdin=b"weights")
+    short = _ok(location, "ls", "m").split()[1]
+    assert short.startswith("sha256:") and len(short) == 19
+    assert _cli(location, "cat", short).stdout == b"weights"
+    assert _cli(location, "cat", f"m@{short}").stdout == b"weights"
+    assert _ok(location, "resolve", short).strip() == _ok(location, "resolve", "m:1").strip()
+    trailing = _cli(location, "cat", "m:")
+    assert trailing.returncode == 2 and b"nothing follows ':'" in trailing.stderr

@@ -219,8 +219,9 @@ def cmd_put(command: Command) -> int:
 
 def _digest(command: Command, ref: str) -> str:
     """The digest whose bytes to read: a bare digest as given (a version digest first, then
-    a content digest), any other reference pinned to its version's digest."""
-    if ref.startswith(castore.DIGEST_PREFIX):
+    a content digest), any other reference (a short digest too) pinned to its version's
+    digest."""
+    if ref.startswith(castore.DIGEST_PREFIX) and len(ref) == len(castore.DIGEST_PREFIX) + 64:
         return ref
     return command.store.version(ref).digest
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from castore.engine.refs import TagEvent
@@ -218,6 +218,33 @@ def _describe(repo: Repository, name: str) -> str:
     return f"{name} has {listed}; tags: {', '.join(tags) or '(none)'}"
 
 
+def _expand(repo: Repository, parsed: Reference) -> bytes:
+    """The one version digest a short digest starts: among the versions of its name (live
+    or deleted), or among every manifest for a bare one. Several are an InvalidInputError
+    listing them, as git does."""
+    prefix = parsed.digest_prefix
+    assert prefix is not None
+    if parsed.name is not None:
+        known = [
+            repo.refs.read_version(parsed.name, n) for n in repo.refs.version_numbers(parsed.name)
+        ]
+        digests = {ref.manifest for ref in known if ref is not None}
+    else:
+        listed = repo.backend.list(f"{layout.MANIFESTS}/{prefix[:2]}")
+        digests = {d for d in map(layout.name_of, listed) if d is not None}
+    found = sorted(d for d in digests if d.hex().startswith(prefix))
+    if not found:
+        where = f"among the versions of {parsed.name}" if parsed.name else f"in {repo.url}"
+        raise NotFoundError(f"no version digest starts with {prefix} {where}")
+    if len(found) > 1:
+        raise InvalidInputError(
+            f"short digest {prefix} is ambiguous; it starts "
+            + ", ".join(format_digest(d) for d in found)
+            + ": give more digits"
+        )
+    return found[0]
+
+
 def resolve(repo: Repository, ref: str | Reference) -> tuple[Manifest, bytes]:
     """The manifest and version digest a reference designates."""
     parsed = ref if isinstance(ref, Reference) else parse_reference(ref)
@@ -226,6 +253,8 @@ def resolve(repo: Repository, ref: str | Reference) -> tuple[Manifest, bytes]:
             f"reference {ref} pins the store {parsed.store_url}, not {repo.url}: "
             "open that store, or use castore.load() with the qualified reference"
         )
+    if parsed.digest_prefix is not None:
+        parsed = replace(parsed, digest=_expand(repo, parsed), digest_prefix=None)
     if parsed.digest is not None:
         manifest = manifest_by_digest(repo, parsed.digest, parsed.name)
         if parsed.name is not None and manifest.name != parsed.name:
