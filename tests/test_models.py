@@ -297,3 +297,16 @@ def test_an_empty_selector_is_invalid(store: castore.Store) -> None:
     store.save(b"bytes", "m", serializer="raw")
     with pytest.raises(castore.InvalidInputError, match="nothing follows ':'"):
         store.resolve("m:")
+
+
+def test_numpy_scalars_are_metadata(store: castore.Store) -> None:
+    """np.float32 is what metrics come as; metadata refused it."""
+    metrics = {"auc": np.float32(0.5), "epochs": np.int64(3), "ok": np.bool_(True)}
+    version = store.save(
+        b"weights", "m", serializer="raw", metadata={**metrics, "nested": [np.float64(2)]}
+    )
+    assert version.metadata == {"auc": 0.5, "epochs": 3, "ok": True, "nested": [2.0]}
+    assert type(version.metadata["epochs"]) is int and type(version.metadata["ok"]) is bool
+    for refused in (np.zeros(2), np.datetime64("2024-01-01")):
+        with pytest.raises(castore.InvalidInputError, match="metadata must hold only"):
+            store.save(b"weights", "m", serializer="raw", metadata={"x": refused})
