@@ -17,7 +17,7 @@ from castore.format.digests import parse_digest
 from castore.format.streams import StreamDescriptor, encode_stream_object
 from castore.versions import catalog
 from tests.conftest import SMALL_PACKS, Location
-from tests.helpers import flip_byte, pattern, stream_object_path, stream_of
+from tests.helpers import flip_byte, pack_paths, pattern, stream_object_path, stream_of
 
 
 def _cli(
@@ -424,3 +424,58 @@ def test_the_short_digests_ls_prints_are_references(location: Location) -> None:
     assert _ok(location, "resolve", short).strip() == _ok(location, "resolve", "m:1").strip()
     trailing = _cli(location, "cat", "m:")
     assert trailing.returncode == 2 and b"nothing follows ':'" in trailing.stderr
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_rm_of_a_tagged_version_needs_force(location: Location) -> None:
+    """castore rm name:production deleted the version and silently dropped the tag."""
+    _ok(location, "init")
+    for n in range(2):
+        _ok(location, "put", "-", "--name", "m", stdin=f"version {n}".encode())
+    _ok(location, "tag", "m:1", "production")
+    _ok(location, "tag", "m:1", "candidate")
+    for ref in ("m:production", "m:1"):
+        refused = _cli(location, "rm", ref)
+        assert refused.returncode == 2
+        assert b"m:1 carries the tags candidate, production" in refused.stderr
+    assert json.loads(_ok(location, "--json", "info", "m:1"))["tags"] == ["candidate", "production"]
+    assert "dropped its tags candidate, production" in _ok(
+        location, "rm", "m:production", "--force"
+    )
+    assert "dropped" not in _ok(location, "rm", "m:2")
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_small_cli_habits(location: Location, tmp_path: Path) -> None:
+    """backup of a missing path, diff's Python reprs, and a not-found message without '; '."""
+    _ok(location, "init")
+    missing = _cli(location, "backup", str(tmp_path / "nope"), "--name", "b")
+    assert missing.returncode == 2 and b"it does not exist" in missing.stderr
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    not_dir = _cli(location, "backup", str(a_file), "--name", "b")
+    assert not_dir.returncode == 2 and b"it is not a directory" in not_dir.stderr
+    _ok(location, "put", "-", "--name", "m", "--meta", "stage=dev", "--meta", "auc=0.9", stdin=b"1")
+    _ok(
+        location, "put", "-", "--name", "m", "--meta", "stage=prod", "--meta", "ok=true", stdin=b"2"
+    )
+    diff = _ok(location, "diff", "m:1", "m:2")
+    assert '~ stage: "dev" -> "prod"' in diff and "+ ok = true" in diff and "- auc = 0.9" in diff
+    unknown = _cli(location, "log", "nothing")
+    assert unknown.returncode == 3 and b"; names: m" in unknown.stderr
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_verify_names_each_affected_version_once(location: Location, tmp_path: Path) -> None:
+    source = tmp_path / "run"
+    source.mkdir()
+    for copy in ("a.bin", "b.bin", "c.bin"):  # one chunk, three times in one snapshot
+        (source / copy).write_bytes(pattern(100_000, seed=7))
+    with location.init() as store:
+        store.backup(source, "runs/exp")
+        (pack,) = pack_paths(store)
+        flip_byte(store, pack, 200)
+    report = json.loads(_cli(location, "--json", "verify", "--read-data").stdout)
+    assert report["affected"] == ["runs/exp:1"]
+    needs = [p.partition("; needed by ")[2] for p in report["problems"] if "needed by" in p]
+    assert needs and set(needs) == {"runs/exp:1"}, report["problems"]

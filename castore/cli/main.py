@@ -443,6 +443,12 @@ def cmd_resolve(command: Command) -> int:
     return 0
 
 
+def _value(value: Any) -> str:
+    """A metadata value as JSON (bytes as their repr): json.dumps escapes every control
+    and non-ASCII character, so the text is safe on a terminal as it is (as in log)."""
+    return json.dumps(value, default=repr)
+
+
 def _diff_snapshots(command: Command) -> int:
     changes = list(command.store.snapshot_diff(command.args.a, command.args.b))
     marks = {"added": "+", "removed": "-", "changed": "M"}
@@ -486,9 +492,12 @@ def cmd_diff(command: Command) -> int:
             f"{_human_size(result.shared_bytes)} of {_human_size(result.b.stream_size)} shared "
             f"({share:.0%})",
         ]
-        lines += [f"+ {k} = {v!r}" for k, v in result.metadata_added.items()]
-        lines += [f"- {k} = {v!r}" for k, v in result.metadata_removed.items()]
-        lines += [f"~ {k}: {a!r} -> {b!r}" for k, (a, b) in result.metadata_changed.items()]
+        lines += [f"+ {shown(k)} = {_value(v)}" for k, v in result.metadata_added.items()]
+        lines += [f"- {shown(k)} = {_value(v)}" for k, v in result.metadata_removed.items()]
+        lines += [
+            f"~ {shown(k)}: {_value(a)} -> {_value(b)}"
+            for k, (a, b) in result.metadata_changed.items()
+        ]
         return "\n".join(lines)
 
     command.emit(data, text)
@@ -661,11 +670,21 @@ def cmd_sign(command: Command) -> int:
 
 
 def cmd_rm(command: Command) -> int:
-    """castore rm REF."""
-    version = command.store.delete(command.args.ref)
+    """castore rm REF [--force]: a version that tags point at only with --force."""
+    store = command.store
+    target = store.version(command.args.ref)
+    where = f"{target.name}:{target.version}"
+    tags = sorted(t for t, n in store.tags(target.name).items() if n == target.version)
+    if tags and not command.args.force:
+        raise InvalidInputError(
+            f"{where} carries the tags {', '.join(tags)}; deleting it drops them: "
+            "move them first (castore tag), or pass --force"
+        )
+    version = store.delete(target.reference)  # the version checked, even if a tag moves
+    dropped = f"; dropped its tags {', '.join(tags)}" if tags else ""
     command.emit(
-        _version_json(version),
-        f"deleted {version.name}:{version.version}; its data is freed by 'castore gc'",
+        {**_version_json(version), "tags_dropped": tags},
+        f"deleted {where}{dropped}; its data is freed by 'castore gc'",
     )
     return 0
 
@@ -930,7 +949,9 @@ def build_parser() -> argparse.ArgumentParser:
     diff = add("diff", cmd_diff, "metadata changes and shared bytes between two versions")
     diff.add_argument("a")
     diff.add_argument("b")
-    add("rm", cmd_rm, "delete a version (data is freed by gc)").add_argument("ref")
+    rm = add("rm", cmd_rm, "delete a version (data is freed by gc)")
+    rm.add_argument("ref")
+    rm.add_argument("--force", action="store_true", help="delete it even if tags point at it")
     key = add("key", cmd_key, "manage signing keys: 'key generate [PATH]'")
     key.add_argument("action", choices=["generate"])
     key.add_argument("path", nargs="?", help="private key file (default: the user's key)")

@@ -48,7 +48,9 @@ class Reachable:
         for chunk_id, size in chunks:
             self.chunks[chunk_id] = size
             if track:
-                self.users.setdefault(chunk_id, []).append(user)
+                users = self.users.setdefault(chunk_id, [])
+                if not users or users[-1] != user:  # a chunk a version repeats: named once
+                    users.append(user)
 
 
 def _listed(reach: Reachable, what: str, listing: Callable[[], list[T]]) -> list[T]:

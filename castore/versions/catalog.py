@@ -210,7 +210,7 @@ def _describe(repo: Repository, name: str) -> str:
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         listing = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "") or "(none)"
-        return f"there is no name {name!r} in {repo.url}{hint} Names: {listing}"
+        return f"there is no name {name!r} in {repo.url}; names: {listing}{hint}"
     live = versions(repo, name)
     tags = [t for t in repo.refs.tag_names(name) if repo.refs.current_tag(name, t)]
     runs = ", ".join(_span(*run) for run in _spans(live))
