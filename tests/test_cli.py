@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -479,3 +480,24 @@ def test_verify_names_each_affected_version_once(location: Location, tmp_path: P
     assert report["affected"] == ["runs/exp:1"]
     needs = [p.partition("; needed by ")[2] for p in report["problems"] if "needed by" in p]
     assert needs and set(needs) == {"runs/exp:1"}, report["problems"]
+
+
+def test_the_demo_hint_works_without_an_activated_venv(tmp_path: Path) -> None:
+    """The demo closed with 'castore --store demo-store log ...', which needs castore on
+    PATH (an activated venv)."""
+    demo = Path(__file__).parents[1] / "examples" / "demo.py"
+    code = f"import runpy; print(runpy.run_path({str(demo)!r})['castore_command']())"
+    for cwd in (tmp_path, Path(sys.executable).parents[2]):
+        hint = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=cwd
+        ).stdout.strip()
+        store = tmp_path / "store"
+        result = subprocess.run(
+            f"{hint} --store {store} init",
+            shell=True,
+            capture_output=True,
+            cwd=cwd,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        )
+        assert result.returncode == 0, (hint, result.stderr.decode())
+        shutil.rmtree(store)
