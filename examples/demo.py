@@ -6,6 +6,8 @@ loads it back by its digest, and shows how little the second version cost.
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 import sys
 import time
@@ -86,8 +88,20 @@ def main() -> None:
         f"metadata changed: {difference.metadata_changed}"
     )
     print(f"history verified: {not store.verify_history('churn/classifier')}")
-    print(f"try: castore --store {STORE} log churn/classifier --verify")
+    print(
+        f"try: {castore_command()} --store {shlex.quote(str(STORE))} log churn/classifier --verify"
+    )
 
 
-if __name__ == "__main__":
-    main()
+def castore_command() -> str:
+    """How to run castore from here as this demo runs: the castore script beside this
+    interpreter (a venv's bin/) if there is one, else this interpreter with -m castore;
+    relative to the current directory when below it, so it works without activating."""
+    script = Path(sys.executable).with_name("castore")
+    program = script.is_file() and os.access(script, os.X_OK)
+    chosen = script if program else Path(sys.executable)
+    text = str(chosen)
+    if chosen.is_absolute() and chosen.is_relative_to(Path.cwd()):
+        text = os.path.relpath(chosen)
+        text = text if os.sep in text else os.curdir + os.sep + text  # not looked up in PATH
+    return shlex.join([text] if program else [text, "-m", "castore"])

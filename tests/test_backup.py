@@ -535,7 +535,7 @@ def test_errors_are_castore_errors(store: castore.Store, tmp_path: Path) -> None
         store.restore("models/m", tmp_path / "out")
     with pytest.raises(castore.InvalidInputError, match="not backups"):
         store.backup(tmp_path, "models/m")
-    with pytest.raises(castore.InvalidInputError, match="not a directory"):
+    with pytest.raises(castore.InvalidInputError, match="does not exist"):
         store.backup(tmp_path / "missing", "backups/x")
     with pytest.raises(castore.NotFoundError):
         store.restore("backups/none", tmp_path / "out")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from castore.format.digests import parse_digest
 from castore.format.streams import StreamDescriptor, encode_stream_object
 from castore.versions import catalog
 from tests.conftest import SMALL_PACKS, Location
-from tests.helpers import flip_byte, pattern, stream_object_path, stream_of
+from tests.helpers import flip_byte, pack_paths, pattern, stream_object_path, stream_of
 
 
 def _cli(
@@ -384,3 +385,162 @@ def test_trusting_a_key_on_the_command_line_makes_its_signatures_count(
     refused = _cli(location, "key", "trust", str(tmp_path / "bad.pub"))
     assert refused.returncode == 2 and b"Ed25519" in refused.stderr
     assert len(json.loads(_ok(location, "--json", "key", "ls"))["keys"]) == 1
+
+
+def test_a_snapshot_counts_its_files_bytes(location: Location, tmp_path: Path) -> None:
+    """stats and ls once counted a snapshot's tree stream, not its files (dedup 0.01x)."""
+    source = tmp_path / "run"
+    source.mkdir()
+    for seed in range(3):
+        (source / f"part-{seed}.bin").write_bytes(pattern(300_000, seed=seed))
+    (source / "copy.bin").write_bytes(pattern(300_000, seed=0))  # deduplicates with part-0
+    (source / "link").symlink_to("part-0.bin")
+    _ok(location, "init")
+    _ok(location, "backup", str(source), "--name", "runs/exp")
+    _ok(location, "backup", str(source), "--name", "runs/exp")  # a second, identical snapshot
+    files = 4 * 300_000
+    stats = json.loads(_ok(location, "--json", "stats"))
+    assert stats["logical_bytes"] == 2 * files
+    assert stats["dedup_ratio"] > 2 * 4 / 3 * 0.9
+    info = json.loads(_ok(location, "--json", "info", "runs/exp:1"))
+    assert info["size"] == files and 0 < info["stream_size"] < 10_000
+    listing = json.loads(_ok(location, "--json", "ls", "runs/exp"))
+    assert [row["size"] for row in listing] == [files, files]
+    assert "1.1 MiB" in _ok(location, "ls", "runs/exp")
+    assert "1.1 MiB" in _ok(location, "ls")
+    with location.open() as store:
+        assert store.version("runs/exp:2").size == files
+        assert [e.details.size for e in store.log("runs/exp") if e.details] == [files, files]
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_ls_of_an_unknown_name_or_a_file_version(location: Location) -> None:
+    """ls of an unknown name printed a blank line and exited 0; ls NAME:N of a file
+    version said "invalid name"."""
+    _ok(location, "init")
+    _ok(location, "put", "-", "--name", "models/m", "--tag", "production", stdin=b"weights")
+    missing = _cli(location, "ls", "nothing/here")
+    assert missing.returncode == 3 and missing.stdout == b""
+    assert b"there is no name 'nothing/here'" in missing.stderr
+    shown = _ok(location, "ls", "models/m:1")
+    assert shown.startswith("1 ") and "production" in shown and "invalid" not in shown
+    row = json.loads(_ok(location, "--json", "ls", "models/m:production"))
+    assert row == json.loads(_ok(location, "--json", "ls", "models/m"))
+    assert row[0]["tags"] == ["production"] and row[0]["size"] == len(b"weights")
+    with_path = _cli(location, "ls", "models/m:1", "some/dir")
+    assert with_path.returncode == 2
+    assert b"models/m:1 is a file version, not a snapshot" in with_path.stderr
+
+
+def _bare(*args: str) -> subprocess.CompletedProcess:
+    """castore with exactly these arguments (no --store put first, as _cli does)."""
+    return subprocess.run(
+        [sys.executable, "-m", "castore", *args],
+        capture_output=True,
+        env={**os.environ, "CASTORE_STORE": ""},
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_global_flags_may_follow_the_command(location: Location) -> None:
+    """castore ls --store x was refused: the global flags had to come first."""
+    _ok(location, "init")
+    _ok(location, "put", "-", "--name", "m", stdin=b"weights")
+    listed = _bare("ls", "m", "--store", location.url, "--json")
+    assert listed.returncode == 0, listed.stderr.decode()
+    assert [row["version"] for row in json.loads(listed.stdout)] == [1]
+    # given on both sides, the store after the command wins; --option adds up
+    overridden = _bare("--store", "/nonexistent/store", "--json", "ls", "--store", location.url)
+    assert overridden.returncode == 0 and json.loads(overridden.stdout)[0]["name"] == "m"
+    both = _bare("--option", "a=1", "ls", "--store", location.url, "--option", "b=2")
+    assert both.returncode == 2 and b"['a', 'b']" in both.stderr
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_the_short_digests_ls_prints_are_references(location: Location) -> None:
+    _ok(location, "init")
+    _ok(location, "put", "-", "--name", "m", stdin=b"weights")
+    short = _ok(location, "ls", "m").split()[1]
+    assert short.startswith("sha256:") and len(short) == 19
+    assert _cli(location, "cat", short).stdout == b"weights"
+    assert _cli(location, "cat", f"m@{short}").stdout == b"weights"
+    assert _ok(location, "resolve", short).strip() == _ok(location, "resolve", "m:1").strip()
+    trailing = _cli(location, "cat", "m:")
+    assert trailing.returncode == 2 and b"nothing follows ':'" in trailing.stderr
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_rm_of_a_tagged_version_needs_force(location: Location) -> None:
+    """castore rm name:production deleted the version and silently dropped the tag."""
+    _ok(location, "init")
+    for n in range(2):
+        _ok(location, "put", "-", "--name", "m", stdin=f"version {n}".encode())
+    _ok(location, "tag", "m:1", "production")
+    _ok(location, "tag", "m:1", "candidate")
+    for ref in ("m:production", "m:1"):
+        refused = _cli(location, "rm", ref)
+        assert refused.returncode == 2
+        assert b"m:1 carries the tags candidate, production" in refused.stderr
+    assert json.loads(_ok(location, "--json", "info", "m:1"))["tags"] == ["candidate", "production"]
+    assert "dropped its tags candidate, production" in _ok(
+        location, "rm", "m:production", "--force"
+    )
+    assert "dropped" not in _ok(location, "rm", "m:2")
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_small_cli_habits(location: Location, tmp_path: Path) -> None:
+    """backup of a missing path, diff's Python reprs, and a not-found message without '; '."""
+    _ok(location, "init")
+    missing = _cli(location, "backup", str(tmp_path / "nope"), "--name", "b")
+    assert missing.returncode == 2 and b"it does not exist" in missing.stderr
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    not_dir = _cli(location, "backup", str(a_file), "--name", "b")
+    assert not_dir.returncode == 2 and b"it is not a directory" in not_dir.stderr
+    _ok(location, "put", "-", "--name", "m", "--meta", "stage=dev", "--meta", "auc=0.9", stdin=b"1")
+    _ok(
+        location, "put", "-", "--name", "m", "--meta", "stage=prod", "--meta", "ok=true", stdin=b"2"
+    )
+    diff = _ok(location, "diff", "m:1", "m:2")
+    assert '~ stage: "dev" -> "prod"' in diff and "+ ok = true" in diff and "- auc = 0.9" in diff
+    unknown = _cli(location, "log", "nothing")
+    assert unknown.returncode == 3 and b"; names: m" in unknown.stderr
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_verify_names_each_affected_version_once(location: Location, tmp_path: Path) -> None:
+    source = tmp_path / "run"
+    source.mkdir()
+    for copy in ("a.bin", "b.bin", "c.bin"):  # one chunk, three times in one snapshot
+        (source / copy).write_bytes(pattern(100_000, seed=7))
+    with location.init() as store:
+        store.backup(source, "runs/exp")
+        (pack,) = pack_paths(store)
+        flip_byte(store, pack, 200)
+    report = json.loads(_cli(location, "--json", "verify", "--read-data").stdout)
+    assert report["affected"] == ["runs/exp:1"]
+    needs = [p.partition("; needed by ")[2] for p in report["problems"] if "needed by" in p]
+    assert needs and set(needs) == {"runs/exp:1"}, report["problems"]
+
+
+def test_the_demo_hint_works_without_an_activated_venv(tmp_path: Path) -> None:
+    """The demo closed with 'castore --store demo-store log ...', which needs castore on
+    PATH (an activated venv)."""
+    demo = Path(__file__).parents[1] / "examples" / "demo.py"
+    code = f"import runpy; print(runpy.run_path({str(demo)!r})['castore_command']())"
+    for cwd in (tmp_path, Path(sys.executable).parents[2]):
+        hint = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=cwd
+        ).stdout.strip()
+        store = tmp_path / "store"
+        result = subprocess.run(
+            f"{hint} --store {store} init",
+            shell=True,
+            capture_output=True,
+            cwd=cwd,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        )
+        assert result.returncode == 0, (hint, result.stderr.decode())
+        shutil.rmtree(store)

@@ -270,3 +270,45 @@ def test_bad_metadata_is_refused_before_anything_is_written(store: castore.Store
     with pytest.raises(castore.InvalidInputError):
         store.save({"a": 1}, "m", metadata=metadata)
     assert store.names() == []
+
+
+def test_short_digests_resolve_when_unique(store: castore.Store) -> None:
+    """The short digests ls prints were refused as references."""
+    v1 = store.save(b"first", "m", serializer="raw")
+    v2 = store.save(b"second", "m", serializer="raw")
+    short = v1.digest[: len("sha256:") + 8]
+    assert store.resolve(short) == v1.reference
+    assert store.resolve(f"m@{short}") == v1.reference
+    assert store.resolve(f"m@{v2.digest[:30]}") == v2.reference
+    with pytest.raises(castore.InvalidInputError, match="malformed digest"):
+        store.resolve(v1.digest[:14])  # 7 hex digits: too short to be a prefix
+    store.save(b"other", "n", serializer="raw")
+    with pytest.raises(castore.NotFoundError, match="among the versions of n"):
+        store.resolve(f"n@{short}")
+    hex_digits = v1.digest.removeprefix("sha256:")
+    twin = hex_digits[:12] + ("0" if hex_digits[12] != "0" else "1") + hex_digits[13:]
+    store.repository.backend.write(f"manifests/{twin[:2]}/{twin}", b"planted")
+    with pytest.raises(castore.InvalidInputError, match="ambiguous") as refused:
+        store.resolve(short)
+    assert v1.digest in str(refused.value) and f"sha256:{twin}" in str(refused.value)
+    assert store.resolve(v1.digest[:20]) == v1.reference  # more digits tell them apart
+
+
+def test_an_empty_selector_is_invalid(store: castore.Store) -> None:
+    """'name:' resolved to the latest version."""
+    store.save(b"bytes", "m", serializer="raw")
+    with pytest.raises(castore.InvalidInputError, match="nothing follows ':'"):
+        store.resolve("m:")
+
+
+def test_numpy_scalars_are_metadata(store: castore.Store) -> None:
+    """np.float32 is what metrics come as; metadata refused it."""
+    metrics = {"auc": np.float32(0.5), "epochs": np.int64(3), "ok": np.bool_(True)}
+    version = store.save(
+        b"weights", "m", serializer="raw", metadata={**metrics, "nested": [np.float64(2)]}
+    )
+    assert version.metadata == {"auc": 0.5, "epochs": 3, "ok": True, "nested": [2.0]}
+    assert type(version.metadata["epochs"]) is int and type(version.metadata["ok"]) is bool
+    for refused in (np.zeros(2), np.datetime64("2024-01-01")):
+        with pytest.raises(castore.InvalidInputError, match="metadata must hold only"):
+            store.save(b"weights", "m", serializer="raw", metadata={"x": refused})

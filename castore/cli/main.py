@@ -140,6 +140,7 @@ def _version_json(version: castore.Version) -> dict[str, Any]:
         "reference": version.reference,
         "content_digest": version.content_digest,
         "size": version.size,
+        "stream_size": version.stream_size,
         "serializer": version.serializer,
         "created": version.created,
         "metadata": version.metadata,
@@ -222,8 +223,9 @@ def cmd_put(command: Command) -> int:
 
 def _digest(command: Command, ref: str) -> str:
     """The digest whose bytes to read: a bare digest as given (a version digest first, then
-    a content digest), any other reference pinned to its version's digest."""
-    if ref.startswith(castore.DIGEST_PREFIX):
+    a content digest), any other reference (a short digest too) pinned to its version's
+    digest."""
+    if ref.startswith(castore.DIGEST_PREFIX) and len(ref) == len(castore.DIGEST_PREFIX) + 64:
         return ref
     return command.store.version(ref).digest
 
@@ -272,6 +274,21 @@ def _is_snapshot(store: castore.Store, ref: str) -> bool:
     return store.version(ref).kind == "tree"
 
 
+def _version_row(version: castore.Version, tags: dict[str, int]) -> dict[str, Any]:
+    """A version as `ls NAME` lists it: its JSON and the tags that point at it."""
+    return {
+        **_version_json(version),
+        "tags": sorted(t for t, n in tags.items() if n == version.version),
+    }
+
+
+def _version_line(row: dict[str, Any]) -> str:
+    return (
+        f"{row['version']:<5} {row['digest'][:19]}  {_human_size(row['size']):>10}  "
+        f"{shown(row['created'][:19])}  " + " ".join(row["tags"])
+    )
+
+
 def _entry_json(entry: Any) -> dict[str, Any]:
     return {
         "path": entry.path_str,
@@ -299,12 +316,22 @@ def _list_snapshot(command: Command, ref: str, path: str | None) -> int:
 
 
 def cmd_ls(command: Command) -> int:
-    """castore ls [NAME | SNAPSHOT [PATH]]."""
+    """castore ls [NAME | REF | SNAPSHOT [PATH]]."""
     store = command.store
-    selected = command.args.name is not None and any(c in command.args.name for c in ":@")
-    if selected and _is_snapshot(store, command.args.name):
-        return _list_snapshot(command, command.args.name, command.args.path)
-    if command.args.name is None:
+    args = command.args
+    if args.name is not None and any(c in args.name for c in ":@"):
+        version = store.version(args.name)
+        if version.kind == "tree":
+            return _list_snapshot(command, args.name, args.path)
+        if args.path is not None:
+            raise InvalidInputError(
+                f"{args.name} is a {version.kind} version, not a snapshot: it has no paths; "
+                "use castore info"
+            )
+        row = _version_row(version, store.tags(version.name))
+        command.emit([row], lambda: _version_line(row))
+        return 0
+    if args.name is None:
         rows = []
         for name in store.names():
             latest = store.version(name)
@@ -321,20 +348,13 @@ def cmd_ls(command: Command) -> int:
             ),
         )
         return 0
-    name = command.args.name
+    name = args.name
+    numbers = store.versions(name)
+    if not numbers:
+        store.version(name)  # raises NotFoundError saying what the store has instead
     tags = store.tags(name)
-    entries = [store.version(f"{name}:{n}") for n in store.versions(name)]
-    command.emit(
-        [
-            {**_version_json(v), "tags": sorted(t for t, n in tags.items() if n == v.version)}
-            for v in entries
-        ],
-        lambda: "\n".join(
-            f"{v.version:<5} {v.digest[:19]}  {_human_size(v.size):>10}  {shown(v.created[:19])}  "
-            + " ".join(sorted(t for t, n in tags.items() if n == v.version))
-            for v in entries
-        ),
-    )
+    rows = [_version_row(store.version(f"{name}:{n}"), tags) for n in numbers]
+    command.emit(rows, lambda: "\n".join(_version_line(row) for row in rows))
     return 0
 
 
@@ -509,6 +529,12 @@ def cmd_resolve(command: Command) -> int:
     return 0
 
 
+def _value(value: Any) -> str:
+    """A metadata value as JSON (bytes as their repr): json.dumps escapes every control
+    and non-ASCII character, so the text is safe on a terminal as it is (as in log)."""
+    return json.dumps(value, default=repr)
+
+
 def _diff_snapshots(command: Command) -> int:
     changes = list(command.store.snapshot_diff(command.args.a, command.args.b))
     marks = {"added": "+", "removed": "-", "changed": "M"}
@@ -532,7 +558,7 @@ def cmd_diff(command: Command) -> int:
     if _is_snapshot(store, command.args.a) and _is_snapshot(store, command.args.b):
         return _diff_snapshots(command)
     result = store.diff(command.args.a, command.args.b)
-    share = result.shared_bytes / result.b.size if result.b.size else 1.0
+    share = result.shared_bytes / result.b.stream_size if result.b.stream_size else 1.0
     data = {
         "a": result.a.reference,
         "b": result.b.reference,
@@ -549,12 +575,15 @@ def cmd_diff(command: Command) -> int:
         lines = [
             f"{result.a.name}:{result.a.version} -> {result.b.name}:{result.b.version}",
             f"content: {'identical' if result.same_content else 'differs'}; "
-            f"{_human_size(result.shared_bytes)} of {_human_size(result.b.size)} shared "
+            f"{_human_size(result.shared_bytes)} of {_human_size(result.b.stream_size)} shared "
             f"({share:.0%})",
         ]
-        lines += [f"+ {k} = {v!r}" for k, v in result.metadata_added.items()]
-        lines += [f"- {k} = {v!r}" for k, v in result.metadata_removed.items()]
-        lines += [f"~ {k}: {a!r} -> {b!r}" for k, (a, b) in result.metadata_changed.items()]
+        lines += [f"+ {shown(k)} = {_value(v)}" for k, v in result.metadata_added.items()]
+        lines += [f"- {shown(k)} = {_value(v)}" for k, v in result.metadata_removed.items()]
+        lines += [
+            f"~ {shown(k)}: {_value(a)} -> {_value(b)}"
+            for k, (a, b) in result.metadata_changed.items()
+        ]
         return "\n".join(lines)
 
     command.emit(data, text)
@@ -765,11 +794,21 @@ def cmd_sign(command: Command) -> int:
 
 
 def cmd_rm(command: Command) -> int:
-    """castore rm REF."""
-    version = command.store.delete(command.args.ref)
+    """castore rm REF [--force]: a version that tags point at only with --force."""
+    store = command.store
+    target = store.version(command.args.ref)
+    where = f"{target.name}:{target.version}"
+    tags = sorted(t for t, n in store.tags(target.name).items() if n == target.version)
+    if tags and not command.args.force:
+        raise InvalidInputError(
+            f"{where} carries the tags {', '.join(tags)}; deleting it drops them: "
+            "move them first (castore tag), or pass --force"
+        )
+    version = store.delete(target.reference)  # the version checked, even if a tag moves
+    dropped = f"; dropped its tags {', '.join(tags)}" if tags else ""
     command.emit(
-        _version_json(version),
-        f"deleted {version.name}:{version.version}; its data is freed by 'castore gc'",
+        {**_version_json(version), "tags_dropped": tags},
+        f"deleted {where}{dropped}; its data is freed by 'castore gc'",
     )
     return 0
 
@@ -954,6 +993,23 @@ def cmd_copy(command: Command) -> int:
 # -- parser -------------------------------------------------------------------------------------
 
 
+def _add_global_flags(parser: argparse.ArgumentParser, *, after: bool) -> None:
+    """--store, --option and --json, before the command or (`after`) after it. After it
+    they leave unset what they are not given, so as not to undo the flags given before;
+    --option given there is kept apart (as options_after) and added to those before."""
+    unset: dict[str, Any] = {"default": argparse.SUPPRESS} if after else {}
+    parser.add_argument("--store", help="store URL or path (default: $CASTORE_STORE)", **unset)
+    parser.add_argument(
+        "--option",
+        action="append",
+        dest="options_after" if after else "option",
+        metavar="KEY=VALUE",
+        help="storage option passed to fsspec, e.g. endpoint_url=http://127.0.0.1:9000",
+        **(unset or {"default": []}),
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output", **unset)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -962,22 +1018,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--store", help="store URL or path (default: $CASTORE_STORE)")
-    parser.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="storage option passed to fsspec, e.g. endpoint_url=http://127.0.0.1:9000",
-    )
-    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    _add_global_flags(parser, after=False)
     parser.add_argument("--version", action="version", version=f"castore {castore.__version__}")
+    after_command = argparse.ArgumentParser(add_help=False)
+    _add_global_flags(after_command, after=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
         name: str, handler: Callable[[Command], int], help_text: str
     ) -> argparse.ArgumentParser:
-        command = sub.add_parser(name, help=help_text, description=help_text)
+        command = sub.add_parser(
+            name, help=help_text, description=help_text, parents=[after_command]
+        )
         command.set_defaults(handler=handler)
         return command
 
@@ -1001,7 +1053,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ref"
     )
     ls = add("ls", cmd_ls, "list names, the versions of NAME, or the files of a snapshot")
-    ls.add_argument("name", nargs="?", help="NAME, or a snapshot NAME:version")
+    ls.add_argument("name", nargs="?", help="NAME, a version NAME:N, or a snapshot NAME:N")
     ls.add_argument("path", nargs="?", help="a directory inside the snapshot")
     log = add("log", cmd_log, "history of a name, newest first")
     log.add_argument("name")
@@ -1032,7 +1084,9 @@ def build_parser() -> argparse.ArgumentParser:
     diff = add("diff", cmd_diff, "metadata changes and shared bytes between two versions")
     diff.add_argument("a")
     diff.add_argument("b")
-    add("rm", cmd_rm, "delete a version (data is freed by gc)").add_argument("ref")
+    rm = add("rm", cmd_rm, "delete a version (data is freed by gc)")
+    rm.add_argument("ref")
+    rm.add_argument("--force", action="store_true", help="delete it even if tags point at it")
     key_help = "signing keys: generate a key pair, trust a public key, list trusted keys"
     key = sub.add_parser("key", help=key_help, description=key_help)
     actions = key.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -1160,6 +1214,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
+    args.option += getattr(args, "options_after", [])
     command = Command(args)
     try:
         return args.handler(command)

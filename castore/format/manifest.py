@@ -49,18 +49,37 @@ def environment() -> dict[str, Any]:
     }
 
 
+SCALAR_MODULES = ("numpy",)
+"""Packages whose scalars (np.float32, np.int64, np.bool_...) metadata takes as the Python
+numbers they hold: metrics come as such. Recognized by module name, without importing."""
+
+
+def _python_scalar(value: object) -> bool | int | float | str:
+    """The Python value of a numpy scalar (msgpack's hook for what it cannot pack)."""
+    module = type(value).__module__.partition(".")[0]
+    item = getattr(value, "item", None)
+    if module in SCALAR_MODULES and getattr(value, "shape", None) == () and callable(item):
+        python = item()
+        if isinstance(python, bool | int | float | str):
+            return python
+    raise TypeError(f"cannot store a {type(value).__module__}.{type(value).__name__}")
+
+
 def normalize_metadata(metadata: object) -> dict[str, Any]:
-    """User metadata as it will read back: a msgpack-able map, at most 64 KiB encoded."""
+    """User metadata as it will read back: a msgpack-able map, at most 64 KiB encoded.
+    numpy scalars become the Python numbers they hold (numpy is not imported)."""
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
         raise InvalidInputError(f"metadata must be a dict, not {type(metadata).__name__}")
     try:
-        encoded = msgpack.packb(metadata, use_bin_type=True, strict_types=False)
+        encoded = msgpack.packb(
+            metadata, use_bin_type=True, strict_types=False, default=_python_scalar
+        )
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidInputError(
-            f"metadata must hold only str keys and None, bool, int, float, str, bytes, lists "
-            f"and dicts: {exc}"
+            f"metadata must hold only str keys and None, bool, int, float (numpy scalars too), "
+            f"str, bytes, lists and dicts: {exc}"
         ) from exc
     if len(encoded) > MAX_METADATA_BYTES:
         raise InvalidInputError(

@@ -16,6 +16,10 @@ NAME_PATTERN = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 TAG_PATTERN = re.compile(r"[a-z0-9_][a-z0-9._-]{0,127}")
 NUMBER_PATTERN = re.compile(r"[1-9][0-9]{0,17}")
 STORE_SEPARATOR = "#"
+MIN_DIGEST_PREFIX = 8
+SHORT_DIGEST_PATTERN = re.compile(rf"{PREFIX}([0-9a-f]{{{MIN_DIGEST_PREFIX},63}})")
+"""``sha256:`` and a prefix of a version digest (docs/FORMAT.md 10.3): a reader's
+shorthand, expanded to the one digest it starts; stored references carry full digests."""
 
 NAME_RULES = (
     "names are lowercase letters, digits, '.', '_', '-' and '/', each '/'-separated part "
@@ -52,11 +56,15 @@ class Reference:
     tag: str | None = None
     digest: bytes | None = None
     store_url: str | None = None
+    digest_prefix: str | None = None
+    """The hex digits of a short digest, to be expanded to the version digest they start."""
 
     def __str__(self) -> str:
         text = self.name or ""
         if self.digest is not None:
             text += ("@" if self.name else "") + format_digest(self.digest)
+        elif self.digest_prefix is not None:
+            text += ("@" if self.name else "") + PREFIX + self.digest_prefix
         elif self.version is not None:
             text += f":{self.version}"
         elif self.tag is not None:
@@ -66,8 +74,16 @@ class Reference:
 
 REFERENCE_FORMS = (
     "expected 'name', 'name:latest', 'name:<version>', 'name:<tag>', 'name@sha256:<hex>', "
-    "'sha256:<hex>', or '<store url>#<any of these>'"
+    f"'sha256:<hex>' (<hex>: 64 hex digits, or a unique prefix of at least {MIN_DIGEST_PREFIX}), "
+    "or '<store url>#<any of these>'"
 )
+
+
+def _digest_reference(name: str | None, text: str, store_url: str | None) -> Reference:
+    """A reference by a full version digest, or by a prefix of one."""
+    if short := SHORT_DIGEST_PATTERN.fullmatch(text):
+        return Reference(name, store_url=store_url, digest_prefix=short.group(1))
+    return Reference(name, digest=parse_digest(text), store_url=store_url)
 
 
 def parse_reference(text: object) -> Reference:
@@ -81,12 +97,14 @@ def parse_reference(text: object) -> Reference:
             raise InvalidInputError(f"invalid reference: empty store URL; {REFERENCE_FORMS}")
     try:
         if text.startswith(PREFIX):
-            return Reference(None, digest=parse_digest(text), store_url=store_url)
+            return _digest_reference(None, text, store_url)
         if "@" in text:
             name, _, digest = text.partition("@")
-            return Reference(check_name(name), digest=parse_digest(digest), store_url=store_url)
-        name, _, selector = text.partition(":")
+            return _digest_reference(check_name(name), digest, store_url)
+        name, colon, selector = text.partition(":")
         check_name(name)
+        if colon and not selector:
+            raise InvalidInputError("nothing follows ':'; write 'name' or 'name:latest'")
         if not selector or selector == LATEST:
             return Reference(name, store_url=store_url)
         if selector.isascii() and selector.isdigit():

@@ -17,7 +17,7 @@ from castore.format import layout
 from castore.format.digests import format_digest
 from castore.format.streams import decode_stream_object
 from castore.versions import catalog
-from castore.versions.contents import chunks_of
+from castore.versions.contents import Tally, chunks_of
 
 if TYPE_CHECKING:
     from castore.engine.repository import Repository
@@ -37,6 +37,7 @@ class Reachable:
     listed_names: list[str] = field(default_factory=list)
     """Every name the walk found under refs/, live versions or not."""
     logical_bytes: int = 0
+    """Bytes the live versions and put streams hold; a snapshot's are its files' sizes."""
     names: int = 0
     versions: int = 0
     deleted_versions: int = 0
@@ -47,7 +48,9 @@ class Reachable:
         for chunk_id, size in chunks:
             self.chunks[chunk_id] = size
             if track:
-                self.users.setdefault(chunk_id, []).append(user)
+                users = self.users.setdefault(chunk_id, [])
+                if not users or users[-1] != user:  # a chunk a version repeats: named once
+                    users.append(user)
 
 
 def _listed(reach: Reachable, what: str, listing: Callable[[], list[T]]) -> list[T]:
@@ -95,11 +98,12 @@ def walk(repo: Repository, *, track_users: bool = False) -> Reachable:
                     reach.deleted_versions += 1
                     continue
                 manifest = catalog.read_version_manifest(repo, name, number, version_ref.manifest)
-                reach._add(chunks_of(repo, manifest), label, track_users)
+                tally = Tally()
+                reach._add(chunks_of(repo, manifest, tally), label, track_users)
             except CastoreError as exc:
                 reach.problems.append(f"{label}: {exc}")
                 continue
             reach.versions += 1
             reach.live_manifests.add(version_ref.manifest)
-            reach.logical_bytes += manifest.stream.size
+            reach.logical_bytes += tally.logical_bytes
     return reach

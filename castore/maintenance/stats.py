@@ -26,7 +26,8 @@ class StoreStats:
     chunks: int
     referenced_chunks: int
     logical_bytes: int
-    """Sum of the sizes of every live version and put stream."""
+    """Sum of the sizes of every live version and put stream; a snapshot counts the sizes
+    of its files (not of its tree stream)."""
     unique_bytes: int
     """Raw size of the distinct chunks they reference."""
     referenced_stored_bytes: int

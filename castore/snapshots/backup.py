@@ -374,6 +374,8 @@ class _Backup:
 
 def _source_directory(path: str | os.PathLike[str]) -> str:
     root = os.path.abspath(os.fspath(path))
+    if not os.path.lexists(root):
+        raise InvalidInputError(f"cannot back up {root!r}: it does not exist")
     if not os.path.isdir(root):
         raise InvalidInputError(f"cannot back up {root!r}: it is not a directory")
     return root

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from castore.engine.refs import TagEvent
@@ -27,6 +27,7 @@ from castore.format.digests import format_digest
 from castore.format.manifest import Manifest, environment
 from castore.format.names import Reference, check_name, check_tag, parse_reference
 from castore.format.streams import StreamDescriptor
+from castore.format.tree import TREE_KIND
 from castore.trust.signatures import TrustPolicy, signatures
 
 if TYPE_CHECKING:
@@ -46,6 +47,11 @@ class Version:
     content_digest: str
     """``sha256:<hex>`` of the serialized stream (equal to sha256sum of its bytes)."""
     size: int
+    """Bytes the version holds: its stream's size; for a snapshot, the total size of its
+    files as its metadata records it (docs/FORMAT.md 20.1), or its tree stream's size if it
+    records none (stats counts a snapshot's files from its tree)."""
+    stream_size: int
+    """Bytes of the stored stream (for a snapshot, its tree stream)."""
     serializer: str
     created: str
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -66,13 +72,23 @@ class Version:
             version=manifest.number,
             digest=format_digest(digest),
             content_digest=format_digest(manifest.stream.sha256),
-            size=manifest.stream.size,
+            size=_recorded_size(manifest),
+            stream_size=manifest.stream.size,
             serializer=manifest.serializer,
             created=manifest.created,
             metadata=manifest.metadata,
             parent=format_digest(manifest.parent) if manifest.parent else None,
             kind=manifest.kind,
         )
+
+
+def _recorded_size(manifest: Manifest) -> int:
+    """A version's size without reading its stream: a snapshot's files' total comes from
+    its metadata (informational, 20.1: a bad value falls back to the stream's size)."""
+    recorded = manifest.metadata.get("bytes") if manifest.kind == TREE_KIND else None
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 0:
+        return recorded
+    return manifest.stream.size
 
 
 @dataclass(frozen=True)
@@ -195,12 +211,39 @@ def _describe(repo: Repository, name: str) -> str:
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         listing = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "") or "(none)"
-        return f"there is no name {name!r} in {repo.url}{hint} Names: {listing}"
+        return f"there is no name {name!r} in {repo.url}; names: {listing}{hint}"
     live = versions(repo, name)
     tags = [t for t in repo.refs.tag_names(name) if repo.refs.current_tag(name, t)]
     runs = ", ".join(_span(*run) for run in _spans(live))
     listed = f"versions {runs}" if live else "no live versions"
     return f"{name} has {listed}; tags: {', '.join(tags) or '(none)'}"
+
+
+def _expand(repo: Repository, parsed: Reference) -> bytes:
+    """The one version digest a short digest starts: among the versions of its name (live
+    or deleted), or among every manifest for a bare one. Several are an InvalidInputError
+    listing them, as git does."""
+    prefix = parsed.digest_prefix
+    assert prefix is not None
+    if parsed.name is not None:
+        known = [
+            repo.refs.read_version(parsed.name, n) for n in repo.refs.version_numbers(parsed.name)
+        ]
+        digests = {ref.manifest for ref in known if ref is not None}
+    else:
+        listed = repo.backend.list(f"{layout.MANIFESTS}/{prefix[:2]}")
+        digests = {d for d in map(layout.name_of, listed) if d is not None}
+    found = sorted(d for d in digests if d.hex().startswith(prefix))
+    if not found:
+        where = f"among the versions of {parsed.name}" if parsed.name else f"in {repo.url}"
+        raise NotFoundError(f"no version digest starts with {prefix} {where}")
+    if len(found) > 1:
+        raise InvalidInputError(
+            f"short digest {prefix} is ambiguous; it starts "
+            + ", ".join(format_digest(d) for d in found)
+            + ": give more digits"
+        )
+    return found[0]
 
 
 def resolve(repo: Repository, ref: str | Reference) -> tuple[Manifest, bytes]:
@@ -211,6 +254,8 @@ def resolve(repo: Repository, ref: str | Reference) -> tuple[Manifest, bytes]:
             f"reference {ref} pins the store {parsed.store_url}, not {repo.url}: "
             "open that store, or use castore.load() with the qualified reference"
         )
+    if parsed.digest_prefix is not None:
+        parsed = replace(parsed, digest=_expand(repo, parsed), digest_prefix=None)
     if parsed.digest is not None:
         manifest = manifest_by_digest(repo, parsed.digest, parsed.name)
         if parsed.name is not None and manifest.name != parsed.name:
@@ -536,7 +581,8 @@ def info(repo: Repository, ref: str, policy: TrustPolicy) -> dict[str, Any]:
         "reference": version.reference,
         "digest": version.digest,
         "content_digest": version.content_digest,
-        "size": manifest.stream.size,
+        "size": version.size,
+        "stream_size": version.stream_size,
         "chunks": len(manifest.stream.chunk_sizes),
         "kind": manifest.kind,
         "serializer": {"name": manifest.serializer, "version": manifest.serializer_version},

@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from castore.errors import IntegrityError, InvalidInputError, UnsupportedFormatError
 from castore.format.manifest import Manifest
 from castore.format.streams import DIGEST_SIZE
 from castore.format.tree import (
+    FILE,
     TREE_FORMAT_VERSION,
     TREE_KIND,
     TREE_SERIALIZER,
@@ -27,14 +29,28 @@ if TYPE_CHECKING:
     from castore.engine.repository import Repository
 
 
-def chunks_of(repo: Repository, manifest: Manifest) -> Iterator[tuple[bytes, int]]:
+@dataclass
+class Tally:
+    """What chunks_of counted on its way, once it has been read to the end."""
+
+    logical_bytes: int = 0
+    """The bytes the version holds: its stream's size, or a snapshot's files' sizes
+    (from its tree entries, not the tree stream's size)."""
+
+
+def chunks_of(
+    repo: Repository, manifest: Manifest, tally: Tally | None = None
+) -> Iterator[tuple[bytes, int]]:
     """Every (chunk id, raw length) the version needs: what gc must keep and copy carry.
 
     A tree's files are read from its (verified) tree stream; an unknown kind raises
-    UnsupportedFormatError rather than being assumed to need nothing.
+    UnsupportedFormatError rather than being assumed to need nothing. With `tally`, its
+    logical_bytes is increased by the version's logical size as the chunks are listed.
     """
     yield from manifest.stream.chunks()
     if manifest.kind in ("object", "file"):
+        if tally is not None:
+            tally.logical_bytes += manifest.stream.size
         return
     if manifest.kind != TREE_KIND:
         raise UnsupportedFormatError(
@@ -44,6 +60,8 @@ def chunks_of(repo: Repository, manifest: Manifest) -> Iterator[tuple[bytes, int
     check_tree_manifest(manifest, f"{manifest.name}:{manifest.number}")
     with tree_entries(repo, manifest) as entries:
         for entry in entries:
+            if tally is not None and entry.type == FILE:
+                tally.logical_bytes += entry.size
             for number, size in enumerate(entry.chunk_sizes):
                 yield entry.chunk_ids[number * DIGEST_SIZE : (number + 1) * DIGEST_SIZE], size
 
