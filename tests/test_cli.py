@@ -387,6 +387,7 @@ def test_trusting_a_key_on_the_command_line_makes_its_signatures_count(
     assert len(json.loads(_ok(location, "--json", "key", "ls"))["keys"]) == 1
 
 
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
 def test_a_snapshot_counts_its_files_bytes(location: Location, tmp_path: Path) -> None:
     """stats and ls once counted a snapshot's tree stream, not its files (dedup 0.01x)."""
     source = tmp_path / "run"
