@@ -79,3 +79,32 @@ def without_read_override() -> list[str]:
         pytest.skip("running as root without setpriv: cannot make a folder unreadable")
     caps = "-dac_override,-dac_read_search"
     return [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
+
+
+def plant_version(store: castore.Store, name: str, data: bytes, serializer: str) -> castore.Version:
+    """Commit `data` as a version of `name` labelled `serializer`, byte for byte, as any
+    store writer could (no serializer runs)."""
+    from castore.versions import catalog
+
+    return catalog.commit_version(
+        store.repository,
+        name,
+        store.repository.write_stream(data),
+        kind="object",
+        serializer=serializer,
+        serializer_version="x",
+        metadata={},
+        tags=(),
+        force=True,
+    )
+
+
+def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m castore --store ROOT ARGS`, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "castore", "--store", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

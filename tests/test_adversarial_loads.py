@@ -28,7 +28,7 @@ import pytest
 
 import castore
 from castore.errors import DeserializationError, UnsafeObjectError
-from castore.versions import catalog
+from tests.helpers import plant_version
 
 # -- an opcode assembler --------------------------------------------------------------------
 
@@ -113,18 +113,7 @@ def local_store(tmp_path: Path) -> Iterator[castore.Store]:
 
 def plant(store: castore.Store, data: bytes, serializer: str = "pickle") -> str:
     """Commit `data` as a version, as a store writer without a key can."""
-    version = catalog.commit_version(
-        store.repository,
-        "victim/model",
-        store.repository.write_stream(data),
-        kind="object",
-        serializer=serializer,
-        serializer_version="x",
-        metadata={},
-        tags=(),
-        force=True,
-    )
-    return version.reference
+    return plant_version(store, "victim/model", data, serializer).reference
 
 
 def refused(store: castore.Store, data: bytes, recorder: Recorder, marker: Path | None) -> str:
@@ -381,7 +370,7 @@ def in_a_victim(store: castore.Store, ref: str, use: str = "", timeout: float = 
 
     A segfault, an abort or a hang fails the test here, where the in-process tests would die.
     """
-    where = store.repository.backend.root  # type: ignore[attr-defined]
+    where = store.url  # a local store: its URL is its folder
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "tests.victim_load", str(where), ref, use],

@@ -21,8 +21,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 import castore
 from castore import safety
-from castore.versions import catalog
-from tests.helpers import ROOT
+from tests.helpers import ROOT, plant_version
 
 HERE = __name__
 
@@ -95,17 +94,7 @@ def _double(values: Any) -> Any:
 
 def _commit(store: castore.Store, name: str, data: bytes, serializer: str) -> str:
     """A version holding exactly `data`, as a store writer could plant it."""
-    return catalog.commit_version(
-        store.repository,
-        name,
-        store.repository.write_stream(data),
-        kind="object",
-        serializer=serializer,
-        serializer_version="x",
-        metadata={},
-        tags=(),
-        force=True,
-    ).reference
+    return plant_version(store, name, data, serializer).reference
 
 
 def _saved(store: castore.Store, obj: Any, name: str, **options: Any) -> str:

@@ -15,7 +15,7 @@ import castore
 from castore.engine.leases import GcMarker
 from castore.errors import BackendError, StoreBusyError
 from castore.format import layout, wire
-from tests.helpers import pattern
+from tests.helpers import pattern, run_cli
 
 HOLD_SCRIPT = """
 import sys, castore
@@ -23,16 +23,6 @@ with castore.open(sys.argv[1]) as store, store.repository.lease.held():
     print("holding", flush=True)
     sys.stdin.read()
 """
-
-
-def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "castore", "--store", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture
@@ -65,17 +55,17 @@ def test_a_killed_writer_is_named_and_unlocked(root: Path) -> None:
     it, and nothing removed it. gc now names host, pid and expiry; a dry run is not kept
     out; unlock removes the lease of a process gone from this host."""
     pid = _killed_writer(root)
-    busy = _cli(root, "gc")
+    busy = run_cli(root, "gc")
     assert busy.returncode != 0
     assert f"{socket.gethostname()} pid {pid}" in busy.stderr
     assert "expires in" in busy.stderr and "castore unlock" in busy.stderr
-    dry = _cli(root, "gc", "--dry-run")
+    dry = run_cli(root, "gc", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "would free" in dry.stdout
-    unlocked = _cli(root, "unlock")
+    unlocked = run_cli(root, "unlock")
     assert unlocked.returncode == 0, unlocked.stderr
     assert f"removed {layout.WRITER_LEASES}/" in unlocked.stdout
-    freed = _cli(root, "gc")
+    freed = run_cli(root, "gc")
     assert freed.returncode == 0, freed.stderr
     with castore.open(root) as store:
         assert store.locks() == []

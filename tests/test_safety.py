@@ -33,8 +33,8 @@ from castore import safety
 from castore.errors import DeserializationError, UnsafeObjectError
 from castore.safety import Allowlist
 from castore.trust import userconfig
-from castore.versions import catalog, loading
-from tests.helpers import ROOT
+from castore.versions import loading
+from tests.helpers import ROOT, plant_version
 
 SERIALIZERS = ["joblib", "pickle", "cloudpickle"]
 
@@ -93,19 +93,9 @@ def _serialize(obj: Any, serializer: str) -> bytes:
     return buffer.getvalue()
 
 
-def _commit(store: castore.Store, name: str, data: bytes, serializer: str) -> catalog.Version:
+def _commit(store: castore.Store, name: str, data: bytes, serializer: str) -> castore.Version:
     """A version holding exactly `data`, labelled with `serializer`."""
-    return catalog.commit_version(
-        store.repository,
-        name,
-        store.repository.write_stream(data),
-        kind="object",
-        serializer=serializer,
-        serializer_version="x",
-        metadata={},
-        tags=(),
-        force=True,
-    )
+    return plant_version(store, name, data, serializer)
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 import unicodedata
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from castore.engine import refs as ref_objects
 from castore.format import layout, wire
 from castore.format.manifest import Manifest
 from castore.versions import catalog
+from tests.helpers import run_cli
 
 ESCAPES = [
     "\x1b]52;c;ZWNobyBwd25lZA==\x07",  # OSC 52: write the clipboard
@@ -62,16 +61,6 @@ def test_guarded_keeps_line_breaks_and_nothing_else_unsafe(text: str) -> None:
     assert all(not _unsafe(line) for line in lines)
 
 
-def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "castore", "--store", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_snapshot_listing_and_diff_escape_paths_and_targets(tmp_path: Path) -> None:
     """File names and link targets are any bytes but '/' and NUL: ls and diff escape them."""
     source = tmp_path / "source"
@@ -85,7 +74,7 @@ def test_snapshot_listing_and_diff_escape_paths_and_targets(tmp_path: Path) -> N
         (source / f"new{ESCAPES[0]}").write_bytes(b"y")
         store.backup(source, "backups/b")
     for args in (["ls", "backups/b:1"], ["diff", "backups/b:1", "backups/b:2"]):
-        result = _cli(root, *args)
+        result = run_cli(root, *args)
         assert result.returncode == 0, result.stderr
         assert not _unsafe(result.stdout), (args, result.stdout)
         assert "\\x1b]52;c;" in result.stdout
@@ -120,7 +109,7 @@ def test_planted_times_and_tombstones_are_escaped(tmp_path: Path) -> None:
         )
         assert manifest is repo and ref_objects  # the store's own objects, planted by hand
     for args in (["ls", "m"], ["log", "m"], ["log", "m", "--verify"], ["verify"]):
-        result = _cli(root, *args)
+        result = run_cli(root, *args)
         assert not _unsafe(result.stdout + result.stderr), (args, result.stdout, result.stderr)
 
 
@@ -128,7 +117,7 @@ def test_error_messages_are_escaped(tmp_path: Path) -> None:
     """A name the user typed, echoed back in an error, cannot drive the terminal either."""
     root = tmp_path / "store"
     castore.init(root).close()
-    result = _cli(root, "cat", "m" + ESCAPES[0])
+    result = run_cli(root, "cat", "m" + ESCAPES[0])
     assert result.returncode != 0
     assert not _unsafe(result.stderr), result.stderr
 
@@ -158,7 +147,7 @@ def test_planted_global_names_are_escaped_by_inspect(tmp_path: Path) -> None:
         )
         assert len(store.inspect("m").refused) == 2
     for args in (["inspect", "m"], ["info", "m", "--globals"]):
-        result = _cli(root, *args)
+        result = run_cli(root, *args)
         assert "2 refused" in result.stdout, result.stderr
         assert not _unsafe(result.stdout + result.stderr), (args, result.stdout, result.stderr)
         assert not any(line.startswith("-rw-r--r-- forged") for line in result.stdout.split("\n"))
