@@ -84,7 +84,8 @@ def test_end_to_end_session(location: Location, tmp_path: Path) -> None:
     assert diff["shared_bytes"] > len(data) / 2 and diff["metadata_removed"] == {"auc": 0.91}
     assert "hash chain intact" in _ok(location, "log", "team/model", "--verify")
 
-    _ok(location, "rm", "team/model:1")
+    assert _cli(location, "rm", "team/model:1").returncode == 2  # it carries "candidate"
+    _ok(location, "rm", "team/model:1", "--force")
     assert [row["version"] for row in json.loads(_ok(location, "--json", "ls", "team/model"))] == [
         2
     ]
