@@ -435,22 +435,23 @@ def raw_file(path: bytes, descriptor: Any, **extra: object) -> dict[str, object]
 
 
 def commit_raw_tree(
-    store: castore.Store, name: str, values: list[object], extra: bytes = b""
+    store: castore.Store, name: str, values: list[object], extra: bytes = b"", version: str = "1"
 ) -> str:
-    """Commit a hand-crafted (possibly malicious) tree stream as a snapshot."""
+    """Commit a hand-crafted (possibly malicious) tree stream as a snapshot of tree format
+    `version`."""
     data = b"".join(msgpack.packb(value, use_bin_type=True) for value in values) + extra
-    version = commit_version(
+    committed = commit_version(
         store.repository,
         name,
         store.repository.write_stream(data),
         kind="tree",
         serializer="tree",
-        serializer_version="1",
+        serializer_version=version,
         metadata={},
         tags=(),
         force=True,
     )
-    return version.reference
+    return committed.reference
 
 
 def malicious_trees(outside: Path, content: Any) -> dict[str, list[object]]:

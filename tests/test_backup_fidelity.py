@@ -9,15 +9,14 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgpack
 import pytest
 
 import castore
 from castore.format.streams import StreamDescriptor
 from castore.format.tree import DIR, FILE
 from castore.versions import catalog
-from castore.versions.catalog import commit_version
 from tests.helpers import pattern
+from tests.test_backup import commit_raw_tree
 
 MTIME = 1_600_000_000_123_456_789
 
@@ -37,19 +36,7 @@ def serializer_version(store: castore.Store, ref: str) -> str:
 
 def commit_tree(store: castore.Store, name: str, values: list[object], version: str) -> str:
     """Commit hand-made tree entries (msgpack maps) as a snapshot of tree format `version`."""
-    data = b"".join(msgpack.packb(value, use_bin_type=True) for value in values)
-    committed = commit_version(
-        store.repository,
-        name,
-        store.repository.write_stream(data),
-        kind="tree",
-        serializer="tree",
-        serializer_version=version,
-        metadata={},
-        tags=(),
-        force=True,
-    )
-    return committed.reference
+    return commit_raw_tree(store, name, values, version=version)
 
 
 def raw_entry(path: bytes, kind: str, **extra: object) -> dict[str, object]:
