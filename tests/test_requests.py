@@ -74,11 +74,6 @@ def test_a_cold_open_reads_the_config_and_the_index(location: Location, tmp_path
         assert s.requests() == Requests(read_range=1, list=1, read=1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resolve reads the latest version's ref twice: once to find the live versions,"
-    " once to resolve it (issue 13, listing)",
-)
 def test_a_load_makes_the_requests_it_needs(location: Location) -> None:
     with location.init() as store:
         store.save(DATA, "model/a", serializer="raw")
@@ -87,3 +82,16 @@ def test_a_load_makes_the_requests_it_needs(location: Location) -> None:
         assert store.load("model/a") == DATA
         # List the versions, read the latest ref, its manifest, one range of the pack.
         assert store.requests() - before == Requests(list=1, read_range=2, read=1)
+
+
+def test_latest_reads_one_ref_however_long_the_history(location: Location) -> None:
+    """name:latest once read every version ref of the name; it reads the newest live one."""
+    with location.init() as store:
+        for number in range(6):
+            store.save(DATA + bytes([number]), "model/a", serializer="raw")
+        store.delete("model/a:6")
+    with location.open() as store:
+        before = store.requests()
+        assert store.load("model/a") == DATA + bytes([4])
+        # The tombstone of 6 and the ref of 5, as before: its manifest, one pack range.
+        assert store.requests() - before == Requests(list=1, read_range=3, read=1)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from castore.engine.refs import TagEvent
+from castore.engine.refs import TagEvent, VersionRef
 from castore.errors import (
     CastoreError,
     ConflictError,
@@ -275,10 +275,8 @@ def resolve(repo: Repository, ref: str | Reference) -> tuple[Manifest, bytes]:
     elif parsed.version is not None:
         number = parsed.version
     else:
-        live = versions(repo, name)
-        if not live:
-            raise NotFoundError(f"nothing saved as {name}: {_describe(repo, name)}")
-        number = live[-1]
+        number, latest = _newest_live(repo, name)
+        return read_version_manifest(repo, name, number, latest.manifest), latest.manifest
     version_ref = repo.refs.read_version(name, number)
     if version_ref is None:
         raise NotFoundError(f"no version {number} of {name}: {_describe(repo, name)}")
@@ -305,6 +303,16 @@ def read_version_manifest(repo: Repository, name: str, number: int, digest: byte
 def names(repo: Repository) -> list[str]:
     """Every name with at least one live version."""
     return [name for name in repo.refs.names() if versions(repo, name)]
+
+
+def _newest_live(repo: Repository, name: str) -> tuple[int, VersionRef]:
+    """The newest live version of `name` and its ref, reading refs newest first only up to
+    the first one not deleted (``latest`` costs one ref read, not one per version)."""
+    for number in reversed(repo.refs.version_numbers(name)):
+        version_ref = repo.refs.read_version(name, number)
+        if version_ref is not None and not version_ref.deleted:
+            return number, version_ref
+    raise NotFoundError(f"nothing saved as {name}: {_describe(repo, name)}")
 
 
 def versions(repo: Repository, name: str) -> list[int]:
