@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 import castore
+from castore.engine.index import ChunkLocation
+from castore.engine.repository import Repository
 from castore.errors import BackendError, CastoreError, IntegrityError
 from castore.format import layout, wire
 from castore.format.index import encode_index_object
@@ -213,6 +215,15 @@ def test_gc_keeps_a_pack_whose_index_object_was_deleted(
         assert store.load(kept.reference) == pattern(50_000, seed=1)
 
 
+def _needed_chunk(repo: Repository, kept: castore.Version) -> tuple[bytes, ChunkLocation]:
+    """A chunk version 1 of `kept` needs, and where the index places it."""
+    users = walk(repo, track_users=True).users
+    needed = next(c for c, who in users.items() if f"{kept.name}:1" in who)
+    location = repo.index.lookup(needed)
+    assert location is not None
+    return needed, location
+
+
 def test_gc_keeps_the_real_copy_when_a_planted_index_lies(tmp_path: Path) -> None:
     """A planted index object listing a needed chunk in a pack that does not exist once won
     the index lookup, so the pack really holding it looked dead and was deleted."""
@@ -220,10 +231,7 @@ def test_gc_keeps_the_real_copy_when_a_planted_index_lies(tmp_path: Path) -> Non
     kept = _store_with_garbage(root)
     with castore.open(root) as store:
         repo = store.repository
-        users = walk(repo, track_users=True).users
-        needed = next(c for c, who in users.items() if f"{kept.name}:1" in who)
-        real = repo.index.lookup(needed)
-        assert real is not None
+        needed, real = _needed_chunk(repo, kept)
         first_real = min(_index_paths(store))
         start = real.entry.offset
         lie = PackEntry(needed, start, real.entry.stored_len, real.entry.raw_len, real.entry.codec)
@@ -309,11 +317,7 @@ def _giant_ref(root: Path, kept: castore.Version) -> None:
 
 def _corrupted_chunk(root: Path, kept: castore.Version) -> None:
     with castore.open(root) as store:
-        repo = store.repository
-        users = walk(repo, track_users=True).users
-        needed = next(c for c, who in users.items() if f"{kept.name}:1" in who)
-        location = repo.index.lookup(needed)
-        assert location is not None
+        _, location = _needed_chunk(store.repository, kept)
         path = root / layout.pack_path(location.pack_id)
     data = bytearray(path.read_bytes())
     data[location.entry.offset + location.entry.stored_len // 2] ^= 0xFF

@@ -85,6 +85,13 @@ def local_store(tmp_path: Path) -> Iterator[castore.Store]:
 # -- modes and owners ------------------------------------------------------------------------
 
 
+def assert_owned(target: Path) -> None:
+    """Every entry restored under `target` has the planted owner and group."""
+    for path in target.rglob("*"):
+        info = path.lstat()
+        assert (info.st_uid, info.st_gid) == (OWNER, GROUP), path
+
+
 @requires_root
 def test_as_root_owners_are_restored_before_the_modes_that_need_them(
     local_store: castore.Store, tmp_path: Path
@@ -92,9 +99,7 @@ def test_as_root_owners_are_restored_before_the_modes_that_need_them(
     ref = commit_raw_tree(local_store, "evil/owned", hostile_tree(local_store))
     target = tmp_path / "out"
     stats = local_store.restore(ref, target, setid=True)
-    for path in target.rglob("*"):
-        info = path.lstat()
-        assert (info.st_uid, info.st_gid) == (OWNER, GROUP), path
+    assert_owned(target)
     expected = {"d": 0o7777, "d/suid": 0o4755, "d/ugid": 0o6755, "sgid": 0o2755, "sticky": 0o1777}
     assert modes(target) == expected  # chown before chmod, or chown clears the set-id bits
     assert stats.plan.ownership.owners and stats.plan.ownership.setid
@@ -110,10 +115,8 @@ def test_as_root_by_default_owners_come_back_but_no_setid_bit(
     ref = commit_raw_tree(local_store, "evil/default", hostile_tree(local_store))
     target = tmp_path / "out"
     stats = local_store.restore(ref, target)
-    for path in target.rglob("*"):
-        info = path.lstat()
-        assert (info.st_uid, info.st_gid) == (OWNER, GROUP), path
-        assert not info.st_mode & (stat.S_ISUID | stat.S_ISGID), path
+    assert_owned(target)
+    assert not any(path.lstat().st_mode & SETID for path in target.rglob("*"))
     assert stats.plan.ownership.owners and not stats.plan.ownership.setid
     assert stats.plan.setid_stripped == 4
 
