@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from castore.format.digests import parse_digest
 from castore.format.streams import StreamDescriptor, encode_stream_object
 from castore.versions import catalog
 from tests.conftest import SMALL_PACKS, Location
-from tests.helpers import flip_byte, pack_paths, pattern, stream_object_path, stream_of
+from tests.helpers import ROOT, flip_byte, pack_paths, pattern, stream_object_path, stream_of
 
 
 def _cli(
@@ -174,7 +175,7 @@ def test_copy_commands(location: Location, tmp_path: Path) -> None:
     assert json.loads(_ok(dest, "--json", "log", "m", "--verify"))["not_in_store"] == ["m:1-2"]
     assert "set tag m:production -> 2" in _ok(location, "copy", "m:2", dest.url)
     no_tags = json.loads(_ok(location, "--json", "copy", "m:1", dest.url, "--no-tags"))
-    assert no_tags["tags"] == [] and no_tags["versions"][0]["action"] == "copied"
+    assert no_tags["tag_moves"] == [] and no_tags["versions"][0]["action"] == "copied"
     _ok(dest, "gc", env={"CASTORE_LEASE_TTL": "-1"})
     for seed in (1, 2, 3):
         assert _cli(dest, "cat", f"m:{seed}").stdout == pattern(200_000, seed=seed)
@@ -546,3 +547,148 @@ def test_the_demo_hint_works_without_an_activated_venv(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, (hint, result.stderr.decode())
         shutil.rmtree(store)
+
+
+def _schema_problems(value: object, where: str = "") -> list[str]:
+    """Where `value` breaks the JSON conventions every command shares: digests are
+    "sha256:<hex>" strings under the key "digest" (or *_digest), never raw hex under
+    "manifest"; "tags" is a list of tag names; "verified" is true, false or null."""
+    problems = []
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            problems += _schema_problems(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            at = f"{where}.{key}"
+            if key == "manifest":
+                problems.append(f"{at}: say 'digest'")
+            digest_key = key == "digest" or key.endswith("_digest")
+            well_formed = isinstance(item, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", item)
+            if digest_key and not (item is None or well_formed):
+                problems.append(f"{at}: {item!r} is not sha256:<hex>")
+            if key == "tags" and not (
+                isinstance(item, list) and all(isinstance(t, str) for t in item)
+            ):
+                problems.append(f"{at}: {item!r} is not a list of tag names")
+            if key == "verified" and item not in (True, False, None):
+                problems.append(f"{at}: {item!r}")
+            problems += _schema_problems(item, at)
+    return problems
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_json_output_is_one_schema(location: Location, tmp_path: Path) -> None:
+    """Tags were a dict in `ls` and a list in `ls NAME`; `tag --history` said "manifest":
+    "<hex>"; `log` without --verify said "verified": false; errors were plain text."""
+    _ok(location, "init")
+    _ok(location, "put", "-", "--name", "m", "--tag", "production", stdin=b"one")
+    _ok(location, "put", "-", "--name", "m", stdin=b"two")
+    _ok(location, "tag", "m:2", "production")
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "f").write_bytes(b"file")
+    _ok(location, "backup", str(tmp_path / "tree"), "--name", "home")
+    outputs = {
+        " ".join(args): json.loads(_ok(location, "--json", *args))
+        for args in [
+            ("ls",),
+            ("ls", "m"),
+            ("ls", "m:1"),
+            ("ls", "home:1"),
+            ("log", "m"),
+            ("log", "m", "--verify"),
+            ("info", "m:2"),
+            ("tag", "m", "production", "--history"),
+            ("resolve", "m:production"),
+            ("diff", "m:1", "m:2"),
+            ("stats",),
+            ("verify",),
+        ]
+    }
+    assert {k: p for k, out in outputs.items() if (p := _schema_problems(out))} == {}
+    listing = outputs["ls"]
+    assert {r["name"]: r["name_tags"] for r in listing} == {"m": {"production": 2}, "home": {}}
+    assert [r["tags"] for r in listing if r["name"] == "m"] == [["production"]]
+    assert outputs["log m"]["verified"] is None and outputs["log m --verify"]["verified"] is True
+    moves = outputs["tag m production --history"]
+    assert [(e["version"], e["digest"]) for e in moves] == [
+        (v["version"], v["digest"]) for v in sorted(outputs["ls m"], key=lambda v: v["version"])
+    ]
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_errors_under_json_are_json(location: Location) -> None:
+    _ok(location, "init")
+    for args, code, kind in [
+        (("ls", "nothing/here"), 3, "NotFoundError"),
+        (("info", "m:notatag!"), 2, "InvalidInputError"),
+    ]:
+        result = _cli(location, "--json", *args)
+        assert result.returncode == code and result.stdout == b""
+        error = json.loads(result.stderr)["error"]
+        assert error["exit_code"] == code and error["type"] == kind and error["message"]
+        plain = _cli(location, *args)
+        assert plain.returncode == code
+        assert plain.stderr.decode() == f"castore: error: {error['message']}\n"
+
+
+def _keys(value: object) -> set[str]:
+    """Every key in a JSON document, except those of maps whose keys are the user's."""
+    if isinstance(value, list):
+        return set().union(*map(_keys, value)) if value else set()
+    if isinstance(value, dict):
+        inner = [_keys(v) for k, v in value.items() if k not in ("metadata", "name_tags")]
+        return set(value) | set().union(*inner) if inner else set(value)
+    return set()
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_docs_cli_names_every_json_key(
+    location: Location, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CLI.md is the contract for scripts: a key a command prints is named there."""
+    monkeypatch.setenv("CASTORE_CONFIG_DIR", str(tmp_path / "config"))  # never the user's
+    documented = set(re.findall(r"`([a-z_]+)`", (ROOT / "docs" / "CLI.md").read_text()))
+    _ok(location, "init")
+    _ok(location, "put", "-", "--name", "m", "--tag", "production", stdin=b"one")
+    _ok(location, "put", "-", "--name", "m", stdin=b"two")
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "f").write_bytes(b"file")
+    (tmp_path / "tree" / "link").symlink_to("f")
+    dest = f"{location.url}-copy"
+    _ok(location, "--store", dest, "init")
+    key = tmp_path / "key"
+    printed = [
+        _ok(location, "--json", *args)
+        for args in [
+            ("put", "-", "--name", "z"),
+            ("backup", str(tmp_path / "tree"), "--name", "home"),
+            ("ls",),
+            ("ls", "m"),
+            ("ls", "home:1"),
+            ("log", "m", "--verify"),
+            ("info", "m:1", "--globals"),
+            ("inspect", "m:1"),
+            ("tag", "m:1", "candidate"),
+            ("tag", "m", "candidate", "--history"),
+            ("tag", "m", "candidate", "--delete"),
+            ("resolve", "m:1"),
+            ("diff", "m:1", "m:2"),
+            ("key", "generate", str(key)),
+            ("key", "trust", f"{key}.pub"),
+            ("key", "ls"),
+            ("sign", "m:1", "--key", str(key)),
+            ("restore", "home:1", str(tmp_path / "out"), "--dry-run"),
+            ("restore", "home:1", str(tmp_path / "out")),
+            ("forget", "home", "--keep-last", "1", "--dry-run"),
+            ("copy", "m", dest),
+            ("rm", "m:2", "--force"),
+            ("stats",),
+            ("verify",),
+            ("gc", "--dry-run"),
+            ("repair",),
+            ("unlock",),
+        ]
+    ]
+    documents = [json.loads(out) for out in printed]
+    assert set().union(*map(_keys, documents)) - documented == set()
+    assert [p for document in documents for p in _schema_problems(document)] == []

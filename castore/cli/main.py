@@ -335,13 +335,14 @@ def cmd_ls(command: Command) -> int:
         rows = []
         for name in store.names():
             latest = store.version(name)
-            rows.append({**_version_json(latest), "tags": store.tags(name)})
+            tags = store.tags(name)
+            rows.append({**_version_row(latest, tags), "name_tags": tags})
         command.emit(
             rows,
             lambda: (
                 "\n".join(
                     f"{r['name']:<40} latest {r['version']:<5} {_human_size(r['size']):>10}  "
-                    + " ".join(f"{t}={v}" for t, v in sorted(r["tags"].items()))
+                    + " ".join(f"{t}={v}" for t, v in sorted(r["name_tags"].items()))
                     for r in rows
                 )
                 or "(no names)"
@@ -368,7 +369,7 @@ def cmd_log(command: Command) -> int:
     entries = store.log(name)
     data = {
         "name": name,
-        "verified": command.args.verify and not problems,
+        "verified": not problems if command.args.verify else None,
         "problems": problems,
         "not_in_store": absent,
         "versions": [
@@ -505,7 +506,10 @@ def cmd_tag(command: Command) -> int:
     elif args.history:
         events = store.tag_history(args.ref, args.tag)
         command.emit(
-            [vars(e) | {"manifest": e.manifest.hex() if e.manifest else None} for e in events],
+            [
+                {"sequence": e.sequence, "version": e.version, "digest": e.digest, "time": e.time}
+                for e in events
+            ],
             lambda: "\n".join(
                 f"{shown(e.time)}  {'removed' if e.version is None else f'-> {e.version}'}"
                 for e in events
@@ -979,7 +983,7 @@ def cmd_copy(command: Command) -> int:
                 {**_version_json(item.version), "action": item.action, "deleted": item.deleted}
                 for item in report.versions
             ],
-            "tags": [vars(item) for item in report.tags],
+            "tag_moves": [vars(item) for item in report.tags],
             "bytes_sent": report.bytes_sent,
         },
         lambda: "\n".join(
@@ -1211,6 +1215,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(as_json: bool, kind: str, message: str, code: int) -> int:
+    """Report a failure on stderr (one JSON object with --json) and return its exit code."""
+    if as_json:
+        error = {"type": kind, "message": message, "exit_code": code}
+        print(json.dumps({"error": error}), file=sys.stderr)
+    else:
+        print(f"castore: {'error: ' if code != 130 else ''}{shown(message)}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
@@ -1219,11 +1233,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(command)
     except CastoreError as exc:
-        print(f"castore: error: {shown(exc)}", file=sys.stderr)
-        return next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
+        code = next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
+        return _fail(args.json, type(exc).__name__, str(exc), code)
     except KeyboardInterrupt:
-        print("castore: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args.json, "Interrupted", "interrupted", 130)
     except BrokenPipeError:
         return 0
     finally:

@@ -18,6 +18,7 @@ from typing import Any
 from castore.backend import Backend, read_bounded
 from castore.errors import ConflictError, IntegrityError, ObjectExistsError, ObjectNotFoundError
 from castore.format import layout, wire
+from castore.format.digests import format_digest
 from castore.format.names import NAME_PATTERN, NUMBER_PATTERN, TAG_PATTERN
 
 MAX_REF_OBJECT = 4096
@@ -53,6 +54,11 @@ class TagEvent:
     version: int | None
     manifest: bytes | None
     time: str
+
+    @property
+    def digest(self) -> str | None:
+        """The version's manifest digest as every other report writes it ("sha256:<hex>")."""
+        return format_digest(self.manifest) if self.manifest is not None else None
 
 
 class RefStore:
