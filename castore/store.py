@@ -429,7 +429,8 @@ class Store:
 
     def forget(self, name: str, **policy: Any) -> retention.ForgetResult:
         """Delete the snapshots (versions) of `name` that a restic-style policy does not keep:
-        keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, dry_run."""
+        keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly,
+        keep_within ("1y6m7d2h"), keep_tag (tags of `name`), dry_run."""
         return retention.forget(self.repository, name, **policy)
 
     # -- health -----------------------------------------------------------------------------

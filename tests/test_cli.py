@@ -546,3 +546,27 @@ def test_the_demo_hint_works_without_an_activated_venv(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, (hint, result.stderr.decode())
         shutil.rmtree(store)
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_forget_keep_tag_and_keep_within(location: Location, tmp_path: Path) -> None:
+    _ok(location, "init")
+    (tmp_path / "f").write_bytes(b"f")
+    for _ in range(3):
+        _ok(location, "backup", str(tmp_path), "--name", "home")
+    _ok(location, "tag", "home:1", "golden")
+    typo = _cli(location, "forget", "home", "--keep-tag", "gold")
+    assert typo.returncode == 3 and b"has no tag gold" in typo.stderr
+    assert _cli(location, "forget", "home", "--keep-within", "3w").returncode == 2
+    within = json.loads(
+        _ok(location, "--json", "forget", "home", "--keep-within", "1h", "--dry-run")
+    )
+    assert [k["version"] for k in within["kept"]] == [3, 2, 1] and within["removed"] == []
+    result = json.loads(
+        _ok(location, "--json", "forget", "home", "--keep-tag", "golden", "--keep-last", "1")
+    )
+    assert {k["version"]: k["reasons"] for k in result["kept"]} == {
+        3: ["last"],
+        1: ["tag golden"],
+    }
+    assert json.loads(_ok(location, "--json", "ls", "home"))[0]["tags"] == ["golden"]

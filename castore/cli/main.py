@@ -713,7 +713,13 @@ def cmd_forget(command: Command) -> int:
             "keep_yearly",
         )
     }
-    result = command.store.forget(args.name, dry_run=args.dry_run, **policy)
+    result = command.store.forget(
+        args.name,
+        keep_within=args.keep_within,
+        keep_tag=args.keep_tag,
+        dry_run=args.dry_run,
+        **policy,
+    )
     verb = "would remove" if result.dry_run else "removed"
     command.emit(
         {
@@ -1163,6 +1169,18 @@ def build_parser() -> argparse.ArgumentParser:
             if unit != "last"
             else "keep the N newest snapshots",
         )
+    forget.add_argument(
+        "--keep-within",
+        metavar="DURATION",
+        help="keep every snapshot made within DURATION (such as 1y6m7d2h) of the newest",
+    )
+    forget.add_argument(
+        "--keep-tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="keep the snapshot TAG points at (repeatable)",
+    )
     forget.add_argument("--dry-run", action="store_true", help="say what would go")
     verify = add(
         "verify", cmd_verify, "check refs, hash chains and chunk locations (exit 1 on problems)"
