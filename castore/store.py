@@ -362,12 +362,15 @@ class Store:
         progress: ProgressCallback | None = None,
         one_file_system: bool = False,
         exclude_caches: bool = False,
+        skip_if_unchanged: bool = False,
     ) -> backups.Snapshot:
         """Snapshot a directory as the next version of `name`, deduplicated against
         everything in the store; files unchanged since the last snapshot are not read.
         `exclude` takes gitignore-style patterns; unreadable files are skipped and listed.
         `one_file_system` does not enter mount points, `exclude_caches` directories
-        tagged with CACHEDIR.TAG (both are recorded, empty, and reported as skipped)."""
+        tagged with CACHEDIR.TAG (both are recorded, empty, and reported as skipped).
+        `skip_if_unchanged` adds no snapshot when nothing changed since the latest one
+        (restic's --skip-if-unchanged): that one is returned, with `stats.unchanged`."""
         repo = self.repository
         with repo.writing():
             return backups.backup(
@@ -379,6 +382,7 @@ class Store:
                 progress=progress,
                 one_file_system=one_file_system,
                 exclude_caches=exclude_caches,
+                skip_if_unchanged=skip_if_unchanged,
             )
 
     def restore(

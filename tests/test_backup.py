@@ -597,6 +597,23 @@ def test_forget_applies_restic_policies_to_snapshot_times(
         store.forget("backups/daily")
 
 
+def test_skip_if_unchanged_adds_no_snapshot_until_something_changes(
+    store: castore.Store, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "f").write_bytes(b"one")
+    first = store.backup(source, "home")
+    again = store.backup(source, "home", skip_if_unchanged=True, tags=["checked"])
+    assert again.reference == first.reference and again.stats.unchanged
+    assert store.versions("home") == [1] and store.tags("home") == {"checked": 1}
+    (source / "f").write_bytes(b"two")
+    changed = store.backup(source, "home", skip_if_unchanged=True)
+    assert changed.version == 2 and not changed.stats.unchanged
+    assert not store.backup(source, "home").stats.unchanged  # the default adds one always
+    assert store.versions("home") == [1, 2, 3]
+
+
 def test_forget_keeps_by_time_window_and_by_tag(
     store: castore.Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -549,11 +549,17 @@ def test_the_demo_hint_works_without_an_activated_venv(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("new_location", ["local"], indirect=True)
-def test_forget_keep_tag_and_keep_within(location: Location, tmp_path: Path) -> None:
+def test_backup_skip_if_unchanged_and_forget_keep_rules(location: Location, tmp_path: Path) -> None:
     _ok(location, "init")
-    (tmp_path / "f").write_bytes(b"f")
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "f").write_bytes(b"f")
     for _ in range(3):
-        _ok(location, "backup", str(tmp_path), "--name", "home")
+        _ok(location, "backup", str(source), "--name", "home")
+    skipped = json.loads(
+        _ok(location, "--json", "backup", str(source), "--name", "home", "--skip-if-unchanged")
+    )
+    assert skipped["version"] == 3 and skipped["stats"]["unchanged"] is True
     _ok(location, "tag", "home:1", "golden")
     typo = _cli(location, "forget", "home", "--keep-tag", "gold")
     assert typo.returncode == 3 and b"has no tag gold" in typo.stderr

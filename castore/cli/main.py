@@ -610,11 +610,13 @@ def cmd_backup(command: Command) -> int:
             progress=_progress_callback(bar),
             one_file_system=args.one_file_system,
             exclude_caches=args.exclude_caches,
+            skip_if_unchanged=args.skip_if_unchanged,
         )
     stats = snapshot.stats
     command.emit(
         {**_version_json(snapshot), "stats": vars(stats)},
-        f"{snapshot.name}:{snapshot.version}  {snapshot.reference}\n"
+        ("unchanged since the latest snapshot: none added\n" if stats.unchanged else "")
+        + f"{snapshot.name}:{snapshot.version}  {snapshot.reference}\n"
         f"{stats.files} files ({_human_size(stats.bytes)}), {stats.files_read} read, "
         f"{stats.files_reused} unchanged, {stats.skipped} skipped; "
         f"{_human_size(stats.new_bytes_stored)} new",
@@ -1133,6 +1135,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--exclude-caches",
         action="store_true",
         help="do not back up the contents of directories tagged with a CACHEDIR.TAG file",
+    )
+    backup.add_argument(
+        "--skip-if-unchanged",
+        action="store_true",
+        help="add no snapshot when nothing changed since the latest one",
     )
     restore = add(
         "restore",
