@@ -38,7 +38,7 @@ from castore.snapshots.restore import RestorePlan, RestoreStats, planned_entries
 from castore.snapshots.restore import restore as restore_snapshot
 from castore.trust import signatures
 from castore.trust.signatures import PrivateKey, Signature, SignatureCheck, TrustPolicy
-from castore.versions import catalog, loading, lookup, saving
+from castore.versions import catalog, loading, lookup, saving, search
 from castore.versions.catalog import Diff, HistoryCheck, LogEntry, Version
 from castore.versions.loading import Inspection
 
@@ -328,6 +328,18 @@ class Store:
         user's trusted keys) made it."""
         trust = policy if policy is not None else TrustPolicy.from_config()
         return catalog.info(self.repository, ref, trust)
+
+    def find(self, name: str, where: str | Iterable[str]) -> list[Version]:
+        """The live versions of `name` whose metadata meets every condition, ascending:
+        ``store.find("churn/model", "auc>0.9 and stage==prod")`` (castore.versions.search
+        says how conditions read, in the spirit of MLflow's search_model_versions)."""
+        conditions = search.parse_conditions(where)
+        found = [
+            entry.details
+            for entry in catalog.log(self.repository, name)
+            if entry.details is not None and search.matches_all(entry.details.metadata, conditions)
+        ]
+        return sorted(found, key=lambda version: version.version)
 
     def log(self, name: str, *, verify: bool = False) -> list[LogEntry]:
         """A name's history, newest first; with `verify`, IntegrityError on a broken chain."""

@@ -576,3 +576,17 @@ def test_backup_skip_if_unchanged_and_forget_keep_rules(location: Location, tmp_
         1: ["tag golden"],
     }
     assert json.loads(_ok(location, "--json", "ls", "home"))[0]["tags"] == ["golden"]
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_ls_where_filters_versions_by_metadata(location: Location) -> None:
+    _ok(location, "init")
+    for auc in ("0.7", "0.95", "0.91"):
+        _ok(location, "put", "-", "--name", "m", "--meta", f"auc={auc}", stdin=auc.encode())
+    rows = json.loads(_ok(location, "--json", "ls", "m", "--where", "auc>0.9"))
+    assert [r["version"] for r in rows] == [2, 3]
+    both = _ok(location, "ls", "m", "--where", "auc>0.9", "--where", "auc<0.93")
+    assert [line.split()[0] for line in both.splitlines()] == ["3"]
+    assert _ok(location, "ls", "m", "--where", "auc>1").strip() == "(no version matches)"
+    assert _cli(location, "ls", "m", "--where", "auc=1").returncode == 2
+    assert _cli(location, "ls", "m:1", "--where", "auc>1").returncode == 2

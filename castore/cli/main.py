@@ -319,6 +319,8 @@ def cmd_ls(command: Command) -> int:
     """castore ls [NAME | REF | SNAPSHOT [PATH]]."""
     store = command.store
     args = command.args
+    if args.where and (args.name is None or any(c in args.name for c in ":@")):
+        raise InvalidInputError("--where searches the versions of a NAME: castore ls NAME --where")
     if args.name is not None and any(c in args.name for c in ":@"):
         version = store.version(args.name)
         if version.kind == "tree":
@@ -353,8 +355,13 @@ def cmd_ls(command: Command) -> int:
     if not numbers:
         store.version(name)  # raises NotFoundError saying what the store has instead
     tags = store.tags(name)
-    rows = [_version_row(store.version(f"{name}:{n}"), tags) for n in numbers]
-    command.emit(rows, lambda: "\n".join(_version_line(row) for row in rows))
+    if args.where:
+        rows = [_version_row(v, tags) for v in store.find(name, args.where)]
+    else:
+        rows = [_version_row(store.version(f"{name}:{n}"), tags) for n in numbers]
+    command.emit(
+        rows, lambda: "\n".join(_version_line(row) for row in rows) or "(no version matches)"
+    )
     return 0
 
 
@@ -1063,6 +1070,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls = add("ls", cmd_ls, "list names, the versions of NAME, or the files of a snapshot")
     ls.add_argument("name", nargs="?", help="NAME, a version NAME:N, or a snapshot NAME:N")
     ls.add_argument("path", nargs="?", help="a directory inside the snapshot")
+    ls.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COND",
+        help="only versions whose metadata meets COND, such as 'auc>0.9' or "
+        "'params.depth<=8 and stage==prod' (repeatable: all must hold)",
+    )
     log = add("log", cmd_log, "history of a name, newest first")
     log.add_argument("name")
     log.add_argument(
