@@ -38,7 +38,7 @@ from castore.snapshots.restore import RestorePlan, RestoreStats, planned_entries
 from castore.snapshots.restore import restore as restore_snapshot
 from castore.trust import signatures
 from castore.trust.signatures import PrivateKey, Signature, SignatureCheck, TrustPolicy
-from castore.versions import catalog, loading, lookup, saving
+from castore.versions import catalog, loading, lookup, saving, search
 from castore.versions.catalog import Diff, HistoryCheck, LogEntry, Version
 from castore.versions.loading import Inspection
 
@@ -329,6 +329,18 @@ class Store:
         trust = policy if policy is not None else TrustPolicy.from_config()
         return catalog.info(self.repository, ref, trust)
 
+    def find(self, name: str, where: str | Iterable[str]) -> list[Version]:
+        """The live versions of `name` whose metadata meets every condition, ascending:
+        ``store.find("churn/model", "auc>0.9 and stage==prod")`` (castore.versions.search
+        says how conditions read, in the spirit of MLflow's search_model_versions)."""
+        conditions = search.parse_conditions(where)
+        found = [
+            entry.details
+            for entry in catalog.log(self.repository, name)
+            if entry.details is not None and search.matches_all(entry.details.metadata, conditions)
+        ]
+        return sorted(found, key=lambda version: version.version)
+
     def log(self, name: str, *, verify: bool = False) -> list[LogEntry]:
         """A name's history, newest first; with `verify`, IntegrityError on a broken chain."""
         return catalog.log(self.repository, name, verify=verify)
@@ -362,12 +374,15 @@ class Store:
         progress: ProgressCallback | None = None,
         one_file_system: bool = False,
         exclude_caches: bool = False,
+        skip_if_unchanged: bool = False,
     ) -> backups.Snapshot:
         """Snapshot a directory as the next version of `name`, deduplicated against
         everything in the store; files unchanged since the last snapshot are not read.
         `exclude` takes gitignore-style patterns; unreadable files are skipped and listed.
         `one_file_system` does not enter mount points, `exclude_caches` directories
-        tagged with CACHEDIR.TAG (both are recorded, empty, and reported as skipped)."""
+        tagged with CACHEDIR.TAG (both are recorded, empty, and reported as skipped).
+        `skip_if_unchanged` adds no snapshot when nothing changed since the latest one
+        (restic's --skip-if-unchanged): that one is returned, with `stats.unchanged`."""
         repo = self.repository
         with repo.writing():
             return backups.backup(
@@ -379,6 +394,7 @@ class Store:
                 progress=progress,
                 one_file_system=one_file_system,
                 exclude_caches=exclude_caches,
+                skip_if_unchanged=skip_if_unchanged,
             )
 
     def restore(
@@ -429,7 +445,8 @@ class Store:
 
     def forget(self, name: str, **policy: Any) -> retention.ForgetResult:
         """Delete the snapshots (versions) of `name` that a restic-style policy does not keep:
-        keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, dry_run."""
+        keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly,
+        keep_within ("1y6m7d2h"), keep_tag (tags of `name`), dry_run."""
         return retention.forget(self.repository, name, **policy)
 
     # -- health -----------------------------------------------------------------------------

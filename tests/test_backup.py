@@ -4,6 +4,7 @@ retention policies."""
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import io
 import json
@@ -17,7 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from castore.snapshots import backup as bk
 from castore.snapshots import scan
 from castore.snapshots.ignore import IgnoreRules
 from castore.snapshots.progress import Progress
-from castore.snapshots.retention import RetentionPolicy, keep_reasons
+from castore.snapshots.retention import RetentionPolicy, keep_reasons, within_cutoff
 from castore.versions.catalog import commit_version
 from tests.conftest import Location
 from tests.helpers import pattern, without_read_override
@@ -594,6 +595,82 @@ def test_forget_applies_restic_policies_to_snapshot_times(
     assert again.removed == [] and len(again.kept) == 3
     with pytest.raises(castore.InvalidInputError, match="no keep rule"):
         store.forget("backups/daily")
+
+
+def test_skip_if_unchanged_adds_no_snapshot_until_something_changes(
+    store: castore.Store, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "f").write_bytes(b"one")
+    first = store.backup(source, "home")
+    again = store.backup(source, "home", skip_if_unchanged=True, tags=["checked"])
+    assert again.reference == first.reference and again.stats.unchanged
+    assert store.versions("home") == [1] and store.tags("home") == {"checked": 1}
+    (source / "f").write_bytes(b"two")
+    changed = store.backup(source, "home", skip_if_unchanged=True)
+    assert changed.version == 2 and not changed.stats.unchanged
+    assert not store.backup(source, "home").stats.unchanged  # the default adds one always
+    assert store.versions("home") == [1, 2, 3]
+
+
+def test_forget_keeps_by_time_window_and_by_tag(
+    store: castore.Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "f").write_bytes(b"f")
+    monkeypatch.setattr(castore.format.manifest, "datetime", _Clock)
+    for when in FORGET_TIMES:
+        _Clock.current = when
+        store.backup(tmp_path, "backups/daily")
+    store.tag("backups/daily:2", "golden")
+    preview = store.forget(
+        "backups/daily", keep_within="24d9h", keep_tag=["golden"], dry_run=True, tz=UTC
+    )
+    # 24 days 9 hours before 1 February 18:00 is 8 January 09:00: version 4 is on the edge
+    assert {k.version.version: k.reasons for k in preview.kept} == {
+        7: ("within",),
+        6: ("within",),
+        5: ("within",),
+        4: ("within",),
+        2: ("tag golden",),
+    }
+    assert [v.version for v in preview.removed] == [3, 1]
+    month = store.forget("backups/daily", keep_within="1m", dry_run=True, tz=UTC)
+    assert [k.version.version for k in month.kept] == [7, 6, 5, 4, 3]  # 1 January 18:00 on
+    with pytest.raises(castore.NotFoundError, match="has no tag goldne"):
+        store.forget("backups/daily", keep_tag=["goldne"])
+    with pytest.raises(castore.InvalidInputError, match="duration such as"):
+        store.forget("backups/daily", keep_within="2 weeks")
+    with pytest.raises(castore.InvalidInputError, match="before the year 1"):
+        store.forget("backups/daily", keep_within="99999y")
+    assert store.versions("backups/daily") == [1, 2, 3, 4, 5, 6, 7]  # refusals removed nothing
+    store.forget("backups/daily", keep_tag=["golden"], keep_last=1)
+    assert store.versions("backups/daily") == [2, 7] and store.tags("backups/daily") == {
+        "golden": 2
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    newest=st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 31)),
+    years=st.integers(0, 900),
+    months=st.integers(0, 30),
+    days=st.integers(0, 400),
+    hours=st.integers(0, 100),
+)
+def test_keep_within_counts_calendar_months_then_days(
+    newest: datetime, years: int, months: int, days: int, hours: int
+) -> None:
+    duration = "".join(
+        f"{n}{unit}" for n, unit in zip((years, months, days, hours), "ymdh", strict=True) if n
+    )
+    if not duration:
+        return
+    cutoff = within_cutoff(newest, duration)
+    back = cutoff + timedelta(days=days, hours=hours)  # undo the days and hours
+    assert (newest.year * 12 + newest.month) - (back.year * 12 + back.month) == years * 12 + months
+    assert back.day == min(newest.day, calendar.monthrange(back.year, back.month)[1])
+    assert back.time() == newest.time()
 
 
 BUCKETS: dict[str, Callable[[datetime], object]] = {

@@ -692,3 +692,47 @@ def test_docs_cli_names_every_json_key(
     documents = [json.loads(out) for out in printed]
     assert set().union(*map(_keys, documents)) - documented == set()
     assert [p for document in documents for p in _schema_problems(document)] == []
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_backup_skip_if_unchanged_and_forget_keep_rules(location: Location, tmp_path: Path) -> None:
+    _ok(location, "init")
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "f").write_bytes(b"f")
+    for _ in range(3):
+        _ok(location, "backup", str(source), "--name", "home")
+    skipped = json.loads(
+        _ok(location, "--json", "backup", str(source), "--name", "home", "--skip-if-unchanged")
+    )
+    assert skipped["version"] == 3 and skipped["stats"]["unchanged"] is True
+    _ok(location, "tag", "home:1", "golden")
+    typo = _cli(location, "forget", "home", "--keep-tag", "gold")
+    assert typo.returncode == 3 and b"has no tag gold" in typo.stderr
+    assert _cli(location, "forget", "home", "--keep-within", "3w").returncode == 2
+    within = json.loads(
+        _ok(location, "--json", "forget", "home", "--keep-within", "1h", "--dry-run")
+    )
+    assert [k["version"] for k in within["kept"]] == [3, 2, 1] and within["removed"] == []
+    result = json.loads(
+        _ok(location, "--json", "forget", "home", "--keep-tag", "golden", "--keep-last", "1")
+    )
+    assert {k["version"]: k["reasons"] for k in result["kept"]} == {
+        3: ["last"],
+        1: ["tag golden"],
+    }
+    assert json.loads(_ok(location, "--json", "ls", "home"))[0]["tags"] == ["golden"]
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_ls_where_filters_versions_by_metadata(location: Location) -> None:
+    _ok(location, "init")
+    for auc in ("0.7", "0.95", "0.91"):
+        _ok(location, "put", "-", "--name", "m", "--meta", f"auc={auc}", stdin=auc.encode())
+    rows = json.loads(_ok(location, "--json", "ls", "m", "--where", "auc>0.9"))
+    assert [r["version"] for r in rows] == [2, 3]
+    both = _ok(location, "ls", "m", "--where", "auc>0.9", "--where", "auc<0.93")
+    assert [line.split()[0] for line in both.splitlines()] == ["3"]
+    assert _ok(location, "ls", "m", "--where", "auc>1").strip() == "(no version matches)"
+    assert _cli(location, "ls", "m", "--where", "auc=1").returncode == 2
+    assert _cli(location, "ls", "m:1", "--where", "auc>1").returncode == 2

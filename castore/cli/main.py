@@ -319,6 +319,8 @@ def cmd_ls(command: Command) -> int:
     """castore ls [NAME | REF | SNAPSHOT [PATH]]."""
     store = command.store
     args = command.args
+    if args.where and (args.name is None or any(c in args.name for c in ":@")):
+        raise InvalidInputError("--where searches the versions of a NAME: castore ls NAME --where")
     if args.name is not None and any(c in args.name for c in ":@"):
         version = store.version(args.name)
         if version.kind == "tree":
@@ -354,8 +356,13 @@ def cmd_ls(command: Command) -> int:
     if not numbers:
         store.version(name)  # raises NotFoundError saying what the store has instead
     tags = store.tags(name)
-    rows = [_version_row(store.version(f"{name}:{n}"), tags) for n in numbers]
-    command.emit(rows, lambda: "\n".join(_version_line(row) for row in rows))
+    if args.where:
+        rows = [_version_row(v, tags) for v in store.find(name, args.where)]
+    else:
+        rows = [_version_row(store.version(f"{name}:{n}"), tags) for n in numbers]
+    command.emit(
+        rows, lambda: "\n".join(_version_line(row) for row in rows) or "(no version matches)"
+    )
     return 0
 
 
@@ -614,11 +621,13 @@ def cmd_backup(command: Command) -> int:
             progress=_progress_callback(bar),
             one_file_system=args.one_file_system,
             exclude_caches=args.exclude_caches,
+            skip_if_unchanged=args.skip_if_unchanged,
         )
     stats = snapshot.stats
     command.emit(
         {**_version_json(snapshot), "stats": vars(stats)},
-        f"{snapshot.name}:{snapshot.version}  {snapshot.reference}\n"
+        ("unchanged since the latest snapshot: none added\n" if stats.unchanged else "")
+        + f"{snapshot.name}:{snapshot.version}  {snapshot.reference}\n"
         f"{stats.files} files ({_human_size(stats.bytes)}), {stats.files_read} read, "
         f"{stats.files_reused} unchanged, {stats.skipped} skipped; "
         f"{_human_size(stats.new_bytes_stored)} new",
@@ -717,7 +726,13 @@ def cmd_forget(command: Command) -> int:
             "keep_yearly",
         )
     }
-    result = command.store.forget(args.name, dry_run=args.dry_run, **policy)
+    result = command.store.forget(
+        args.name,
+        keep_within=args.keep_within,
+        keep_tag=args.keep_tag,
+        dry_run=args.dry_run,
+        **policy,
+    )
     verb = "would remove" if result.dry_run else "removed"
     command.emit(
         {
@@ -1059,6 +1074,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls = add("ls", cmd_ls, "list names, the versions of NAME, or the files of a snapshot")
     ls.add_argument("name", nargs="?", help="NAME, a version NAME:N, or a snapshot NAME:N")
     ls.add_argument("path", nargs="?", help="a directory inside the snapshot")
+    ls.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COND",
+        help="only versions whose metadata meets COND, such as 'auc>0.9' or "
+        "'params.depth<=8 and stage==prod' (repeatable: all must hold)",
+    )
     log = add("log", cmd_log, "history of a name, newest first")
     log.add_argument("name")
     log.add_argument(
@@ -1132,6 +1155,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not back up the contents of directories tagged with a CACHEDIR.TAG file",
     )
+    backup.add_argument(
+        "--skip-if-unchanged",
+        action="store_true",
+        help="add no snapshot when nothing changed since the latest one",
+    )
     restore = add(
         "restore",
         cmd_restore,
@@ -1167,6 +1195,18 @@ def build_parser() -> argparse.ArgumentParser:
             if unit != "last"
             else "keep the N newest snapshots",
         )
+    forget.add_argument(
+        "--keep-within",
+        metavar="DURATION",
+        help="keep every snapshot made within DURATION (such as 1y6m7d2h) of the newest",
+    )
+    forget.add_argument(
+        "--keep-tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="keep the snapshot TAG points at (repeatable)",
+    )
     forget.add_argument("--dry-run", action="store_true", help="say what would go")
     verify = add(
         "verify", cmd_verify, "check refs, hash chains and chunk locations (exit 1 on problems)"

@@ -101,6 +101,9 @@ class BackupStats:
     """Pinned reference of the parent snapshot, if there was one."""
     skipped_paths: list[tuple[str, str]] = field(default_factory=list)
     """(path, reason) of everything skipped, also recorded in the tree stream."""
+    unchanged: bool = False
+    """With skip_if_unchanged: the tree equals the parent's, so no snapshot was added and
+    the parent is what the backup returned."""
 
 
 @dataclass(frozen=True)
@@ -404,6 +407,7 @@ def backup(
     progress: ProgressCallback | None = None,
     one_file_system: bool = False,
     exclude_caches: bool = False,
+    skip_if_unchanged: bool = False,
 ) -> Snapshot:
     """Snapshot the directory `path` as the next version of `name`.
 
@@ -414,7 +418,9 @@ def backup(
     `exclude` holds gitignore-style patterns (castore.snapshots.ignore). Files unchanged
     since the latest snapshot of `name` are not read. Unreadable files and special files
     are skipped, reported in the result's stats and recorded in the snapshot. `progress`
-    is called after each file. Every run creates a new version, even if nothing changed.
+    is called after each file. Every run creates a new version, even if nothing changed,
+    unless `skip_if_unchanged`: then a tree and metadata equal to the latest snapshot's
+    add nothing, and that snapshot is returned with `stats.unchanged` set.
     """
     check_name(name)
     tags = [check_tag(tag) for tag in tags]
@@ -449,8 +455,9 @@ def backup(
         serializer_version=str(run.tree.version),
         metadata=_snapshot_metadata(root, rules, stats),
         tags=tags,
-        force=True,
+        force=not skip_if_unchanged,
     )
+    stats.unchanged = version.reference == stats.parent
     values = {item.name: getattr(version, item.name) for item in fields(Version)}
     return Snapshot(**values, stats=stats)
 

@@ -7,12 +7,14 @@ pure function of those times (`keep_reasons`), tested against a reference model;
 
 from __future__ import annotations
 
+import calendar
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
 
-from castore.errors import IntegrityError, InvalidInputError
+from castore.errors import IntegrityError, InvalidInputError, NotFoundError
 from castore.versions import catalog
 from castore.versions.catalog import Version
 
@@ -99,6 +101,32 @@ def keep_reasons(times: Sequence[datetime], policy: RetentionPolicy) -> list[tup
     return reasons
 
 
+_DURATION = re.compile(r"(?:(\d+)y)?(?:(\d+)m)?(?:(\d+)d)?(?:(\d+)h)?")
+
+
+def within_cutoff(newest: datetime, duration: str) -> datetime:
+    """restic's --keep-within: the time `duration` ("1y6m7d2h": years, months, days,
+    hours, each optional) before `newest`. Months are calendar months, the day clamped to
+    the month's last (31 March less a month is 29 February in a leap year)."""
+    match = _DURATION.fullmatch(duration)
+    if not duration or match is None:
+        raise InvalidInputError(
+            f"keep-within wants a duration such as 1y6m7d2h (years, months, days, hours), "
+            f"not {duration!r}"
+        )
+    years, months, days, hours = (int(group or 0) for group in match.groups())
+    year, month = divmod(newest.year * 12 + newest.month - 1 - years * 12 - months, 12)
+    if year < 1:
+        raise InvalidInputError(f"keep-within {duration!r} reaches before the year 1")
+    day = min(newest.day, calendar.monthrange(year, month + 1)[1])
+    try:
+        return newest.replace(year=year, month=month + 1, day=day) - timedelta(
+            days=days, hours=hours
+        )
+    except OverflowError as exc:
+        raise InvalidInputError(f"keep-within {duration!r} reaches before the year 1") from exc
+
+
 def snapshot_time(version: Version, tz: tzinfo | None = None) -> datetime:
     """When a version was created (its manifest's `created`), in `tz` (default: local)."""
     try:
@@ -122,15 +150,19 @@ def forget(
     keep_weekly: int = 0,
     keep_monthly: int = 0,
     keep_yearly: int = 0,
+    keep_within: str | None = None,
+    keep_tag: Sequence[str] = (),
     dry_run: bool = False,
     tz: tzinfo | None = None,
 ) -> ForgetResult:
     """Delete the versions of `name` that no keep rule keeps (restic's ``forget``).
 
     Times are the manifests' creation times, bucketed in `tz` (default: the local time
-    zone, as restic does). With `dry_run` nothing is deleted. Deleted versions become
-    tombstones (catalog.delete); their data is freed by a later gc. At least one rule
-    is required.
+    zone, as restic does). `keep_within` keeps every version created within that
+    duration ("1y6m7d2h") of the newest; `keep_tag` keeps the versions those tags of
+    `name` point at (a tag the name does not have is an error, not a rule that keeps
+    nothing). With `dry_run` nothing is deleted. Deleted versions become tombstones
+    (catalog.delete); their data is freed by a later gc. At least one rule is required.
     """
     policy = RetentionPolicy(
         last=keep_last,
@@ -140,13 +172,33 @@ def forget(
         monthly=keep_monthly,
         yearly=keep_yearly,
     )
-    if policy.empty:
+    if policy.empty and keep_within is None and not keep_tag:
         raise InvalidInputError(
             "no keep rule given (--keep-last, --keep-daily...): refusing to forget every version"
         )
+    tagged = catalog.tags(repo, name) if keep_tag else {}
+    if missing := sorted(set(keep_tag) - set(tagged)):
+        raise NotFoundError(
+            f"{name} has no tag {', '.join(missing)}: refusing to forget by a rule that keeps "
+            f"nothing (its tags: {', '.join(sorted(tagged)) or 'none'})"
+        )
     live = [entry.details for entry in catalog.log(repo, name) if entry.details is not None]
     newest_first = sorted(live, key=lambda v: (snapshot_time(v), v.version), reverse=True)
-    reasons = keep_reasons([snapshot_time(v, tz) for v in newest_first], policy)
+    cutoff = (
+        within_cutoff(snapshot_time(newest_first[0]), keep_within)
+        if keep_within is not None and newest_first
+        else None
+    )
+    reasons = [
+        why
+        + (("within",) if cutoff is not None and snapshot_time(v) >= cutoff else ())
+        + tuple(f"tag {tag}" for tag in sorted(set(keep_tag)) if tagged[tag] == v.version)
+        for v, why in zip(
+            newest_first,
+            keep_reasons([snapshot_time(v, tz) for v in newest_first], policy),
+            strict=True,
+        )
+    ]
     kept = [Kept(v, why) for v, why in zip(newest_first, reasons, strict=True) if why]
     removed = [v for v, why in zip(newest_first, reasons, strict=True) if not why]
     if not dry_run:
