@@ -571,14 +571,20 @@ FORGET_TIMES = [
 ]
 
 
-def test_forget_applies_restic_policies_to_snapshot_times(
-    store: castore.Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def daily_backups(store: castore.Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A name with one snapshot at each of FORGET_TIMES."""
     (tmp_path / "f").write_bytes(b"f")
     monkeypatch.setattr(castore.format.manifest, "datetime", _Clock)
     for when in FORGET_TIMES:
         _Clock.current = when
         store.backup(tmp_path, "backups/daily")
+    return "backups/daily"
+
+
+def test_forget_applies_restic_policies_to_snapshot_times(
+    store: castore.Store, daily_backups: str
+) -> None:
     policy = {"keep_last": 1, "keep_daily": 2, "keep_weekly": 3, "keep_monthly": 3}
     preview = store.forget("backups/daily", **policy, dry_run=True, tz=UTC)
     assert {k.version.version: k.reasons for k in preview.kept} == {
@@ -614,14 +620,7 @@ def test_skip_if_unchanged_adds_no_snapshot_until_something_changes(
     assert store.versions("home") == [1, 2, 3]
 
 
-def test_forget_keeps_by_time_window_and_by_tag(
-    store: castore.Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "f").write_bytes(b"f")
-    monkeypatch.setattr(castore.format.manifest, "datetime", _Clock)
-    for when in FORGET_TIMES:
-        _Clock.current = when
-        store.backup(tmp_path, "backups/daily")
+def test_forget_keeps_by_time_window_and_by_tag(store: castore.Store, daily_backups: str) -> None:
     store.tag("backups/daily:2", "golden")
     preview = store.forget(
         "backups/daily", keep_within="24d9h", keep_tag=["golden"], dry_run=True, tz=UTC
