@@ -228,6 +228,32 @@ class Store:
             signatures.sign(repo, parse_digest(version.digest), sign_with)
         return version
 
+    def import_file(
+        self,
+        path: str | os.PathLike[str],
+        name: str,
+        *,
+        serializer: str = "joblib",
+        metadata: dict[str, Any] | None = None,
+        tags: Iterable[str] = (),
+        check: bool = True,
+    ) -> Version:
+        """Make an existing ``joblib.dump`` (or pickle, cloudpickle) file the next version
+        of `name`, byte for byte: its ``sha256sum`` is the version's content digest. Unless
+        `check` is false, it is first loaded under the default policy, and a file that would
+        not load (refused globals; a compressed joblib file) is refused, recording nothing."""
+        repo = self.repository
+        with repo.writing():
+            return saving.import_file(
+                repo,
+                path,
+                name,
+                serializer=serializer,
+                metadata=metadata,
+                tags=tags,
+                check=check,
+            )
+
     def load(
         self,
         ref: str,

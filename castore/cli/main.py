@@ -230,6 +230,31 @@ def _digest(command: Command, ref: str) -> str:
     return command.store.version(ref).digest
 
 
+def cmd_import(command: Command) -> int:
+    """castore import FILE... --name NAME [--serializer S] [--no-check]."""
+    args = command.args
+    metadata = _parse_pairs(args.meta, "--meta")
+    versions = [
+        command.store.import_file(
+            file,
+            args.name,
+            serializer=args.serializer,
+            metadata=metadata,
+            tags=args.tag,
+            check=not args.no_check,
+        )
+        for file in args.files
+    ]
+    command.emit(
+        [_version_json(version) for version in versions],
+        lambda: "\n".join(
+            f"{file} -> {v.name}:{v.version}  {v.reference}"
+            for file, v in zip(args.files, versions, strict=True)
+        ),
+    )
+    return 0
+
+
 def cmd_get(command: Command) -> int:
     """castore get REF -o PATH: PATH is replaced only once every byte is verified."""
     target = Path(command.args.output)
@@ -1065,6 +1090,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="metadata (values parsed as JSON when they can be)",
     )
     put.add_argument("--force", action="store_true", help="add a version even if unchanged")
+    imp = add(
+        "import",
+        cmd_import,
+        "make existing joblib/pickle files successive versions of --name, byte for byte "
+        "(each loaded under the default policy first, unless --no-check)",
+    )
+    imp.add_argument("files", nargs="+", metavar="FILE", help="in the order to number them")
+    imp.add_argument("--name", required=True, help="the versions' name")
+    imp.add_argument("--serializer", default="joblib", choices=["joblib", "pickle", "cloudpickle"])
+    imp.add_argument("--tag", action="append", default=[], help="tag each version")
+    imp.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata")
+    imp.add_argument(
+        "--no-check", action="store_true", help="do not load each file under the policy first"
+    )
     get = add("get", cmd_get, "write a content digest's or a version's bytes to a file")
     get.add_argument("ref")
     get.add_argument("-o", "--output", required=True, help="file to write")

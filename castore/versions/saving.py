@@ -15,7 +15,12 @@ import warnings
 from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING, Any
 
-from castore.errors import DeserializationError, UnloadableVersionWarning, UnsafeObjectError
+from castore.errors import (
+    DeserializationError,
+    InvalidInputError,
+    UnloadableVersionWarning,
+    UnsafeObjectError,
+)
 from castore.format.manifest import normalize_metadata
 from castore.format.names import check_name, check_tag
 from castore.format.streams import StreamDescriptor
@@ -72,6 +77,51 @@ def save(
     if scan is not None and not scan.admitted:
         warnings.warn(_unloadable(version, scan), UnloadableVersionWarning, stacklevel=3)
     return version
+
+
+def import_file(
+    repo: Repository,
+    path: str | os.PathLike[str],
+    name: str,
+    *,
+    serializer: str,
+    metadata: dict[str, Any] | None,
+    tags: Iterable[str],
+    check: bool,
+) -> Version:
+    """Record an existing file (a ``joblib.dump`` or pickle file) as the next version of
+    `name`, its bytes as they are: its ``sha256sum`` is the version's content digest.
+
+    With `check`, the stream is loaded back under the default policy first, and a file
+    that would not load (a compressed joblib file, refused globals) records no version.
+    """
+    check_name(name)
+    chosen = serializer_named(serializer)
+    if chosen.kind != "object":
+        raise InvalidInputError(
+            f"import takes pickle-based files (joblib, pickle, cloudpickle), not {serializer!r}: "
+            "store other files with put --name"
+        )
+    clean_metadata = normalize_metadata(metadata)
+    tags = [check_tag(t) for t in tags]
+    try:
+        with open(path, "rb") as file:
+            stream = repo.write_stream(file)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {os.fsdecode(path)}: {exc.strerror}") from exc
+    if check:
+        _load_back(repo, stream, chosen, name)
+    return commit_version(
+        repo,
+        name,
+        stream,
+        kind=chosen.kind,
+        serializer=chosen.name,
+        serializer_version=chosen.version(),
+        metadata=clean_metadata,
+        tags=tags,
+        force=False,
+    )
 
 
 def _load_back(repo: Repository, stream: StreamDescriptor, chosen: Serializer, name: str) -> None:
