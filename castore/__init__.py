@@ -2,6 +2,7 @@
 
 from castore.backend.counting import Requests
 from castore.engine.leases import LeaseHolder
+from castore.engine.progress import Progress
 from castore.engine.writer import WriteStats
 from castore.errors import (
     BackendError,
@@ -77,6 +78,7 @@ __all__ = [
     "NotAStoreError",
     "NotFoundError",
     "PrivateKey",
+    "Progress",
     "PublicKey",
     "RepairReport",
     "Requests",

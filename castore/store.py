@@ -11,6 +11,7 @@ from typing import Any
 from castore.backend.counting import Requests
 from castore.engine import leases
 from castore.engine.cache import LocalCache
+from castore.engine.progress import ProgressCallback
 from castore.engine.reader import VerifiedStream
 from castore.engine.refs import TagEvent
 from castore.engine.repository import Repository, Source
@@ -33,7 +34,6 @@ from castore.maintenance.verify import VerifyReport
 from castore.maintenance.verify import verify as verify_store
 from castore.snapshots import backup as backups
 from castore.snapshots import browse, retention
-from castore.snapshots.progress import ProgressCallback
 from castore.snapshots.restore import RestorePlan, RestoreStats, planned_entries
 from castore.snapshots.restore import restore as restore_snapshot
 from castore.trust import signatures
@@ -488,7 +488,14 @@ class Store:
         """Logical and stored bytes, dedup and compression ratios, object counts."""
         return store_stats(self.repository)
 
-    def copy(self, ref: str, dest: Store, *, tags: bool = True) -> CopyReport:
+    def copy(
+        self,
+        ref: str,
+        dest: Store,
+        *,
+        tags: bool = True,
+        progress: ProgressCallback | None = None,
+    ) -> CopyReport:
         """Copy a version, or every version of a name, into another store.
 
         Only chunks `dest` lacks are transferred, every chunk is verified on the way, and
@@ -496,10 +503,12 @@ class Store:
         Versions not copied are absent from `dest`, not deleted; a later copy adds them.
         With `tags`, the tags the source sets on the copied versions come along, except
         where `dest` moved or removed a tag on its own (the report says which).
+        `progress` is called after each chunk sent and each version done.
         """
+        source, target = self.repository, dest.repository
         if parse_reference(ref).name is not None and ":" not in ref and "@" not in ref:
-            return transfer.copy_name(self.repository, ref, dest.repository, tags=tags)
-        return transfer.copy_version(self.repository, ref, dest.repository, tags=tags)
+            return transfer.copy_name(source, ref, target, tags=tags, progress=progress)
+        return transfer.copy_version(source, ref, target, tags=tags, progress=progress)
 
     def consolidate_index(self) -> int:
         """Merge the store's index objects (one per write) into one, so that opens read one

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 import castore
 import castore.format.manifest
+from castore.engine.progress import Progress
 from castore.format.tree import (
     DIR,
     EMPTY_SHA256,
@@ -46,7 +47,6 @@ from castore.format.tree import (
 from castore.snapshots import backup as bk
 from castore.snapshots import scan
 from castore.snapshots.ignore import IgnoreRules
-from castore.snapshots.progress import Progress
 from castore.snapshots.retention import RetentionPolicy, keep_reasons, within_cutoff
 from castore.versions.catalog import commit_version
 from tests.conftest import Location
@@ -156,6 +156,9 @@ def test_round_trip_restores_every_kind_of_entry(
     assert (snap.name, snap.version, snap.serializer) == ("backups/src", 1, "tree")
     assert (snap.stats.files, snap.stats.symlinks, snap.stats.skipped) == (files, 3, 0)
     assert snap.stats.files_read == files and seen[-1].files == files
+    assert (seen[-1].total_files, seen[-1].total_bytes) == (files, snap.stats.bytes)
+    assert seen[-1].bytes == snap.stats.bytes and seen[-1].fraction == 1.0
+    assert [p.bytes for p in seen] == sorted(p.bytes for p in seen)  # never goes back
     assert snap.metadata["files"] == files and snap.metadata["source"] == str(src)
     assert small_store.info(snap.reference)["kind"] == "tree"
     assert snap.stats.packs >= 10  # big.bin alone spans about eleven 64 KiB packs
@@ -166,6 +169,8 @@ def test_round_trip_restores_every_kind_of_entry(
     stats = small_store.restore("backups/src:1", out, progress=restored.append)
     assert describe(out) == expected
     assert restored[-1].files == files and restored[-1].bytes == snap.stats.bytes
+    assert (restored[-1].total_files, restored[-1].total_bytes) == (files, snap.stats.bytes)
+    assert restored[-1].fraction == 1.0 and restored[-1].remaining == 0.0
     assert (stats.files_written, stats.symlinks, stats.bytes_written) == (
         files,
         3,
@@ -175,6 +180,19 @@ def test_round_trip_restores_every_kind_of_entry(
     for rel in ("big.bin", "nested/medium.bin"):
         small_store.put(src / rel)
         assert small_store.last_write is not None and small_store.last_write.new_chunks == 0
+
+
+def test_progress_reports_a_large_file_as_it_is_read(
+    small_store: castore.Store, tmp_path: Path, no_small_files: None
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    size = 3 * 1024 * 1024 + 5
+    (src / "large.bin").write_bytes(pattern(size, 7))
+    seen: list[Progress] = []
+    small_store.backup(src, "backups/large", progress=seen.append)
+    assert [p.bytes for p in seen if p.files == 0][:3] == [1 << 20, 2 << 20, 3 << 20]
+    assert (seen[-1].files, seen[-1].bytes, seen[-1].total_bytes) == (1, size, size)
 
 
 def test_objects_do_not_grow_with_the_number_of_files(store: castore.Store, tmp_path: Path) -> None:

@@ -624,7 +624,9 @@ def test_errors_under_json_are_json(location: Location) -> None:
     ]:
         result = _cli(location, "--json", *args)
         assert result.returncode == code and result.stdout == b""
-        error = json.loads(result.stderr)["error"]
+        line = json.loads(result.stderr)
+        assert line["message_type"] == "error"
+        error = line["error"]
         assert error["exit_code"] == code and error["type"] == kind and error["message"]
         plain = _cli(location, *args)
         assert plain.returncode == code
@@ -692,6 +694,83 @@ def test_docs_cli_names_every_json_key(
     documents = [json.loads(out) for out in printed]
     assert set().union(*map(_keys, documents)) - documented == set()
     assert [p for document in documents for p in _schema_problems(document)] == []
+
+
+STATUS_KEYS = {
+    "message_type",
+    "command",
+    "seconds_elapsed",
+    "seconds_remaining",
+    "percent_done",
+    "files_done",
+    "total_files",
+    "bytes_done",
+    "total_bytes",
+    "current_file",
+}
+
+
+def _status_lines(location: Location, *args: str, stdin: bytes | None = None) -> list[dict]:
+    """The status lines a command prints on stderr under --json (its stdout is checked to be
+    one JSON document)."""
+    result = _cli(location, "--json", *args, stdin=stdin)
+    assert result.returncode == 0, result.stderr.decode()
+    json.loads(result.stdout)
+    lines = [json.loads(line) for line in result.stderr.decode().splitlines()]
+    assert lines, f"{args[0]} printed no progress"
+    for line in lines:
+        assert set(line) == STATUS_KEYS and line["message_type"] == "status"
+        assert line["command"] == args[0]
+    done = [line["bytes_done"] for line in lines]
+    assert done == sorted(done)
+    return lines
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_progress_under_json_is_status_lines_ending_at_the_total(
+    location: Location, tmp_path: Path
+) -> None:
+    documented = set(re.findall(r"`([a-z_]+)`", (ROOT / "docs" / "CLI.md").read_text()))
+    assert documented >= STATUS_KEYS
+    _ok(location, "init")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    sizes = {"a": 10, "sub/b": 70_000, "sub/c": 5 * 1024 * 1024}
+    for rel, size in sizes.items():
+        (tree / rel).write_bytes(pattern(size, seed=size))
+    model = tmp_path / "model.bin"
+    model.write_bytes(pattern(300_000, seed=3))
+    dest = f"{location.url}-copy"
+    _ok(location, "--store", dest, "init")
+
+    for args, files, total in [
+        (("put", str(model), "--name", "m"), None, 300_000),
+        (("get", "m:1", "-o", str(tmp_path / "got")), None, 300_000),
+        (("backup", str(tree), "--name", "home"), 3, sum(sizes.values())),
+        (("restore", "home:1", str(tmp_path / "out")), 3, sum(sizes.values())),
+        (("copy", "m:1", dest), 1, None),
+    ]:
+        last = _status_lines(location, *args)[-1]
+        assert last["percent_done"] == 1.0 and last["seconds_remaining"] == 0.0, args
+        assert (last["files_done"], last["total_files"]) == (files, files), args
+        assert last["bytes_done"] == last["total_bytes"], args
+        if total is not None:
+            assert last["total_bytes"] == total, args
+    streamed = _status_lines(location, "put", "-", "--name", "m", stdin=b"x" * 1000)[-1]
+    assert streamed["total_bytes"] is None and streamed["percent_done"] is None
+
+    plain = _cli(location, "backup", str(tree), "--name", "home")
+    assert plain.returncode == 0 and plain.stderr == b""  # no bar off a terminal
+    bad = _cli(
+        location,
+        "--json",
+        "get",
+        "m:1",
+        "-o",
+        str(tmp_path / "x"),
+        env={"CASTORE_PROGRESS_FPS": "0"},
+    )
+    assert bad.returncode == 2 and b"CASTORE_PROGRESS_FPS" in bad.stderr
 
 
 @pytest.mark.parametrize("new_location", ["local"], indirect=True)

@@ -198,3 +198,24 @@ def test_a_deleted_collected_version_reads_as_deleted(
     unknown = "sha256:" + "ab" * 32
     with pytest.raises(castore.NotFoundError, match="no version with digest"):
         store.load(unknown)
+
+
+def test_progress_counts_chunks_sent_against_the_versions_total(
+    stores: tuple[castore.Store, castore.Store],
+) -> None:
+    source, dest = stores
+    one: list[castore.Progress] = []
+    report = source.copy("m:2", dest, progress=one.append)
+    assert one[-1].files == one[-1].total_files == 1
+    assert one[-1].bytes == one[-1].total_bytes == report.bytes_sent > 0
+    assert one[-1].fraction == 1.0 and one[-1].path == "m:2"
+    assert [p.bytes for p in one] == sorted(p.bytes for p in one)  # never goes back
+
+    whole: list[castore.Progress] = []
+    report = source.copy("m", dest, progress=whole.append)
+    assert whole[-1].total_files == 3 and whole[-1].total_bytes is None
+    assert whole[-1].bytes == report.bytes_sent and whole[-1].fraction == 1.0
+    done = {p.path: p for p in whole if p.files == int(p.path[2:])}  # each version's end
+    assert sorted(done) == ["m:1", "m:2", "m:3"]
+    # m:2 was there already: nothing of it was sent, and it still counts as handled.
+    assert done["m:2"].bytes == done["m:1"].bytes > 0

@@ -12,14 +12,12 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 import castore
+from castore.cli.progress import ProgressDisplay
 from castore.cli.terminal import guarded, shown
 from castore.errors import (
     BackendError,
@@ -64,8 +62,6 @@ exit codes: 0 ok, 1 integrity problem or failed check (verify, log --verify, ins
 2 invalid input, 3 not found, 4 backend error, 5 other castore error.
 """
 
-PROGRESS_DELAY = 1.0
-"""Seconds before a progress bar appears: quick transfers stay quiet."""
 CAT_MEMORY = 64 * 1024 * 1024
 """Bytes `cat` holds in memory while it verifies a stream; past that, a temporary file."""
 CAT_BLOCK = 1024 * 1024
@@ -116,20 +112,9 @@ class Command:
         else:
             print(guarded(text() if callable(text) else text))
 
-    @contextmanager
-    def progress(self, total: int | None, description: str) -> Iterator[tqdm]:
-        """A byte progress bar on stderr that shows up only for transfers over a moment."""
-        with tqdm(
-            total=total,
-            desc=description,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            delay=PROGRESS_DELAY,
-            disable=self.args.json or not sys.stderr.isatty(),
-            file=sys.stderr,
-        ) as bar:
-            yield bar
+    def progress(self, *, counts_files: bool = True) -> ProgressDisplay:
+        """The command's progress on stderr: a bar on a terminal, JSON lines with --json."""
+        return ProgressDisplay(self.args.command, as_json=self.args.json, counts_files=counts_files)
 
 
 def _version_json(version: castore.Version) -> dict[str, Any]:
@@ -157,15 +142,18 @@ def _human_size(size: int) -> str:
 
 
 class _ProgressReader:
-    """A binary file wrapper that reports bytes read to a progress bar."""
+    """A binary file wrapper that reports bytes read to a progress display."""
 
-    def __init__(self, file: Any, bar: tqdm) -> None:
+    def __init__(self, file: Any, display: ProgressDisplay, total: int | None) -> None:
         self._file = file
-        self._bar = bar
+        self._display = display
+        self._total = total
+        self._done = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self._file.read(size)
-        self._bar.update(len(data))
+        self._done += len(data)
+        self._display.bytes_done(self._done, self._total)
         return data
 
 
@@ -189,10 +177,10 @@ def cmd_put(command: Command) -> int:
     if isinstance(source, Path) and not source.is_file():
         raise InvalidInputError(f"{args.file} is not a readable file")
     total = source.stat().st_size if isinstance(source, Path) else None
-    with command.progress(total, "put") as bar:
+    with command.progress(counts_files=False) as display:
         file = open(source, "rb") if isinstance(source, Path) else source  # noqa: SIM115
         try:
-            reader = _ProgressReader(file, bar)
+            reader = _ProgressReader(file, display, total)
             if args.name:
                 metadata = _parse_pairs(args.meta, "--meta")
                 version = command.store.save(
@@ -258,13 +246,9 @@ def cmd_import(command: Command) -> int:
 def cmd_get(command: Command) -> int:
     """castore get REF -o PATH: PATH is replaced only once every byte is verified."""
     target = Path(command.args.output)
-    with command.progress(None, "get") as bar:
-
-        def show(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        size = command.store.get_file(_digest(command, command.args.ref), target, progress=show)
+    with command.progress(counts_files=False) as display:
+        digest = _digest(command, command.args.ref)
+        size = command.store.get_file(digest, target, progress=display.bytes_done)
     command.emit({"path": str(target), "size": size}, f"wrote {target} ({_human_size(size)})")
     return 0
 
@@ -626,24 +610,16 @@ def cmd_diff(command: Command) -> int:
     return 0
 
 
-def _progress_callback(bar: tqdm) -> Callable[[Any], None]:
-    def update(progress: Any) -> None:
-        bar.update(progress.bytes - bar.n)
-        bar.set_postfix(files=progress.files, skipped=progress.skipped, refresh=False)
-
-    return update
-
-
 def cmd_backup(command: Command) -> int:
     """castore backup PATH --name NAME."""
     args = command.args
-    with command.progress(None, "backup") as bar:
+    with command.progress() as display:
         snapshot = command.store.backup(
             args.path,
             args.name,
             exclude=args.exclude,
             tags=args.tag,
-            progress=_progress_callback(bar),
+            progress=display.callback,
             one_file_system=args.one_file_system,
             exclude_caches=args.exclude_caches,
             skip_if_unchanged=args.skip_if_unchanged,
@@ -716,14 +692,14 @@ def cmd_restore(command: Command) -> int:
         if not args.json:
             print(_plan_text(plan, args.target, "restoring"), flush=True)
 
-    with command.progress(None, "restore") as bar:
+    with command.progress() as display:
         stats = command.store.restore(
             args.ref,
             args.target,
             args.paths,
             owners=not args.no_owner,
             setid=args.keep_setid,
-            progress=_progress_callback(bar),
+            progress=display.callback,
             on_plan=announce,
         )
     stripped = stats.plan.setid_stripped
@@ -1015,8 +991,10 @@ def cmd_copy(command: Command) -> int:
     """castore copy REF DEST [--no-tags] [--dest-option K=V]."""
     args = command.args
     options = _parse_pairs(args.dest_option, "--dest-option")
-    with castore.open(args.dest, **options) as dest:
-        report = command.store.copy(args.ref, dest, tags=not args.no_tags)
+    with castore.open(args.dest, **options) as dest, command.progress() as display:
+        report = command.store.copy(
+            args.ref, dest, tags=not args.no_tags, progress=display.callback
+        )
     command.emit(
         {
             "versions": [
@@ -1298,7 +1276,7 @@ def _fail(as_json: bool, kind: str, message: str, code: int) -> int:
     """Report a failure on stderr (one JSON object with --json) and return its exit code."""
     if as_json:
         error = {"type": kind, "message": message, "exit_code": code}
-        print(json.dumps({"error": error}), file=sys.stderr)
+        print(json.dumps({"message_type": "error", "error": error}), file=sys.stderr)
     else:
         print(f"castore: {'error: ' if code != 130 else ''}{shown(message)}", file=sys.stderr)
     return code

@@ -10,10 +10,12 @@ a name copy leaves its deletions alone, and tags it moved stay where it put them
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from castore.engine.progress import Progress, ProgressCallback
 from castore.engine.refs import VersionRef
 from castore.errors import ConflictError, IntegrityError, NotFoundError, ObjectExistsError
 from castore.format import layout
@@ -67,7 +69,34 @@ class CopyReport:
     bytes_sent: int = 0
 
 
-def _copy_chunks(source: Repository, dest: Repository, chunks: Iterable[tuple[bytes, int]]) -> int:
+@dataclass
+class _Tracker:
+    """The progress of a copy: versions handled, chunk bytes sent. Bytes have a total
+    only when one version is copied (a name's versions are listed one at a time)."""
+
+    callback: ProgressCallback | None
+    versions: int
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0
+    sent: int = 0
+    total_bytes: int | None = None
+
+    def report(self, ref: str) -> None:
+        """Hand the counters to the callback, if there is one."""
+        if self.callback is not None:
+            elapsed = time.monotonic() - self.started
+            self.callback(
+                Progress(self.done, self.sent, 0, elapsed, ref, self.versions, self.total_bytes)
+            )
+
+
+def _copy_chunks(
+    source: Repository,
+    dest: Repository,
+    chunks: Iterable[tuple[bytes, int]],
+    tracker: _Tracker,
+    ref: str,
+) -> int:
     """Store in `dest` the chunks it lacks, read (verified) from `source`; return bytes sent."""
     missing: dict[bytes, int] = {}
     for chunk_id, size in chunks:
@@ -77,6 +106,8 @@ def _copy_chunks(source: Repository, dest: Repository, chunks: Iterable[tuple[by
         return 0
     ids = b"".join(missing)
     listing = StreamDescriptor(bytes(32), sum(missing.values()), ids, tuple(missing.values()))
+    if tracker.versions == 1:
+        tracker.total_bytes = listing.size
     session = dest.write_session()
     with session:
         for (chunk_id, _), data in zip(
@@ -84,6 +115,8 @@ def _copy_chunks(source: Repository, dest: Repository, chunks: Iterable[tuple[by
         ):
             codec, payload = encode_chunk(memoryview(data), dest.config.compression)
             session.store_chunk((chunk_id, len(data), codec, payload))
+            tracker.sent += len(data)
+            tracker.report(ref)
         session.commit()
     return listing.size
 
@@ -180,6 +213,7 @@ def _copy_one(
     ref: str,
     dest: Repository,
     report: CopyReport,
+    tracker: _Tracker,
     *,
     restore: bool,
     tags: bool,
@@ -191,7 +225,8 @@ def _copy_one(
         if existing is not None and not (existing.deleted and restore):
             action = "skipped" if existing.deleted else "present"
         else:
-            report.bytes_sent += _copy_chunks(source, dest, chunks_of(source, manifest))
+            chunks = chunks_of(source, manifest)
+            report.bytes_sent += _copy_chunks(source, dest, chunks, tracker, ref)
             data = source.backend.read(layout.manifest_path(digest))
             dest.backend.write(layout.manifest_path(digest), data)
             action = _publish(source, dest, manifest, digest, tombstone=existing is not None)
@@ -201,27 +236,47 @@ def _copy_one(
     report.versions.append(VersionCopy(catalog.Version.of(manifest, digest), action, deleted))
     if tags and action != "skipped":
         _copy_tags(source, dest, manifest, digest, report)
+    tracker.done += 1
+    tracker.report(ref)
 
 
-def copy_version(source: Repository, ref: str, dest: Repository, *, tags: bool) -> CopyReport:
+def copy_version(
+    source: Repository,
+    ref: str,
+    dest: Repository,
+    *,
+    tags: bool,
+    progress: ProgressCallback | None = None,
+) -> CopyReport:
     """Copy one version into `dest` under its number, with the tags the source sets on it.
 
     A version the destination had deleted is restored: the copy asks for this version.
+    `progress` is called after each chunk sent, and once the version is done.
     """
     report = CopyReport()
-    _copy_one(source, ref, dest, report, restore=True, tags=tags)
+    _copy_one(source, ref, dest, report, _Tracker(progress, 1), restore=True, tags=tags)
     return report
 
 
-def copy_name(source: Repository, name: str, dest: Repository, *, tags: bool) -> CopyReport:
+def copy_name(
+    source: Repository,
+    name: str,
+    dest: Repository,
+    *,
+    tags: bool,
+    progress: ProgressCallback | None = None,
+) -> CopyReport:
     """Copy every live version of a name in ascending order, each with its tags.
 
-    Versions the destination has deleted stay deleted there ("skipped").
+    Versions the destination has deleted stay deleted there ("skipped"). `progress` is
+    called after each chunk sent and each version done; its totals count versions.
     """
     numbers = catalog.versions(source, name)
     if not numbers:
         raise NotFoundError(f"nothing to copy: {name} has no live versions in {source.url}")
     report = CopyReport()
+    tracker = _Tracker(progress, len(numbers))
     for number in numbers:
-        _copy_one(source, f"{name}:{number}", dest, report, restore=False, tags=tags)
+        ref = f"{name}:{number}"
+        _copy_one(source, ref, dest, report, tracker, restore=False, tags=tags)
     return report

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from castore.engine.chunking import cut_whole
+from castore.engine.progress import Progress, ProgressCallback
 from castore.engine.writer import EncodedChunk, StreamWriter, WriteSession, encode_group
 from castore.errors import InvalidInputError
 from castore.format.config import ChunkerParams, CompressionParams
@@ -51,7 +52,6 @@ from castore.format.tree import (
 )
 from castore.snapshots import scan
 from castore.snapshots.ignore import IgnoreRules
-from castore.snapshots.progress import Progress, ProgressCallback
 from castore.versions import catalog
 from castore.versions.catalog import Version
 from castore.versions.contents import check_tree_manifest, tree_entries
@@ -209,19 +209,30 @@ class _Backup:
         """(st_dev, st_ino) of the files with several links met so far: their first path."""
         self.link_roots: dict[bytes, Entry] = {}
         """The recorded entries of those first paths."""
+        self.done_files = 0
+        self.done_bytes = 0
+        """Files and bytes settled so far (read, reused or linked), for progress."""
+        self.count: scan.TreeCount | None = None
 
     def close(self) -> None:
         """Stop the workers (after an error, work not started is dropped)."""
+        if self.count is not None:
+            self.count.close()
         self.scan_pool.shutdown(wait=True, cancel_futures=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def run(self, root: str, rules: IgnoreRules, bounds: scan.Boundaries) -> None:
         """Back up everything below `root` into the tree, not entering what `bounds`
-        excludes."""
+        excludes. With a progress callback, a second walk counts the totals meanwhile."""
+        if self.progress is not None:
+            self.count = scan.TreeCount(root, rules, bounds)
         for found in scan.walk(root, rules, self.scan_pool, bounds):
             self._add(found)
             self._drain(MAX_PENDING_FILES, MAX_PENDING_BYTES)
         self._drain(0, 0)
+        if self.count is not None:
+            self.count.wait()
+            self._advance(0, 0, b"")  # the last report, with the totals
         self.tree.flush()
         self.stats.elapsed = time.monotonic() - self.started
 
@@ -259,6 +270,7 @@ class _Backup:
             self.stats.bytes_reused += reused.size
             entry = Entry.file(path, st, reused.descriptor(), extents=reused.extents)
             self._push(path, entry)
+            self._advance(1, reused.size, path)
         elif st.st_size <= SMALL_FILE_BYTES and st.st_blocks * 512 >= st.st_size:
             config = self.session.config
             future = self.pool.submit(
@@ -290,6 +302,7 @@ class _Backup:
                 pieces = scan.pieces(file) if extents is None else scan.extent_pieces(file, extents)
                 for piece in pieces:
                     writer.write(piece)
+                    self._advance(0, len(piece), path)
                 descriptor = writer.finish()
         except OSError as exc:
             writer.abandon()
@@ -300,6 +313,7 @@ class _Backup:
         if len(descriptor.chunk_sizes) > MAX_FILE_CHUNKS:
             return Entry.skipped(path, f"more than {MAX_FILE_CHUNKS} chunks: too large")
         self._count_read(descriptor.size)
+        self._advance(1, st.st_size - descriptor.size, path)  # the holes of a sparse file
         self.stats.sparse += extents is not None
         return Entry.file(path, st, descriptor, extents=extents)
 
@@ -328,6 +342,8 @@ class _Backup:
         if entry.type == FILE and entry.nlink > 1 and not entry.hardlink:
             self.link_roots[path] = entry
         self._count(entry)
+        if entry.type == FILE and not isinstance(item, Entry):  # read by a worker, or linked
+            self._advance(1, entry.size, path)
 
     def _linked(self, path: bytes, first: bytes) -> Entry:
         """A further name of the inode recorded at `first`: that entry's metadata and
@@ -365,10 +381,24 @@ class _Backup:
         else:
             stats.files += 1
             stats.bytes += entry.size
-        if self.progress is not None:
-            elapsed = time.monotonic() - self.started
-            done = stats.files_read + stats.files_reused
-            self.progress(Progress(done, stats.bytes, stats.skipped, elapsed, entry.path_str))
+
+    def _advance(self, files: int, size: int, path: bytes) -> None:
+        """Count files and bytes settled, and report the progress."""
+        self.done_files += files
+        self.done_bytes += size
+        if self.progress is None:
+            return
+        totals = self.count.totals() if self.count is not None else None
+        self.progress(
+            Progress(
+                self.done_files,
+                self.done_bytes,
+                self.stats.skipped,
+                time.monotonic() - self.started,
+                os.fsdecode(path),
+                *(totals or (None, None)),
+            )
+        )
 
     def _skip(self, path: str, reason: str) -> None:
         self.stats.skipped += 1
@@ -418,9 +448,11 @@ def backup(
     `exclude` holds gitignore-style patterns (castore.snapshots.ignore). Files unchanged
     since the latest snapshot of `name` are not read. Unreadable files and special files
     are skipped, reported in the result's stats and recorded in the snapshot. `progress`
-    is called after each file. Every run creates a new version, even if nothing changed,
-    unless `skip_if_unchanged`: then a tree and metadata equal to the latest snapshot's
-    add nothing, and that snapshot is returned with `stats.unchanged` set.
+    is called after each file and each MiB read; its totals are counted by a second walk
+    of the tree in the background, and given once that walk is complete. Every run
+    creates a new version, even if nothing changed, unless `skip_if_unchanged`: then a
+    tree and metadata equal to the latest snapshot's add nothing, and that snapshot is
+    returned with `stats.unchanged` set.
     """
     check_name(name)
     tags = [check_tag(tag) for tag in tags]

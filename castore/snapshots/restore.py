@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from castore.engine.progress import Progress, ProgressCallback
 from castore.errors import CastoreError, IntegrityError, InvalidInputError, NotFoundError
 from castore.format.manifest import Manifest
 from castore.format.streams import StreamDescriptor
 from castore.format.tree import DIR, FILE, SYMLINK, Entry, is_within, normalize_path
 from castore.snapshots.browse import snapshot_manifest
-from castore.snapshots.progress import Progress, ProgressCallback
 from castore.snapshots.scan import os_reason
 from castore.versions.contents import tree_entries
 
@@ -505,6 +505,9 @@ class _Restorer:
         self.progress = progress
         self.stats = RestoreStats(plan)
         self.started = time.monotonic()
+        self.done_files = 0
+        self.done_bytes = 0
+        """Files and bytes in place so far (written, kept or linked), for progress."""
         self.dirs = [_OpenDir(b"", None, _done(root_fd))]
         self.batch: list[tuple[_OpenDir, Entry]] = []
         self.batch_bytes = 0
@@ -615,17 +618,32 @@ class _Restorer:
             assert isinstance(result, list)
             stats.hardlinks += result[0]
             stats.files_unchanged += not result[0]
+            self._advance(entries)
         else:
             assert isinstance(result, list)
             for entry, written in zip(entries, result, strict=True):
                 stats.files_written += written
                 stats.bytes_written += entry.size if written else 0
                 stats.files_unchanged += not written
-            if self.progress is not None:
-                done = stats.files_written + stats.files_unchanged
-                elapsed = time.monotonic() - self.started
-                path = entries[-1].path_str
-                self.progress(Progress(done, stats.bytes_written, 0, elapsed, path))
+            self._advance(entries)
+
+    def _advance(self, files: list[Entry]) -> None:
+        """Count files in place, and report the progress against the plan's totals."""
+        self.done_files += len(files)
+        self.done_bytes += sum(entry.size for entry in files)
+        if self.progress is not None:
+            plan = self.stats.plan
+            self.progress(
+                Progress(
+                    self.done_files,
+                    self.done_bytes,
+                    0,
+                    time.monotonic() - self.started,
+                    files[-1].path_str,
+                    plan.files,
+                    plan.bytes,
+                )
+            )
 
     def _error(self, entry: Entry, exc: OSError) -> CastoreError:
         return InvalidInputError(

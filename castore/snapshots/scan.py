@@ -12,13 +12,14 @@ import dataclasses
 import errno
 import os
 import stat
+import threading
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from castore.errors import InvalidInputError
+from castore.errors import CastoreError, InvalidInputError
 from castore.snapshots.ignore import IgnoreRules
 
 READ_BYTES = 1024 * 1024
@@ -193,6 +194,47 @@ def walk(
     finally:
         for listing in stack:
             listing.cancel()
+
+
+class TreeCount:
+    """The regular files below a root and their bytes, counted by a walk in a background
+    thread: the totals of a backup's progress."""
+
+    def __init__(self, root: str, rules: IgnoreRules, bounds: Boundaries) -> None:
+        self._files = 0
+        self._bytes = 0
+        self._complete = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(root, rules, bounds), name="castore-count", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, root: str, rules: IgnoreRules, bounds: Boundaries) -> None:
+        with ThreadPoolExecutor(1, thread_name_prefix="castore-count") as pool:
+            try:
+                for found in walk(root, rules, pool, bounds):
+                    if self._stop.is_set():
+                        return
+                    if found.stat is not None and stat.S_ISREG(found.stat.st_mode):
+                        self._files += 1
+                        self._bytes += found.stat.st_size
+            except CastoreError:
+                return  # the backup's own walk reports it; the totals stay unknown
+            self._complete = True
+
+    def totals(self) -> tuple[int, int] | None:
+        """(files, bytes) once the count is complete, else None."""
+        return (self._files, self._bytes) if self._complete else None
+
+    def wait(self) -> None:
+        """Wait for the count to end."""
+        self._thread.join()
+
+    def close(self) -> None:
+        """Stop counting and wait for the thread."""
+        self._stop.set()
+        self._thread.join()
 
 
 class _Replaced(OSError):
