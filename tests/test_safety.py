@@ -21,6 +21,8 @@ import joblib
 import numpy as np
 import pytest
 import scipy.sparse
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -461,10 +463,56 @@ def test_malformed_streams_are_castore_errors() -> None:
                  _opcodes(pickle.PERSID + b"x\n"), _opcodes(pickle.BINGET + b"\x09")):  # fmt: skip
         with pytest.raises(DeserializationError):
             _load(data)
-    with pytest.raises(DeserializationError, match="not an uncompressed joblib stream"):
-        buffer = io.BytesIO()
-        joblib.dump([1], buffer, compress=3)
-        safety.load_joblib(io.BufferedReader(io.BytesIO(buffer.getvalue())), Allowlist())
+    with pytest.raises(DeserializationError, match="bytes after its object"):
+        _load(pickle.dumps([1]) + b"x")  # FORMAT.md 11.4: the stream ends with its object
+    for data, message in [
+        (b"PK\x03\x04 a zip file", "is not a joblib stream"),
+        (b"\x04\x22\x4d\x18 lz4", "lz4 compressed joblib file"),
+        (b"ZF0x10 old joblib", "zfile compressed joblib file"),
+        (_compressed([1], "zlib")[:-8], "zlib stream is truncated"),
+        (_compressed([1], "bz2")[:20] + bytes(30), "bz2 stream is damaged"),
+        (_compressed([1], "xz")[:-12], "xz stream is truncated"),  # its checks come last
+        (_compressed([1], "zlib")[:-1] + b"\x00", "zlib stream is damaged"),  # adler32
+        (_compressed([1], "zlib") + b"more", "bytes after its zlib stream"),
+        (b"\x5d\x00\x00\x00\xf0" + b"\xff" * 8 + bytes(20), "needs more memory"),  # 3.75 GiB
+    ]:
+        with pytest.raises(DeserializationError, match=message):
+            safety.load_joblib(io.BufferedReader(io.BytesIO(data)), Allowlist())
+
+
+def _compressed(value: Any, method: str) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(value, buffer, compress=(method, 3))
+    return buffer.getvalue()
+
+
+COMPRESSIONS = ["zlib", "gzip", "bz2", "xz", "lzma"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.sampled_from(COMPRESSIONS),
+    st.lists(st.integers() | st.text() | st.floats(allow_nan=False), max_size=20),
+    st.integers(0, 3000),
+)
+def test_compressed_joblib_files_load_as_joblib_loads_them(
+    method: str, values: list[Any], length: int
+) -> None:
+    """Files joblib compressed (``compress=3``, imported) go through the same walls."""
+    value = {"values": values, "weights": np.arange(length, dtype=np.float32)}
+    data = _compressed(value, method)
+    loaded = safety.load_joblib(io.BufferedReader(io.BytesIO(data)), Allowlist(), size=len(data))
+    assert loaded["values"] == values
+    np.testing.assert_array_equal(loaded["weights"], value["weights"])
+
+
+@pytest.mark.parametrize("method", COMPRESSIONS)
+def test_compressed_joblib_files_are_refused_as_the_uncompressed_ones(method: str) -> None:
+    data = _compressed({"run": os.system}, method)
+    with pytest.raises(UnsafeObjectError, match=r"(os|posix)\.system"):
+        safety.load_joblib(io.BufferedReader(io.BytesIO(data)), Allowlist())
+    scan = safety.scan_joblib(io.BufferedReader(io.BytesIO(data)), Allowlist())
+    assert set(scan.refused) & {"os.system", "posix.system"} and scan.problem is None
 
 
 # -- state that compiled code would trust -------------------------------------------------------

@@ -3,8 +3,8 @@
 Modules, one job each: `names` (global names and trust patterns), `policy` (admission),
 `reconstructors` (checked constructors), `data` (what counts as data), `state` (BUILD
 rules), `bounds` (sizes and numbers), `checks` (structural checks on the final objects),
-`audit` (the second wall), `unpickler`, `joblib_arrays`, `report` (what a scan found)
-and `loader` (entry points).
+`audit` (the second wall), `unpickler`, `joblib_arrays`, `decompress` (joblib files
+that joblib compressed), `report` (what a scan found) and `loader` (entry points).
 docs/SECURITY.md states the invariant and which wall stops each attack.
 """
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import codecs
 import pickle
+import warnings
 from typing import IO, Any
 
-from castore.errors import CastoreError, DeserializationError, UnsafeObjectError
+from castore.errors import CastoreError, CastoreWarning, DeserializationError, UnsafeObjectError
 from castore.safety import audit
 from castore.safety.bounds import LimitedReader, stream_size
+from castore.safety.decompress import decompressed
 from castore.safety.joblib_arrays import JoblibUnpickler
 from castore.safety.policy import Allowlist
 from castore.safety.report import GlobalUse, Scan, hint
@@ -50,7 +52,15 @@ def load_pickle(
 ) -> Any:
     """Unpickle a pickle or cloudpickle stream, admitting only what `allowlist` allows."""
     source = LimitedReader(file, stream_size(file, size))
-    return _run(RestrictedUnpickler(source, allowlist), where)
+    return _ended(_run(RestrictedUnpickler(source, allowlist), where), source, where)
+
+
+def _ended(obj: Any, source: LimitedReader, where: str) -> Any:
+    """`obj`, once the stream is known to end with it (FORMAT.md 11.4); reading to the
+    end of a compressed stream also checks its checksum."""
+    if source.read(1):
+        raise DeserializationError(f"{where} holds bytes after its object: it is damaged")
+    return obj
 
 
 def load_joblib(
@@ -62,22 +72,42 @@ def load_joblib(
     mmap_mode: str | None = None,
     where: str = "the stream",
 ) -> Any:
-    """Load an uncompressed joblib stream, admitting only what `allowlist` allows.
+    """Load a joblib stream, admitting only what `allowlist` allows.
 
     With `path` (a local file holding the stream) and `mmap_mode`, arrays are memory-mapped.
+    A stream that joblib compressed as a whole (an imported ``compress=3`` file) is
+    decompressed as it is read; its arrays cannot be mapped, and load into memory, as
+    joblib does it.
     """
-    source = _joblib_source(file, size, where)
-    return _run(JoblibUnpickler(source, allowlist, path=path, mmap_mode=mmap_mode), where)
-
-
-def _joblib_source(file: IO[bytes], size: int | None, where: str) -> LimitedReader:
-    peek = getattr(file, "peek", None)
-    if peek is not None and peek(1)[:1] not in (bytes([PROTO]), b""):
-        raise DeserializationError(
-            f"{where} is not an uncompressed joblib stream (castore never writes compressed "
-            "ones): the safe loader refuses it; load it with allow_unsafe=True if you trust it"
+    source, compressed = _joblib_source(file, size, where)
+    if compressed and mmap_mode is not None:
+        warnings.warn(
+            f"{where} is a compressed joblib file: mmap_mode is ignored, its arrays load "
+            "into memory",
+            CastoreWarning,
+            stacklevel=2,
         )
-    return LimitedReader(file, stream_size(file, size))
+        path = mmap_mode = None
+    unpickler = JoblibUnpickler(source, allowlist, path=path, mmap_mode=mmap_mode)
+    return _ended(_run(unpickler, where), source, where)
+
+
+def _joblib_source(file: IO[bytes], size: int | None, where: str) -> tuple[LimitedReader, bool]:
+    """The pickle stream of a joblib file, and whether it was compressed."""
+    peek = getattr(file, "peek", None)
+    first = peek(8)[:8] if peek is not None else b""
+    if first[:1] in (bytes([PROTO]), b""):
+        return LimitedReader(file, stream_size(file, size)), False
+    try:
+        inner = decompressed(file, first)
+    except DeserializationError as exc:
+        raise DeserializationError(f"{where}: {exc}") from None
+    if inner is None:
+        raise DeserializationError(
+            f"{where} is not a joblib stream: it starts with neither a pickle protocol mark "
+            "nor a compression joblib writes"
+        )
+    return LimitedReader(inner, None), True
 
 
 def _scan(unpickler: RestrictedUnpickler) -> Scan:
@@ -99,10 +129,10 @@ def scan_pickle(file: IO[bytes], allowlist: Allowlist, *, size: int | None = Non
 
 
 def scan_joblib(file: IO[bytes], allowlist: Allowlist, *, size: int | None = None) -> Scan:
-    """The globals an uncompressed joblib stream names (its object arrays' too) and what
-    `allowlist` makes of each; array data is skipped, nothing is built."""
+    """The globals a joblib stream names (its object arrays' too) and what `allowlist`
+    makes of each; array data is skipped, nothing is built."""
     try:
-        source = _joblib_source(file, size, "the stream")
+        source, _ = _joblib_source(file, size, "the stream")
     except DeserializationError as exc:
         return Scan(problem=str(exc))
     return _scan(JoblibUnpickler(source, allowlist))

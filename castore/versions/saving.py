@@ -93,7 +93,8 @@ def import_file(
     `name`, its bytes as they are: its ``sha256sum`` is the version's content digest.
 
     With `check`, the stream is loaded back under the default policy first, and a file
-    that would not load (a compressed joblib file, refused globals) records no version.
+    that would not load (refused globals, a damaged file) records no version. Files that
+    joblib compressed (``compress=3``) keep their bytes and load as joblib loads them.
     """
     check_name(name)
     chosen = serializer_named(serializer)
