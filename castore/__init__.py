@@ -34,7 +34,7 @@ from castore.safety import GlobalUse, trusted_globals_path
 from castore.snapshots.backup import BackupStats, Snapshot
 from castore.snapshots.browse import Change
 from castore.snapshots.restore import RestorePlan, RestoreStats
-from castore.store import Store, init, load
+from castore.store import Store, init, load, save
 from castore.store import open_store as open
 from castore.trust.signatures import (
     PrivateKey,
@@ -108,6 +108,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "open",
+    "save",
     "trust_key",
     "trusted_globals_path",
     "trusted_keys_path",

@@ -42,7 +42,7 @@ from castore.versions import catalog, loading, lookup, saving, search
 from castore.versions.catalog import Diff, HistoryCheck, LogEntry, Version
 from castore.versions.loading import Inspection
 
-__all__ = ["Source", "Store", "init", "load", "open_store"]
+__all__ = ["Source", "Store", "init", "load", "open_store", "save"]
 
 TEMPORARY_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 """How get_file creates its temporary: a new file, never an existing one or a link."""
@@ -130,13 +130,16 @@ class Store:
         The stream as a whole is proven only at its end: for a content digest, the read
         that reaches the end raises IntegrityError instead of returning b"" if the whole
         stream's SHA-256 differs (a version's chunk list is proven by its manifest). Treat
-        what was read as unconfirmed until a read returns b""; get and get_file do.
+        what was read as unconfirmed until a read returns b""; get and get_file do. A
+        version's stream (by either digest) is seekable, and each of its reads is proven.
         """
         found = lookup.find_stream(self.repository, parse_digest(digest))
         return self.repository.open_descriptor(found.descriptor, authenticated=found.authenticated)
 
     def open_version(self, ref: str) -> VerifiedStream:
-        """A readable binary file over a version's stored bytes, verified as it is read."""
+        """A seekable readable binary file over a version's stored bytes: every chunk is
+        verified before its bytes are returned, and the chunk list is proven by the
+        version digest, so every read is proven wherever it starts."""
         manifest, _ = catalog.resolve(self.repository, ref)
         return self.repository.open_descriptor(manifest.stream, authenticated=True)
 
@@ -465,6 +468,15 @@ class Store:
         """The entries of a snapshot, or of one directory of it."""
         return browse.list_snapshot(self.repository, ref, path)
 
+    def snapshot_entry(self, ref: str, path: str) -> Entry:
+        """The entry at `path` in snapshot `ref` (NotFoundError if there is none)."""
+        return browse.find_entry(self.repository, ref, path)
+
+    def open_snapshot_file(self, ref: str, path: str) -> VerifiedStream:
+        """A seekable readable file over file `path` of snapshot `ref`, without restoring
+        it: every chunk is verified before its bytes are returned."""
+        return browse.open_file(self.repository, ref, path)
+
     def snapshot_diff(self, a: str, b: str) -> Iterator[browse.Change]:
         """Files added, removed and changed between two snapshots."""
         return browse.diff_snapshots(self.repository, a, b)
@@ -561,6 +573,45 @@ def open_store(
 ) -> Store:
     """Open an existing store at a local path or fsspec URL (options go to fsspec)."""
     return Store(Repository.open(os.fspath(url), storage_options, cache))
+
+
+def save(
+    obj: Any,
+    target: str,
+    *,
+    metadata: dict[str, Any] | None = None,
+    tags: Iterable[str] = (),
+    serializer: str = "joblib",
+    force: bool = False,
+    sign_with: PrivateKey | None = None,
+    check_loadable: bool = False,
+    **storage_options: Any,
+) -> Version:
+    """Save `obj` as the next version of a name in one call, as ``joblib.dump`` does:
+    `target` is ``<store url>#<name>``, for example ``"s3://bucket/models#churn/model"``.
+
+    The other arguments are those of `Store.save`; further keyword arguments are storage
+    options for fsspec. The store must exist (``castore init``): a mistyped URL does not
+    become a new, empty store.
+    """
+    parsed = parse_reference(target)
+    pinned = (parsed.version, parsed.tag, parsed.digest, parsed.digest_prefix)
+    if parsed.store_url is None or parsed.name is None or pinned != (None,) * 4:
+        raise InvalidInputError(
+            f"{target!r} is not '<store url>#<name>': save takes a store and a name, and "
+            "gives the version its number"
+        )
+    with open_store(parsed.store_url, **storage_options) as store:
+        return store.save(
+            obj,
+            parsed.name,
+            metadata=metadata,
+            tags=tags,
+            serializer=serializer,
+            force=force,
+            sign_with=sign_with,
+            check_loadable=check_loadable,
+        )
 
 
 def load(

@@ -182,7 +182,7 @@ def test_round_trip_restores_every_kind_of_entry(
         assert small_store.last_write is not None and small_store.last_write.new_chunks == 0
 
 
-def test_progress_reports_a_large_file_as_it_is_read(
+def test_progress_reports_a_large_file_as_it_is_read_and_written(
     small_store: castore.Store, tmp_path: Path, no_small_files: None
 ) -> None:
     src = tmp_path / "src"
@@ -193,6 +193,11 @@ def test_progress_reports_a_large_file_as_it_is_read(
     small_store.backup(src, "backups/large", progress=seen.append)
     assert [p.bytes for p in seen if p.files == 0][:3] == [1 << 20, 2 << 20, 3 << 20]
     assert (seen[-1].files, seen[-1].bytes, seen[-1].total_bytes) == (1, size, size)
+    restored: list[Progress] = []
+    small_store.restore("backups/large:1", tmp_path / "out", progress=restored.append)
+    assert [p.bytes for p in restored] == sorted(p.bytes for p in restored)
+    assert len({p.bytes for p in restored if p.files == 0}) > 10  # chunk by chunk, mid-file
+    assert (restored[-1].files, restored[-1].bytes, restored[-1].fraction) == (1, size, 1.0)
 
 
 def test_objects_do_not_grow_with_the_number_of_files(store: castore.Store, tmp_path: Path) -> None:

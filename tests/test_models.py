@@ -49,10 +49,19 @@ def test_every_reference_form_loads_the_right_version(store: castore.Store) -> N
     assert store.resolve(v2.digest) == v2.reference
 
 
-def test_qualified_reference_loads_in_one_call(location: Location) -> None:
+def test_qualified_reference_saves_and_loads_in_one_call(location: Location) -> None:
     with location.init() as store:
         qualified = store.qualified(store.save(_weights(3), "m").reference)
     _assert_same(castore.load(qualified, **location.options), _weights(3))
+    url = qualified.partition("#")[0]
+    second = castore.save(_weights(4), f"{url}#m", tags=["candidate"], **location.options)
+    assert (second.name, second.version) == ("m", 2)
+    _assert_same(castore.load(f"{url}#m:candidate", **location.options), _weights(4))
+    for target in ("m", f"{url}#m:2", f"{url}#m:candidate", f"{url}#{second.digest}"):
+        with pytest.raises(castore.InvalidInputError, match="save takes a store and a name"):
+            castore.save(_weights(5), target, **location.options)
+    with pytest.raises(castore.NotAStoreError):
+        castore.save(_weights(5), f"{url}-typo#m", **location.options)
 
 
 def test_version_digest_and_content_digest_differ_and_are_reported(store: castore.Store) -> None:

@@ -57,4 +57,6 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
-"""Called after each item; keep it quick (the CLI throttles its own output)."""
+"""Called after each item and as bytes move inside large ones (a backup's reads, a
+restore's writes, from its worker threads one call at a time, a copy's chunks); keep it
+quick (the CLI throttles its own output)."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import itertools
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
@@ -126,16 +127,21 @@ def iter_stream(
     pool: Executor,
     cache: LocalCache | None = None,
     authenticated: bool = False,
+    first: int = 0,
 ) -> Generator[bytes | memoryview, None, None]:
-    """Yield the stream's verified chunks in order, fetching ahead in parallel.
+    """Yield the stream's verified chunks in order, from chunk number `first` on,
+    fetching ahead in parallel.
 
     Each chunk is checked against its id before it is yielded. Unless the chunk list is
     `authenticated` (it comes from a manifest checked against its version digest), the
     whole-stream digest is checked too, after the last chunk, so that a consumer sees an
-    IntegrityError instead of a clean end of stream.
+    IntegrityError instead of a clean end of stream; a stream that is not authenticated
+    can therefore only be read from its start.
     """
+    if first and not authenticated:
+        raise ValueError("only an authenticated chunk list can be read from the middle")
     whole = None if authenticated else hashlib.sha256()
-    ranges = deque(_plan(descriptor, index))
+    ranges = deque(_plan(descriptor, index, start=first))
     in_flight: deque[tuple[Future[list[bytes | memoryview]], int]] = deque()
     in_flight_bytes = 0
     yielded = 0
@@ -161,7 +167,7 @@ def iter_stream(
                 in_flight.clear()
                 in_flight_bytes = 0
                 index.reload()
-                ranges = deque(_plan(descriptor, index, start=yielded))
+                ranges = deque(_plan(descriptor, index, start=first + yielded))
                 continue
             for chunk in chunks:
                 if whole is not None:
@@ -188,9 +194,9 @@ class VerifiedStream(io.BufferedReader):
     failure every further read fails too.
     """
 
-    def __init__(self, raw: StreamReader) -> None:
+    def __init__(self, raw: io.RawIOBase, size: int) -> None:
         super().__init__(raw)
-        self.size = raw.size
+        self.size = size
         """Total bytes of the stream."""
 
 
@@ -236,4 +242,145 @@ class StreamReader(io.RawIOBase):
         close = getattr(self._chunks, "close", None)
         if close is not None:
             close()
+        super().close()
+
+
+class SeekableStreamReader(io.RawIOBase):
+    """A seekable readable file over a stream whose chunk list is authenticated: a read
+    after a seek fetches from the chunk holding the new position, and reading on streams
+    ahead as a sequential reader does. Every chunk is verified before any of its bytes
+    are returned, so every read is proven, wherever it starts."""
+
+    def __init__(
+        self, open_from: Callable[[int], Iterator[bytes | memoryview]], chunk_sizes: tuple[int, ...]
+    ) -> None:
+        super().__init__()
+        self._open_from = open_from
+        self._starts = list(itertools.accumulate(chunk_sizes, initial=0))
+        self.size = self._starts[-1]
+        """Total bytes of the stream."""
+        self._position = 0
+        self._chunks: Iterator[bytes | memoryview] | None = None
+        self._number = -1
+        """The number of the chunk held in `_current` (-1: none)."""
+        self._current = memoryview(b"")
+        self._failure: BaseException | None = None
+
+    def readable(self) -> bool:
+        """Always True."""
+        return True
+
+    def seekable(self) -> bool:
+        """Always True."""
+        return True
+
+    def tell(self) -> int:
+        """The position of the next read."""
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move the position; nothing is fetched until the next read."""
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        """Fill `buffer` from the position on, from verified chunks; 0 at the end."""
+        if self._failure is not None:
+            raise self._failure
+        if self._position >= self.size:
+            return 0
+        number = bisect.bisect_right(self._starts, self._position) - 1
+        if number != self._number:
+            try:
+                self._current = memoryview(self._chunk(number)).cast("B")
+            except BaseException as exc:
+                self._failure = exc
+                raise
+            self._number = number
+        offset = self._position - self._starts[number]
+        target = memoryview(buffer).cast("B")
+        count = min(len(target), len(self._current) - offset)
+        target[:count] = self._current[offset : offset + count]
+        self._position += count
+        return count
+
+    def _chunk(self, number: int) -> bytes | memoryview:
+        """Chunk `number`: the next one of the open iterator, or the first of a new one."""
+        if self._chunks is None or number != self._number + 1:
+            self._stop()
+            self._chunks = self._open_from(number)
+        return next(self._chunks)
+
+    def _stop(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        self._chunks = None
+
+    def close(self) -> None:
+        """Stop fetching."""
+        self._stop()
+        super().close()
+
+
+class SparseFileReader(io.RawIOBase):
+    """A sparse file of a snapshot, seekable: its data extents read from the stored bytes
+    (the extents one after the other), zeros in the holes between them."""
+
+    def __init__(
+        self, stored: SeekableStreamReader, extents: tuple[tuple[int, int], ...], size: int
+    ) -> None:
+        super().__init__()
+        self._stored = stored
+        self._extents = extents
+        self._offsets = [offset for offset, _ in extents]
+        self._stored_starts = list(itertools.accumulate((n for _, n in extents), initial=0))
+        self.size = size
+        self._position = 0
+
+    def readable(self) -> bool:
+        """Always True."""
+        return True
+
+    def seekable(self) -> bool:
+        """Always True."""
+        return True
+
+    def tell(self) -> int:
+        """The position of the next read."""
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move the position."""
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        """Fill `buffer` from the position on: extent bytes, or zeros in a hole."""
+        position = self._position
+        if position >= self.size:
+            return 0
+        target = memoryview(buffer).cast("B")
+        number = bisect.bisect_right(self._offsets, position) - 1
+        if number >= 0 and position < sum(self._extents[number]):
+            offset, length = self._extents[number]
+            self._stored.seek(self._stored_starts[number] + position - offset)
+            count = self._stored.readinto(target[: offset + length - position])
+        else:
+            following = number + 1
+            end = self._offsets[following] if following < len(self._offsets) else self.size
+            count = min(len(target), end - position)
+            target[:count] = bytes(count)
+        self._position += count
+        return count
+
+    def close(self) -> None:
+        """Stop fetching."""
+        self._stored.close()
         super().close()

@@ -20,7 +20,13 @@ from castore.backend.counting import CountingBackend, Requests
 from castore.engine.cache import LocalCache
 from castore.engine.index import Index
 from castore.engine.leases import WriterLease
-from castore.engine.reader import StreamReader, VerifiedStream, iter_stream
+from castore.engine.reader import (
+    SeekableStreamReader,
+    SparseFileReader,
+    StreamReader,
+    VerifiedStream,
+    iter_stream,
+)
 from castore.engine.refs import RefStore
 from castore.engine.writer import StreamWriter, WriteSession, WriteStats
 from castore.errors import (
@@ -222,12 +228,13 @@ class Repository:
         return decode_stream_object(data, content_digest)
 
     def iter_chunks(
-        self, descriptor: StreamDescriptor, *, authenticated: bool = False
+        self, descriptor: StreamDescriptor, *, authenticated: bool = False, first: int = 0
     ) -> Generator[bytes | memoryview, None, None]:
-        """A stream's bytes as verified chunks, in order.
+        """A stream's bytes as verified chunks, in order (from chunk number `first` on).
 
         `authenticated` says the chunk list was checked against a version digest, which
-        makes re-hashing the whole stream redundant (each chunk is still checked).
+        makes re-hashing the whole stream redundant (each chunk is still checked), and
+        lets a read start at any chunk.
         """
         return iter_stream(
             descriptor,
@@ -236,14 +243,35 @@ class Repository:
             pool=self._io_pool,
             cache=self.cache if self.backend.is_remote else None,
             authenticated=authenticated,
+            first=first,
         )
 
     def open_descriptor(
         self, descriptor: StreamDescriptor, *, authenticated: bool = False
     ) -> VerifiedStream:
-        """A readable binary file over a described stream, verified as it is read."""
-        chunks = self.iter_chunks(descriptor, authenticated=authenticated)
-        return VerifiedStream(StreamReader(chunks, descriptor.size))
+        """A readable binary file over a described stream, verified as it is read; seekable
+        when the chunk list is `authenticated` (each read is then proven on its own)."""
+        if authenticated:
+
+            def open_from(first: int) -> Iterator[bytes | memoryview]:
+                return self.iter_chunks(descriptor, authenticated=True, first=first)
+
+            raw = SeekableStreamReader(open_from, descriptor.chunk_sizes)
+            return VerifiedStream(raw, descriptor.size)
+        chunks = self.iter_chunks(descriptor)
+        return VerifiedStream(StreamReader(chunks, descriptor.size), descriptor.size)
+
+    def open_sparse(
+        self, descriptor: StreamDescriptor, extents: tuple[tuple[int, int], ...], size: int
+    ) -> VerifiedStream:
+        """A seekable file of `size` bytes whose data `extents` are the authenticated
+        stream `descriptor` describes (a sparse file of a snapshot); zeros elsewhere."""
+
+        def open_from(first: int) -> Iterator[bytes | memoryview]:
+            return self.iter_chunks(descriptor, authenticated=True, first=first)
+
+        stored = SeekableStreamReader(open_from, descriptor.chunk_sizes)
+        return VerifiedStream(SparseFileReader(stored, extents, size), size)
 
     def materialize(self, descriptor: StreamDescriptor) -> Path:
         """A verified local file holding the stream, kept in the cache (for mmap loads)."""

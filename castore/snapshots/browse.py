@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from castore.errors import NotFoundError
+from castore.errors import InvalidInputError, NotFoundError
 from castore.format.manifest import Manifest
 from castore.format.tree import FILE, SKIPPED, SYMLINK, Entry, is_within, normalize_path, sort_key
 from castore.versions import catalog
 from castore.versions.contents import check_tree_manifest, tree_entries
 
 if TYPE_CHECKING:
+    from castore.engine.reader import VerifiedStream
     from castore.engine.repository import Repository
 
 
@@ -54,6 +55,31 @@ def list_snapshot(repo: Repository, ref: str, path: str | bytes | None = None) -
     manifest = snapshot_manifest(repo, ref)
     top = normalize_path(path) if path is not None else b""
     return _list_entries(repo, manifest, top, f"{ref} has no path {path!r}")
+
+
+def find_entry(repo: Repository, ref: str, path: str | bytes) -> Entry:
+    """The entry at `path` in snapshot `ref`; NotFoundError if it has none."""
+    wanted = normalize_path(path)
+    for entry in list_snapshot(repo, ref, path):
+        return entry if entry.path == wanted else _absent(ref, path)
+    return _absent(ref, path)
+
+
+def _absent(ref: str, path: str | bytes) -> Entry:
+    raise NotFoundError(f"{ref} has no path {path!r}")
+
+
+def open_file(repo: Repository, ref: str, path: str | bytes) -> VerifiedStream:
+    """A seekable readable file over the content of file `path` in snapshot `ref`, every
+    chunk verified before its bytes are returned (the tree is proven by the version
+    digest, so every read is, wherever it starts); the holes of a sparse file read as
+    zeros."""
+    entry = find_entry(repo, ref, path)
+    if entry.type != FILE:
+        raise InvalidInputError(f"{path!r} in {ref} is a {entry.type}, not a file")
+    if entry.extents is None:
+        return repo.open_descriptor(entry.descriptor(), authenticated=True)
+    return repo.open_sparse(entry.descriptor(), entry.extents, entry.size)
 
 
 def _list_entries(

@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import stat
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -255,7 +256,12 @@ def _keep_existing_file(
 
 
 def _write_content(
-    chunks: Iterator[bytes | memoryview], entry: Entry, owners: Ownership, dir_fd: int, name: bytes
+    chunks: Iterator[bytes | memoryview],
+    entry: Entry,
+    owners: Ownership,
+    wrote: Callable[[int], None],
+    dir_fd: int,
+    name: bytes,
 ) -> None:
     """Write a file's content (its chunks, the next ones of `chunks`), owner, mode and
     mtime to a new file `name`; IntegrityError unless the content hashes to the entry's
@@ -271,6 +277,7 @@ def _write_content(
                 out.write(chunk)
             else:
                 sparse.write(chunk)
+            wrote(len(chunk))
         if sparse is not None:
             out.truncate(entry.size)  # the file's length, with the holes after the last extent
         if whole.digest() != entry.sha256:
@@ -318,7 +325,10 @@ class _EntryFailed(Exception):
 
 
 def _restore_files(
-    repo: Repository, files: list[tuple[_OpenDir, Entry]], owners: Ownership
+    repo: Repository,
+    files: list[tuple[_OpenDir, Entry]],
+    owners: Ownership,
+    wrote: Callable[[int], None],
 ) -> list[bool]:
     """Restore a batch of files, in order; for each, True if written, False if kept.
 
@@ -345,7 +355,7 @@ def _restore_files(
     content = _concatenation([entry for _, entry, _ in to_write])
     with closing(repo.iter_chunks(content, authenticated=True)) as chunks:
         for dir_fd, entry, current in to_write:
-            write = partial(_write_content, chunks, entry, owners, dir_fd)
+            write = partial(_write_content, chunks, entry, owners, wrote, dir_fd)
             try:
                 _replace(dir_fd, entry.name, current, write)
             except OSError as exc:
@@ -507,7 +517,11 @@ class _Restorer:
         self.started = time.monotonic()
         self.done_files = 0
         self.done_bytes = 0
-        """Files and bytes in place so far (written, kept or linked), for progress."""
+        """Files in place so far (written, kept or linked) and their bytes, counted as
+        each chunk is written, for progress."""
+        self.progress_lock = threading.Lock()
+        """Workers count bytes as they write: reports are made one at a time."""
+        self.last_path = ""
         self.dirs = [_OpenDir(b"", None, _done(root_fd))]
         self.batch: list[tuple[_OpenDir, Entry]] = []
         self.batch_bytes = 0
@@ -574,7 +588,7 @@ class _Restorer:
     def _flush_batch(self) -> None:
         if self.batch:
             files, self.batch, self.batch_bytes = self.batch, [], 0
-            job = self.pool.submit(_restore_files, self.repo, files, self.owners)
+            job = self.pool.submit(_restore_files, self.repo, files, self.owners, self._wrote)
             self.pending.append(_Job([entry for _, entry in files], job))
             for _, entry in files:
                 if entry.path in self.link_roots:
@@ -618,28 +632,42 @@ class _Restorer:
             assert isinstance(result, list)
             stats.hardlinks += result[0]
             stats.files_unchanged += not result[0]
-            self._advance(entries)
+            self._advance(entries, entries[0].size)
         else:
             assert isinstance(result, list)
+            counted = 0  # written files' stored bytes, counted chunk by chunk as written
             for entry, written in zip(entries, result, strict=True):
                 stats.files_written += written
                 stats.bytes_written += entry.size if written else 0
                 stats.files_unchanged += not written
-            self._advance(entries)
+                counted += entry.stored_size if written else 0
+            self._advance(entries, sum(entry.size for entry in entries) - counted)
 
-    def _advance(self, files: list[Entry]) -> None:
-        """Count files in place, and report the progress against the plan's totals."""
-        self.done_files += len(files)
-        self.done_bytes += sum(entry.size for entry in files)
+    def _wrote(self, size: int) -> None:
+        """Count bytes a worker wrote, and report (called from the workers)."""
+        with self.progress_lock:
+            self.done_bytes += size
+            self._report()
+
+    def _advance(self, files: list[Entry], size: int) -> None:
+        """Count files in place and `size` more of their bytes, and report."""
+        with self.progress_lock:
+            self.done_files += len(files)
+            self.done_bytes += size
+            self.last_path = files[-1].path_str
+            self._report()
+
+    def _report(self) -> None:
         if self.progress is not None:
             plan = self.stats.plan
+            elapsed = time.monotonic() - self.started
             self.progress(
                 Progress(
                     self.done_files,
                     self.done_bytes,
                     0,
-                    time.monotonic() - self.started,
-                    files[-1].path_str,
+                    elapsed,
+                    self.last_path,
                     plan.files,
                     plan.bytes,
                 )
