@@ -244,7 +244,8 @@ class Store:
         """Make an existing ``joblib.dump`` (or pickle, cloudpickle) file the next version
         of `name`, byte for byte: its ``sha256sum`` is the version's content digest. Unless
         `check` is false, it is first loaded under the default policy, and a file that would
-        not load (refused globals; a compressed joblib file) is refused, recording nothing."""
+        not load (refused globals, a damaged file) is refused, recording nothing. A file
+        joblib compressed (``compress=3``) keeps its bytes and loads as joblib loads it."""
         repo = self.repository
         with repo.writing():
             return saving.import_file(

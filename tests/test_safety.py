@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import tracemalloc
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -34,6 +35,7 @@ import castore.errors
 from castore import safety
 from castore.errors import DeserializationError, UnsafeObjectError
 from castore.safety import Allowlist
+from castore.safety.joblib_arrays import ArrayHeader
 from castore.trust import userconfig
 from castore.versions import loading
 from tests.helpers import ROOT, plant_version
@@ -487,6 +489,56 @@ def _compressed(value: Any, method: str) -> bytes:
 
 
 COMPRESSIONS = ["zlib", "gzip", "bz2", "xz", "lzma"]
+
+
+def _load_joblib(data: bytes) -> Any:
+    return safety.load_joblib(io.BufferedReader(io.BytesIO(data)), Allowlist(), size=len(data))
+
+
+def test_compressed_streams_are_held_to_the_bytes_they_really_hold() -> None:
+    """Found by attacking the decompressing loader: each case once cost GiBs or seconds."""
+    # 18 bytes of zlib declaring a 3 GiB bytearray: it allocated 3 GiB before failing.
+    declared = zlib.compress(b"\x80\x05\x96" + struct.pack("<Q", 3 << 30) + b".")
+    tracemalloc.start()
+    try:
+        with pytest.raises(DeserializationError, match="holds only 1 more"):
+            _load_joblib(declared)
+        assert tracemalloc.get_traced_memory()[1] < 32 * 1024 * 1024
+    finally:
+        tracemalloc.stop()
+    # A kilobyte of bz2 standing for a 1 GiB array: refused past MAX_RATIO times its size.
+    array = np.zeros(1 << 27)  # 1 GiB of float64 zeros
+    buffer = io.BytesIO()
+    joblib.dump(array, buffer, compress=("bz2", 9))
+    with pytest.raises(DeserializationError, match="decompresses to more than"):
+        _load_joblib(buffer.getvalue())
+    # A protocol 0 pickle is no joblib file, compressed or not.
+    text = pickle.dumps({"a": 1}, protocol=0)
+    for data in (text, zlib.compress(text)):
+        with pytest.raises(DeserializationError, match="not a joblib stream"):
+            _load_joblib(data)
+    # What a load refuses as damage, a scan (inspect) reports as a problem.
+    for data in (_compressed([1], "zlib") + b"tail", _compressed([1], "zlib")[:-4]):
+        assert safety.scan_joblib(io.BufferedReader(io.BytesIO(data)), Allowlist()).problem
+    plain = io.BytesIO()
+    joblib.dump([1], plain)
+    tailed = plain.getvalue() + b"tail"
+    assert "bytes after its object" in str(
+        safety.scan_joblib(io.BufferedReader(io.BytesIO(tailed)), Allowlist()).problem
+    )
+
+
+def test_an_array_shape_of_huge_integers_is_refused_before_any_arithmetic() -> None:
+    """A shape of a thousand 8000-bit integers made math.prod take 26 s (300 bytes of bz2)."""
+    wrapper = joblib.numpy_pickle.NumpyArrayWrapper(
+        np.ndarray, (1 << 7999,) * 1000, "C", np.dtype("f8")
+    )
+    for huge in (
+        wrapper,
+        joblib.numpy_pickle.NumpyArrayWrapper(np.ndarray, (1,) * 65, "C", np.dtype("f8")),
+    ):
+        with pytest.raises(DeserializationError, match="malformed shape"):
+            ArrayHeader.of(huge, Allowlist())
 
 
 @settings(max_examples=25, deadline=None)

@@ -1,10 +1,11 @@
 """Reading joblib files that joblib compressed (``joblib.dump(..., compress=3)``).
 
 castore writes joblib streams uncompressed and compresses each chunk, but files made
-elsewhere and imported keep joblib's whole-file compression. They are decompressed here,
-on the fly and in bounded pieces, into the same restricted unpickler: decompression adds
-no allocation beyond the bytes that really come out, and nothing is built that an
-uncompressed stream could not build.
+elsewhere and imported keep joblib's whole-file compression. Such a file is decompressed
+first, a buffer at a time, into a temporary file (in memory while small), up to a bound
+on how much it may expand; the restricted unpickler then reads that copy as it reads an
+uncompressed stream, of an exactly known size, so that every length the stream declares
+is checked against bytes that are really there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import bz2
 import io
 import lzma
+import tempfile
 import zlib
 from collections.abc import Callable
 from typing import IO, Any
@@ -20,6 +22,12 @@ from castore.errors import DeserializationError
 
 READ_BYTES = 256 * 1024
 """Compressed bytes read at a time."""
+IN_MEMORY = 64 * 1024 * 1024
+"""Decompressed bytes held in memory; past that, the copy goes to a temporary file."""
+MAX_RATIO = 1100
+"""How many times its stored size a file may decompress to (zlib cannot exceed 1032),
+past a floor of MIN_EXPANSION: a few bytes of bz2 can otherwise stand for terabytes."""
+MIN_EXPANSION = 64 * 1024 * 1024
 LZMA_MEMORY = 80 * 1024 * 1024
 """Most memory an xz or lzma stream may make the decoder take: its header names a
 dictionary size (up to 4 GiB), and xz's strongest preset, which joblib writes for
@@ -67,7 +75,7 @@ class _Decompressing(io.RawIOBase):
             data = self._file.read(READ_BYTES) if decompressor.needs_input else b""
             try:
                 out = decompressor.decompress(data, view.nbytes)
-            except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as exc:
+            except (OSError, EOFError, ValueError, MemoryError, lzma.LZMAError, zlib.error) as exc:
                 raise DeserializationError(
                     f"the {self._kind} stream is damaged, or needs more memory than castore "
                     f"gives a decompressor: {exc}"
@@ -93,10 +101,12 @@ _DECOMPRESSORS: tuple[tuple[bytes, str, Callable[[], Any]], ...] = (
 _UNSUPPORTED = ((b"ZF", "joblib < 0.9.3's zfile"), (b"\x04\x22\x4d\x18", "lz4"))
 
 
-def decompressed(file: IO[bytes], first: bytes) -> IO[bytes] | None:
-    """The joblib stream inside a compressed joblib file that starts with `first`, read
-    lazily; None if `first` is not the start of a compressed file joblib writes.
-    Compressions joblib once wrote that castore does not read are refused by name."""
+def decompressed(file: IO[bytes], first: bytes, stored: int | None) -> tuple[IO[bytes], int] | None:
+    """The joblib stream inside a compressed joblib file that starts with `first` (of
+    `stored` bytes, if known), decompressed whole and checked to its end, as a seekable
+    file and its size; None if `first` is not the start of a compressed file joblib
+    writes. Compressions joblib once wrote that castore does not read are refused by name,
+    as is a file that expands more than MAX_RATIO times."""
     for prefix, kind in _UNSUPPORTED:
         if first.startswith(prefix):
             raise DeserializationError(
@@ -105,5 +115,26 @@ def decompressed(file: IO[bytes], first: bytes) -> IO[bytes] | None:
             )
     for prefix, kind, decompressor in _DECOMPRESSORS:
         if first.startswith(prefix):
-            return io.BufferedReader(_Decompressing(file, decompressor(), kind), READ_BYTES)
+            limit = max(MIN_EXPANSION, MAX_RATIO * (stored or 0))
+            return _spooled(_Decompressing(file, decompressor(), kind), kind, limit)
     return None
+
+
+def _spooled(source: _Decompressing, kind: str, limit: int) -> tuple[IO[bytes], int]:
+    copy = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY)  # noqa: SIM115 (returned open)
+    try:
+        buffer = bytearray(READ_BYTES * 4)
+        size = 0
+        while count := source.readinto(buffer):
+            size += count
+            if size > limit:
+                raise DeserializationError(
+                    f"the {kind} stream decompresses to more than {limit} bytes, over "
+                    f"{MAX_RATIO} times its size: the safe loader refuses it"
+                )
+            copy.write(memoryview(buffer)[:count])
+        copy.seek(0)
+    except BaseException:
+        copy.close()
+        raise
+    return copy, size

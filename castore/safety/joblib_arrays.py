@@ -20,6 +20,9 @@ from castore.safety.names import lookup
 from castore.safety.policy import Allowlist
 from castore.safety.unpickler import REFUSED, Refused, RestrictedUnpickler
 
+MAX_DIMENSIONS = 64
+"""numpy's own limit on an array's dimensions."""
+
 
 @dataclass(frozen=True)
 class ArrayHeader:
@@ -52,9 +55,14 @@ class ArrayHeader:
         state = vars(wrapper)
         shape, dtype, subclass = state.get("shape"), state.get("dtype"), state.get("subclass")
         alignment = state.get("numpy_array_alignment_bytes")
-        if not isinstance(shape, tuple) or not all(
-            isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 0 for n in shape
-        ):
+        if (
+            not isinstance(shape, tuple)
+            or len(shape) > MAX_DIMENSIONS
+            or not all(
+                isinstance(n, int | np.integer) and not isinstance(n, bool) and 0 <= n < 2**63
+                for n in shape
+            )
+        ):  # bounded first: math.prod of large integers alone can take seconds
             raise DeserializationError(f"a joblib array has a malformed shape {shape!r}")
         if not isinstance(dtype, np.dtype):
             raise DeserializationError(f"a joblib array has a malformed dtype {dtype!r}")

@@ -98,24 +98,32 @@ def _joblib_source(file: IO[bytes], size: int | None, where: str) -> tuple[Limit
     first = peek(8)[:8] if peek is not None else b""
     if first[:1] in (bytes([PROTO]), b""):
         return LimitedReader(file, stream_size(file, size)), False
+    not_joblib = DeserializationError(
+        f"{where} is not a joblib stream: it starts with neither a pickle protocol mark "
+        "nor a compression joblib writes"
+    )
     try:
-        inner = decompressed(file, first)
+        found = decompressed(file, first, stream_size(file, size))
     except DeserializationError as exc:
         raise DeserializationError(f"{where}: {exc}") from None
-    if inner is None:
-        raise DeserializationError(
-            f"{where} is not a joblib stream: it starts with neither a pickle protocol mark "
-            "nor a compression joblib writes"
-        )
-    return LimitedReader(inner, None), True
+    if found is None:
+        raise not_joblib
+    inner, length = found
+    if inner.read(1) != bytes([PROTO]):  # what joblib writes, compressed or not
+        inner.close()
+        raise not_joblib
+    inner.seek(0)
+    return LimitedReader(inner, length), True
 
 
-def _scan(unpickler: RestrictedUnpickler) -> Scan:
-    """Scan under the audit guard; a stream that cannot be read to its end is reported."""
+def _scan(unpickler: RestrictedUnpickler, source: LimitedReader) -> Scan:
+    """Scan under the audit guard; a stream that cannot be read to its end, or that goes
+    on after its object, is reported (a load would refuse it)."""
     problem = None
     try:
         with audit.guarding(unpickler.allowlist.import_roots()):
             unpickler.scan()
+        _ended(None, source, "the stream")
     except CastoreError as exc:
         problem = str(exc)
     uses = (GlobalUse.of(name, decision) for name, decision in unpickler.decisions.items())
@@ -125,7 +133,8 @@ def _scan(unpickler: RestrictedUnpickler) -> Scan:
 def scan_pickle(file: IO[bytes], allowlist: Allowlist, *, size: int | None = None) -> Scan:
     """The globals a pickle or cloudpickle stream names and what `allowlist` makes of
     each, read without building anything."""
-    return _scan(RestrictedUnpickler(LimitedReader(file, stream_size(file, size)), allowlist))
+    source = LimitedReader(file, stream_size(file, size))
+    return _scan(RestrictedUnpickler(source, allowlist), source)
 
 
 def scan_joblib(file: IO[bytes], allowlist: Allowlist, *, size: int | None = None) -> Scan:
@@ -135,4 +144,4 @@ def scan_joblib(file: IO[bytes], allowlist: Allowlist, *, size: int | None = Non
         source, _ = _joblib_source(file, size, "the stream")
     except DeserializationError as exc:
         return Scan(problem=str(exc))
-    return _scan(JoblibUnpickler(source, allowlist))
+    return _scan(JoblibUnpickler(source, allowlist), source)
