@@ -130,8 +130,9 @@ class Store:
         The stream as a whole is proven only at its end: for a content digest, the read
         that reaches the end raises IntegrityError instead of returning b"" if the whole
         stream's SHA-256 differs (a version's chunk list is proven by its manifest). Treat
-        what was read as unconfirmed until a read returns b""; get and get_file do. A
-        version's stream (by either digest) is seekable, and each of its reads is proven.
+        what was read as unconfirmed until a read returns b""; get and get_file do. Asked
+        for by its version digest, a version's stream is seekable and each read is proven
+        (open_version too); by a content digest it reads from its start only.
         """
         found = lookup.find_stream(self.repository, parse_digest(digest))
         return self.repository.open_descriptor(found.descriptor, authenticated=found.authenticated)

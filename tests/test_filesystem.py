@@ -128,6 +128,8 @@ def test_listing_and_info_follow_names_versions_and_trees(filled: Location) -> N
         fs.open("backups/data:1")
     with pytest.raises(castore.InvalidInputError):
         fs.info("churn/model:not a tag")
+    with pytest.raises(castore.InvalidInputError, match="another store"):
+        fs.open("backups/data:1/sub/train.csv::file:///etc")  # never read from this store
 
 
 @pytest.mark.parametrize("new_location", ["local"], indirect=True)

@@ -81,6 +81,17 @@ def test_reads_from_any_position_return_the_stored_bytes(
         _replay(file, expected, steps)
 
 
+def test_seeks_the_stream_cannot_serve_are_value_errors(store: castore.Store) -> None:
+    for file in (store.open_version("m:1"), store.open_snapshot_file("b:1", "sparse.img")):
+        with file:
+            for whence in (3, 4):  # SEEK_DATA, SEEK_HOLE: passed through by BufferedReader
+                with pytest.raises(ValueError, match="invalid whence"):
+                    file.seek(0, whence)
+            with pytest.raises(ValueError):
+                file.seek(-1)
+            assert file.read(5) == (DATA if file.size == len(DATA) else _sparse_bytes())[:5]
+
+
 def test_a_sparse_file_is_read_as_its_holes_and_extents(store: castore.Store) -> None:
     if store.snapshot_entry("b:1", "sparse.img").extents is None:
         pytest.skip("this file system does not report holes (SEEK_HOLE)")

@@ -245,26 +245,14 @@ class StreamReader(io.RawIOBase):
         super().close()
 
 
-class SeekableStreamReader(io.RawIOBase):
-    """A seekable readable file over a stream whose chunk list is authenticated: a read
-    after a seek fetches from the chunk holding the new position, and reading on streams
-    ahead as a sequential reader does. Every chunk is verified before any of its bytes
-    are returned, so every read is proven, wherever it starts."""
+class _Seekable(io.RawIOBase):
+    """A readable file of a known size with a position that reads start from."""
 
-    def __init__(
-        self, open_from: Callable[[int], Iterator[bytes | memoryview]], chunk_sizes: tuple[int, ...]
-    ) -> None:
+    def __init__(self, size: int) -> None:
         super().__init__()
-        self._open_from = open_from
-        self._starts = list(itertools.accumulate(chunk_sizes, initial=0))
-        self.size = self._starts[-1]
+        self.size = size
         """Total bytes of the stream."""
         self._position = 0
-        self._chunks: Iterator[bytes | memoryview] | None = None
-        self._number = -1
-        """The number of the chunk held in `_current` (-1: none)."""
-        self._current = memoryview(b"")
-        self._failure: BaseException | None = None
 
     def readable(self) -> bool:
         """Always True."""
@@ -279,12 +267,36 @@ class SeekableStreamReader(io.RawIOBase):
         return self._position
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Move the position; nothing is fetched until the next read."""
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
-        self._position = base + offset
+        """Move the position (SEEK_SET, SEEK_CUR or SEEK_END); nothing is fetched until
+        the next read."""
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}
+        if whence not in bases:
+            raise ValueError(
+                f"invalid whence ({whence}): a stream seeks from its start, its position or its end"
+            )
+        if bases[whence] + offset < 0:
+            raise ValueError(f"negative seek position {bases[whence] + offset}")
+        self._position = bases[whence] + offset
         return self._position
+
+
+class SeekableStreamReader(_Seekable):
+    """A seekable readable file over a stream whose chunk list is authenticated: a read
+    after a seek fetches from the chunk holding the new position, and reading on streams
+    ahead as a sequential reader does. Every chunk is verified before any of its bytes
+    are returned, so every read is proven, wherever it starts."""
+
+    def __init__(
+        self, open_from: Callable[[int], Iterator[bytes | memoryview]], chunk_sizes: tuple[int, ...]
+    ) -> None:
+        self._starts = list(itertools.accumulate(chunk_sizes, initial=0))
+        super().__init__(self._starts[-1])
+        self._open_from = open_from
+        self._chunks: Iterator[bytes | memoryview] | None = None
+        self._number = -1
+        """The number of the chunk held in `_current` (-1: none)."""
+        self._current = memoryview(b"")
+        self._failure: BaseException | None = None
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         """Fill `buffer` from the position on, from verified chunks; 0 at the end."""
@@ -326,40 +338,18 @@ class SeekableStreamReader(io.RawIOBase):
         super().close()
 
 
-class SparseFileReader(io.RawIOBase):
+class SparseFileReader(_Seekable):
     """A sparse file of a snapshot, seekable: its data extents read from the stored bytes
     (the extents one after the other), zeros in the holes between them."""
 
     def __init__(
         self, stored: SeekableStreamReader, extents: tuple[tuple[int, int], ...], size: int
     ) -> None:
-        super().__init__()
+        super().__init__(size)
         self._stored = stored
         self._extents = extents
         self._offsets = [offset for offset, _ in extents]
         self._stored_starts = list(itertools.accumulate((n for _, n in extents), initial=0))
-        self.size = size
-        self._position = 0
-
-    def readable(self) -> bool:
-        """Always True."""
-        return True
-
-    def seekable(self) -> bool:
-        """Always True."""
-        return True
-
-    def tell(self) -> int:
-        """The position of the next read."""
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Move the position."""
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
-        self._position = base + offset
-        return self._position
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         """Fill `buffer` from the position on: extent bytes, or zeros in a hole."""

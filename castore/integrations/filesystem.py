@@ -27,6 +27,8 @@ from castore.errors import InvalidInputError, NotFoundError
 def _split(path: str) -> tuple[str | None, str]:
     """(the reference, or None for a bare name; the path inside the snapshot) of a path:
     the reference ends at the first "/" after its ":" or "@"."""
+    if "::" in path:  # a chained URL's next store: this filesystem reads only its own
+        raise InvalidInputError(f"{path!r} names another store after '::': open it by its URL")
     marks = [at for at in (path.find(":"), path.find("@")) if at >= 0]
     if not marks:
         return None, ""
@@ -65,7 +67,7 @@ class CastoreFileSystem(AbstractFileSystem):
         text = str(path)
         if text.startswith("castore://"):
             text = text[len("castore://") :]
-        return text.partition("::")[0].strip("/")
+        return text.strip("/")
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         """What `path` is: a directory (names, a name, a snapshot, a folder in one) or a

@@ -66,6 +66,8 @@ class ArrayHeader:
             raise DeserializationError(f"a joblib array has a malformed shape {shape!r}")
         if not isinstance(dtype, np.dtype):
             raise DeserializationError(f"a joblib array has a malformed dtype {dtype!r}")
+        if dtype.itemsize == 0 and 0 not in shape:  # elements for free: len() of 2**62
+            raise DeserializationError("a joblib array has elements of no size")
         if subclass is not REFUSED and (
             not (isinstance(subclass, type) and issubclass(subclass, np.ndarray))
             or not (
