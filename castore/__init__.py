@@ -1,6 +1,7 @@
 """castore: a content-addressed, deduplicated, verified store for ML models and backups."""
 
 from castore.backend.counting import Requests
+from castore.engine.cache import CacheUsage, LocalCache, parse_size
 from castore.engine.leases import LeaseHolder
 from castore.engine.progress import Progress
 from castore.engine.writer import WriteStats
@@ -56,6 +57,7 @@ __all__ = [
     "DIGEST_PREFIX",
     "BackendError",
     "BackupStats",
+    "CacheUsage",
     "CastoreError",
     "CastoreWarning",
     "Change",
@@ -74,6 +76,7 @@ __all__ = [
     "InvalidInputError",
     "LeaseExpiredError",
     "LeaseHolder",
+    "LocalCache",
     "LogEntry",
     "NotAStoreError",
     "NotFoundError",
@@ -108,6 +111,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "open",
+    "parse_size",
     "save",
     "trust_key",
     "trusted_globals_path",

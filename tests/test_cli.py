@@ -689,6 +689,8 @@ def test_docs_cli_names_every_json_key(
             ("gc", "--dry-run"),
             ("repair",),
             ("unlock",),
+            ("cache", "ls"),
+            ("cache", "prune", "--max-size", "0"),
         ]
     ]
     documents = [json.loads(out) for out in printed]

@@ -755,6 +755,39 @@ def cmd_forget(command: Command) -> int:
     return 0
 
 
+def _usage_json(usage: castore.CacheUsage) -> dict[str, Any]:
+    return {**vars(usage), "bytes": usage.bytes}
+
+
+def _usage_text(usage: castore.CacheUsage) -> str:
+    return (
+        f"cache {usage.root}: {_human_size(usage.bytes)} of {_human_size(usage.max_bytes)}\n"
+        f"  chunks   {usage.chunk_files:>8} files  {_human_size(usage.chunk_bytes)}\n"
+        f"  streams  {usage.stream_files:>8} files  {_human_size(usage.stream_bytes)}\n"
+        f"  index    {usage.index_stores:>8} stores {_human_size(usage.index_bytes)}"
+    )
+
+
+def cmd_cache_ls(command: Command) -> int:
+    """castore cache ls: where the local cache is and what it holds."""
+    usage = castore.LocalCache().usage()
+    command.emit(_usage_json(usage), _usage_text(usage))
+    return 0
+
+
+def cmd_cache_prune(command: Command) -> int:
+    """castore cache prune [--max-size SIZE]: evict least recently used data."""
+    cache = castore.LocalCache()
+    limit = castore.parse_size(command.args.max_size) if command.args.max_size else None
+    freed = cache.prune(limit)
+    usage = cache.usage()
+    command.emit(
+        {"freed_bytes": freed, **_usage_json(usage)},
+        f"freed {_human_size(freed)}\n{_usage_text(usage)}",
+    )
+    return 0
+
+
 def cmd_key_generate(command: Command) -> int:
     """castore key generate [PATH]."""
     public = castore.generate_key(command.args.path)
@@ -1147,6 +1180,19 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("pubkey_file", metavar="PUBKEY_FILE")
     ls_help = "list the trusted keys: key id and comment"
     actions.add_parser("ls", help=ls_help, description=ls_help).set_defaults(handler=cmd_key_ls)
+    cache_help = "the local cache of remote stores' chunks, streams and index objects"
+    cache = sub.add_parser("cache", help=cache_help, description=cache_help)
+    cache_actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cache_ls_help = "where the cache is, its bound ($CASTORE_CACHE_SIZE) and what it holds"
+    cache_ls = cache_actions.add_parser("ls", help=cache_ls_help, description=cache_ls_help)
+    cache_ls.set_defaults(handler=cmd_cache_ls)
+    prune_help = (
+        "delete the least recently used chunks and streams down to --max-size (default: the "
+        "cache's bound); --max-size 0 empties the cache"
+    )
+    prune = cache_actions.add_parser("prune", help=prune_help, description=prune_help)
+    prune.set_defaults(handler=cmd_cache_prune)
+    prune.add_argument("--max-size", metavar="SIZE", help="e.g. 5GiB, 500M, 0")
     sign = add("sign", cmd_sign, "sign a version with your Ed25519 key")
     sign.add_argument("ref")
     sign.add_argument("--key", help="private key file (default: the user's key)")

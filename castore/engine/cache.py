@@ -13,33 +13,94 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
+import shutil
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+
+import platformdirs
+
+from castore.errors import InvalidInputError
 
 DEFAULT_CACHE_SIZE = 10 * 1024**3
 EVICT_TO = 0.9
 """Eviction frees space down to this fraction of the size limit."""
+CACHEDIR_TAG = (
+    b"Signature: 8a477f597d28d172789f06886806bc55\n"
+    b"# This file is a cache directory tag created by castore.\n"
+    b"# For information about cache directory tags, see https://bford.info/cachedir/\n"
+)
+"""Written at the cache's root, so that backup tools (restic, borg, tar, castore's own
+--exclude-caches) skip the cache."""
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtp]?)(i?b?)\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as ``10GiB``, ``500M``, ``1.5 TB`` or ``4096`` (K, M, G, T and
+    P count powers of 1024, with or without "iB"); InvalidInputError otherwise."""
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise InvalidInputError(f"invalid size {text!r}: expected a number and a unit, e.g. 10GiB")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    return int(number * 1024 ** " KMGTP".index(unit or " "))
 
 
 def default_cache_dir() -> Path:
-    """$CASTORE_CACHE_DIR, else $XDG_CACHE_HOME/castore, else ~/.cache/castore."""
+    """$CASTORE_CACHE_DIR, else the user's cache folder (platformdirs: ~/.cache/castore or
+    $XDG_CACHE_HOME/castore on Linux, ~/Library/Caches/castore on macOS)."""
     explicit = os.environ.get("CASTORE_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "castore"
+    return Path(explicit) if explicit else Path(platformdirs.user_cache_dir("castore"))
+
+
+def default_cache_size() -> int:
+    """$CASTORE_CACHE_SIZE (e.g. ``20GiB``), else DEFAULT_CACHE_SIZE."""
+    explicit = os.environ.get("CASTORE_CACHE_SIZE")
+    return parse_size(explicit) if explicit else DEFAULT_CACHE_SIZE
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    """What the local cache holds, by kind."""
+
+    root: str
+    max_bytes: int
+    """The bound on chunks and streams together (index copies follow their stores)."""
+    chunk_files: int
+    chunk_bytes: int
+    stream_files: int
+    stream_bytes: int
+    index_stores: int
+    """Stores whose index objects have copies here."""
+    index_bytes: int
+
+    @property
+    def bytes(self) -> int:
+        """Every byte held."""
+        return self.chunk_bytes + self.stream_bytes + self.index_bytes
+
+
+def _tally(paths: Iterable[Path]) -> tuple[int, int]:
+    """(files, bytes) of the files that still exist."""
+    files = size = 0
+    for path in paths:
+        with contextlib.suppress(OSError):
+            size += path.stat().st_size
+            files += 1
+    return files, size
 
 
 class LocalCache:
     """A bounded, verified, content-addressed cache directory shared by all stores."""
 
     def __init__(
-        self, root: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_CACHE_SIZE
+        self, root: str | os.PathLike[str] | None = None, max_bytes: int | None = None
     ) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes if max_bytes is not None else default_cache_size()
+        self._tagged = False
         self._lock = threading.Lock()
         self._size: int | None = None
         self.hits = 0
@@ -49,9 +110,41 @@ class LocalCache:
         hex_name = name.hex()
         return self.root / kind / hex_name[:2] / hex_name
 
-    def _files(self) -> Iterable[Path]:
-        for kind in ("chunks", "streams"):
+    def _files(self, kinds: tuple[str, ...] = ("chunks", "streams")) -> Iterable[Path]:
+        for kind in kinds:
             yield from (p for p in (self.root / kind).glob("*/*") if not p.name.startswith("."))
+
+    def _folder(self, path: Path) -> None:
+        """Make a folder of the cache, tagging the cache's root once."""
+        path.mkdir(parents=True, exist_ok=True)
+        if not self._tagged:
+            tag = self.root / "CACHEDIR.TAG"
+            if not tag.exists():
+                with contextlib.suppress(OSError):
+                    tag.write_bytes(CACHEDIR_TAG)
+            self._tagged = True
+
+    def usage(self) -> CacheUsage:
+        """What the cache holds now."""
+        chunks, streams = _tally(self._files(("chunks",))), _tally(self._files(("streams",)))
+        index = self.root / "index"
+        stores = [p for p in index.iterdir() if p.is_dir()] if index.is_dir() else []
+        _, index_bytes = _tally(f for store in stores for f in store.iterdir())
+        return CacheUsage(
+            str(self.root), self.max_bytes, *chunks, *streams, len(stores), index_bytes
+        )
+
+    def prune(self, max_bytes: int | None = None) -> int:
+        """Delete the least recently used chunks and streams until they take at most
+        `max_bytes` (default: the cache's bound); with 0, the index copies too (stores
+        fetch them again on their next open). Returns the bytes freed."""
+        target = self.max_bytes if max_bytes is None else max_bytes
+        before = self.usage().bytes
+        with self._lock:
+            self._evict_to(target)
+        if target == 0:
+            shutil.rmtree(self.root / "index", ignore_errors=True)
+        return before - self.usage().bytes
 
     def _current_size(self) -> int:
         if self._size is None:
@@ -82,7 +175,7 @@ class LocalCache:
         """
         path = self._path("chunks", chunk_id)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._folder(path.parent)
             with open(path, "xb") as file:
                 file.write(data)
         except OSError:
@@ -99,7 +192,7 @@ class LocalCache:
         are verified by name anyway, but each store prunes its folder to its own listing.
         """
         key = hashlib.sha256(f"{store_id}\n{url}".encode()).hexdigest()[:32]
-        return IndexObjectCache(self.root / "index" / key)
+        return IndexObjectCache(self.root / "index" / key, self._folder)
 
     # -- whole streams ----------------------------------------------------------------------
 
@@ -118,7 +211,7 @@ class LocalCache:
     # -- storage ----------------------------------------------------------------------------
 
     def _write(self, path: Path, fill: Callable[[object], object]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._folder(path.parent)
         temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
         try:
             with open(temporary, "wb") as file:
@@ -133,10 +226,10 @@ class LocalCache:
         with self._lock:
             self._size = self._current_size() + added
             if self._size > self.max_bytes:
-                self._evict()
+                self._evict_to(int(self.max_bytes * EVICT_TO))
 
-    def _evict(self) -> None:
-        """Delete least recently used files until the cache is under EVICT_TO of its size."""
+    def _evict_to(self, target: int) -> None:
+        """Delete least recently used files until chunks and streams take `target` bytes."""
         entries = []
         for path in self._files():
             with contextlib.suppress(OSError):
@@ -145,7 +238,7 @@ class LocalCache:
         entries.sort()
         total = sum(size for _, size, _ in entries)
         for _, size, path in entries:
-            if total <= self.max_bytes * EVICT_TO:
+            if total <= target:
                 break
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -160,9 +253,10 @@ class IndexObjectCache:
     process that opens the store; failures of the cache never fail an open.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, make_folder: Callable[[Path], None]) -> None:
         self.folder = folder
         """Where the copies are: one file per index object, named by its hex digest."""
+        self._make_folder = make_folder
 
     def get(self, name: bytes) -> bytes | None:
         """The cached index object `name` if present and intact (a damaged copy is dropped)."""
@@ -181,7 +275,7 @@ class IndexObjectCache:
         path = self.folder / name.hex()
         temporary = self.folder / f".{name.hex()}.{secrets.token_hex(6)}.tmp"
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self._make_folder(self.folder)
             temporary.write_bytes(data)
             os.replace(temporary, path)
         except OSError:
