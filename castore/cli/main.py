@@ -1080,13 +1080,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
-        name: str, handler: Callable[[Command], int], help_text: str
+        name: str, handler: Callable[[Command], int], help_text: str, within: Any = sub
     ) -> argparse.ArgumentParser:
-        command = sub.add_parser(
+        command = within.add_parser(
             name, help=help_text, description=help_text, parents=[after_command]
         )
         command.set_defaults(handler=handler)
         return command
+
+    def group(name: str, help_text: str) -> Any:
+        """A command whose actions (`castore key ls`) are added to what it returns."""
+        parser = sub.add_parser(name, help=help_text, description=help_text)
+        return parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     add("init", cmd_init, "create a store")
     put = add("put", cmd_put, "store a file (- for stdin); with --name, as a new version")
@@ -1164,34 +1169,28 @@ def build_parser() -> argparse.ArgumentParser:
     rm = add("rm", cmd_rm, "delete a version (data is freed by gc)")
     rm.add_argument("ref")
     rm.add_argument("--force", action="store_true", help="delete it even if tags point at it")
-    key_help = "signing keys: generate a key pair, trust a public key, list trusted keys"
-    key = sub.add_parser("key", help=key_help, description=key_help)
-    actions = key.add_subparsers(dest="action", required=True, metavar="ACTION")
+    keys = group("key", "signing keys: generate a key pair, trust a public key, list trusted keys")
     generate_help = "write a new Ed25519 key pair: PATH (default: the user's key) and PATH.pub"
-    generate = actions.add_parser("generate", help=generate_help, description=generate_help)
-    generate.set_defaults(handler=cmd_key_generate)
+    generate = add("generate", cmd_key_generate, generate_help, keys)
     generate.add_argument("path", nargs="?", help="private key file (default: the user's key)")
     trust_help = (
         "trust the Ed25519 public key in PUBKEY_FILE (an OpenSSH .pub line): add it to the "
         "user's trusted keys, once"
     )
-    trust = actions.add_parser("trust", help=trust_help, description=trust_help)
-    trust.set_defaults(handler=cmd_key_trust)
-    trust.add_argument("pubkey_file", metavar="PUBKEY_FILE")
-    ls_help = "list the trusted keys: key id and comment"
-    actions.add_parser("ls", help=ls_help, description=ls_help).set_defaults(handler=cmd_key_ls)
-    cache_help = "the local cache of remote stores' chunks, streams and index objects"
-    cache = sub.add_parser("cache", help=cache_help, description=cache_help)
-    cache_actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
-    cache_ls_help = "where the cache is, its bound ($CASTORE_CACHE_SIZE) and what it holds"
-    cache_ls = cache_actions.add_parser("ls", help=cache_ls_help, description=cache_ls_help)
-    cache_ls.set_defaults(handler=cmd_cache_ls)
+    add("trust", cmd_key_trust, trust_help, keys).add_argument("pubkey_file", metavar="PUBKEY_FILE")
+    add("ls", cmd_key_ls, "list the trusted keys: key id and comment", keys)
+    cache = group("cache", "the local cache of remote stores' chunks, streams and index objects")
+    add(
+        "ls",
+        cmd_cache_ls,
+        "where the cache is, its bound ($CASTORE_CACHE_SIZE), what it holds",
+        cache,
+    )
     prune_help = (
         "delete the least recently used chunks and streams down to --max-size (default: the "
         "cache's bound); --max-size 0 empties the cache"
     )
-    prune = cache_actions.add_parser("prune", help=prune_help, description=prune_help)
-    prune.set_defaults(handler=cmd_cache_prune)
+    prune = add("prune", cmd_cache_prune, prune_help, cache)
     prune.add_argument("--max-size", metavar="SIZE", help="e.g. 5GiB, 500M, 0")
     sign = add("sign", cmd_sign, "sign a version with your Ed25519 key")
     sign.add_argument("ref")
