@@ -105,3 +105,7 @@ def castore_command() -> str:
         text = os.path.relpath(chosen)
         text = text if os.sep in text else os.curdir + os.sep + text  # not looked up in PATH
     return shlex.join([text] if program else [text, "-m", "castore"])
+
+
+if __name__ == "__main__":
+    main()

@@ -528,6 +528,23 @@ def test_verify_names_each_affected_version_once(location: Location, tmp_path: P
     assert needs and set(needs) == {"runs/exp:1"}, report["problems"]
 
 
+def test_the_readme_demo_runs_and_its_closing_hint_works(tmp_path: Path) -> None:
+    """The README's first command runs examples/demo.py: it once printed nothing at all
+    (its main() was no longer called), and no test noticed."""
+    demo = Path(__file__).parents[1] / "examples" / "demo.py"
+    run = subprocess.run(
+        [sys.executable, str(demo)], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == f"store: {tmp_path / 'demo-store'}" and "history verified: True" in lines
+    hint = lines[-1].removeprefix("try: ")
+    assert hint != lines[-1]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    follow = subprocess.run(hint, shell=True, capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert follow.returncode == 0 and "hash chain intact" in follow.stdout, follow.stderr
+
+
 def test_the_demo_hint_works_without_an_activated_venv(tmp_path: Path) -> None:
     """The demo closed with 'castore --store demo-store log ...', which needs castore on
     PATH (an activated venv)."""
