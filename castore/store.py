@@ -199,7 +199,7 @@ class Store:
         *,
         metadata: dict[str, Any] | None = None,
         tags: Iterable[str] = (),
-        serializer: str = "joblib",
+        serializer: str | None = None,
         force: bool = False,
         sign_with: PrivateKey | None = None,
         check_loadable: bool = False,
@@ -207,8 +207,14 @@ class Store:
         """Serialize `obj` straight into the store as the next version of `name`.
 
         Saving the same content and metadata as the latest version returns that version
-        (with `tags` applied) unless `force` is set. Serializers: "joblib" (default),
-        "pickle", "cloudpickle" and "raw" (bytes, a binary file or a path, as they are).
+        (with `tags` applied) unless `force` is set. Serializers: "joblib", "pickle",
+        "cloudpickle", "raw" (bytes, a binary file or a path, as they are), and two that
+        hold data only and so load with no trust configured: "tensors" (a dict of str to
+        numpy arrays or torch tensors, in the safetensors layout) and "arrow" (a pandas
+        DataFrame or Series, as Arrow IPC; needs pyarrow). By default (None) a dict of
+        arrays or tensors saves as "tensors", a DataFrame or Series that Arrow holds exactly
+        (string column labels, no object columns) as "arrow" when pyarrow is installed, and
+        anything else as "joblib".
 
         A version that will not load under the default policy (it needs globals that
         policy refuses, see `inspect`) is saved with an UnloadableVersionWarning; with
@@ -583,7 +589,7 @@ def save(
     *,
     metadata: dict[str, Any] | None = None,
     tags: Iterable[str] = (),
-    serializer: str = "joblib",
+    serializer: str | None = None,
     force: bool = False,
     sign_with: PrivateKey | None = None,
     check_loadable: bool = False,

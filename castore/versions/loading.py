@@ -7,21 +7,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from castore.errors import IntegrityError
+from castore.errors import IntegrityError, InvalidInputError, UnsupportedFormatError
 from castore.format.digests import format_digest
 from castore.format.streams import StreamDescriptor
 from castore.safety import Allowlist, Scan
 from castore.trust.signatures import TrustPolicy, trusted_signers
 from castore.versions.catalog import Version, resolve
 from castore.versions.serializers import (
+    SERIALIZERS,
     LoadOptions,
     Serializer,
     check_loadable,
-    serializer_named,
 )
 
 if TYPE_CHECKING:
     from castore.engine.repository import Repository
+
+MMAP_MODES = (None, "r", "r+", "c")
+"""numpy's memory-map modes that map an existing file ("w+" would truncate the copy)."""
 
 
 def load(
@@ -42,9 +45,11 @@ def load(
     the plain unpickler, as does any version with `allow_unsafe`. With `require_signature`,
     a version no trusted key signed is refused (UntrustedVersionError).
     """
+    if mmap_mode not in MMAP_MODES:
+        raise InvalidInputError(f"mmap_mode must be one of {MMAP_MODES}, not {mmap_mode!r}")
     manifest, digest = resolve(repo, ref)
-    chosen = serializer_named(manifest.serializer)
     where = f"version {manifest.number} of {manifest.name} ({format_digest(digest)})"
+    chosen = _reader(manifest.serializer, where)
     trust = policy if policy is not None else TrustPolicy.from_config()
     signers = trusted_signers(repo, digest, trust, where=where, require=require_signature)
     check_loadable(manifest.serializer, str(manifest.environment.get("python", "")), where)
@@ -61,6 +66,17 @@ def load(
         with open(path, "rb") as file:
             return chosen.load(file, options)
     return read_stream(repo, manifest.stream, chosen, options)
+
+
+def _reader(serializer: str, where: str) -> Serializer:
+    """The serializer that reads a stored version back, or why this castore cannot."""
+    if serializer not in SERIALIZERS:
+        raise UnsupportedFormatError(
+            f"{where} was written by serializer {serializer!r}, which this castore does not "
+            f"know (it knows {', '.join(sorted(SERIALIZERS))}): a newer castore may load it; "
+            "its bytes can still be read (get)"
+        )
+    return SERIALIZERS[serializer]
 
 
 def read_stream(
@@ -107,7 +123,7 @@ def inspect(
     signers = trusted_signers(repo, digest, trust, where=where)
     options = LoadOptions(size=manifest.stream.size, allowlist=Allowlist.from_config(trusted))
     with repo.open_descriptor(manifest.stream, authenticated=True) as file:
-        scan = serializer_named(manifest.serializer).scan(file, options)
+        scan = _reader(manifest.serializer, where).scan(file, options)
     return Inspection(
         globals=scan.globals,
         problem=scan.problem,

@@ -27,7 +27,12 @@ from castore.format.streams import StreamDescriptor
 from castore.safety import Scan
 from castore.versions.catalog import Version, commit_version
 from castore.versions.loading import read_stream
-from castore.versions.serializers import LoadOptions, Serializer, serializer_named
+from castore.versions.serializers import (
+    LoadOptions,
+    Serializer,
+    serializer_for,
+    serializer_named,
+)
 
 if TYPE_CHECKING:
     from castore.engine.repository import Repository
@@ -42,27 +47,28 @@ def save(
     *,
     metadata: dict[str, Any] | None,
     tags: Iterable[str],
-    serializer: str,
+    serializer: str | None,
     force: bool,
     check_loadable: bool,
 ) -> Version:
-    """Serialize `obj` straight into the store and commit it as a version of `name`.
+    """Serialize `obj` straight into the store and commit it as a version of `name`, with
+    `serializer`, or (None) the one that suits `obj` (`serializer_for`).
 
     An object stream the default policy would refuse is reported: with `check_loadable`
     by the load's own error (and no version is recorded), else by a warning.
     """
     check_name(name)
-    chosen = serializer_named(serializer)
+    chosen = serializer_for(obj, serializer)
     clean_metadata = normalize_metadata(metadata)
     tags = [check_tag(t) for t in tags]
     scan = None
-    if chosen.kind != "object":
-        stream = repo.write_stream(lambda writer: chosen.dump(obj, writer))
-    elif check_loadable:
+    if chosen.kind == "object" and check_loadable:
         stream = repo.write_stream(lambda writer: chosen.dump(obj, writer))
         _load_back(repo, stream, chosen, name)
-    else:
+    elif chosen.pickled:
         stream, scan = _write_scanned(repo, obj, chosen)
+    else:
+        stream = repo.write_stream(lambda writer: chosen.dump(obj, writer))
     version = commit_version(
         repo,
         name,
@@ -98,7 +104,7 @@ def import_file(
     """
     check_name(name)
     chosen = serializer_named(serializer)
-    if chosen.kind != "object":
+    if not chosen.pickled:
         raise InvalidInputError(
             f"import takes pickle-based files (joblib, pickle, cloudpickle), not {serializer!r}: "
             "store other files with put --name"

@@ -13,7 +13,8 @@ from typing import IO, Any, Protocol
 
 from castore import safety
 from castore.engine.writer import StreamWriter
-from castore.errors import IncompatibleEnvironmentError, InvalidInputError
+from castore.errors import DeserializationError, IncompatibleEnvironmentError, InvalidInputError
+from castore.versions import arrow, tensors
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class LoadOptions:
     path: str | None = None
     """A verified local copy of the stream, for memory-mapped loads."""
     mmap_mode: str | None = None
-    """numpy's memory-map mode for arrays (joblib only), or None to read them."""
+    """numpy's memory-map mode for arrays (joblib and tensors), or None to read them."""
     size: int | None = None
     """The stream's length, which bounds every length field read from it."""
     allowlist: safety.Allowlist | None = None
@@ -46,6 +47,9 @@ class Serializer(Protocol):
 
     name: str
     kind: str
+    pickled: bool
+    """Whether the stream is a pickle, which the restricted unpickler guards and a save
+    scans for globals the default policy refuses."""
 
     def version(self) -> str:
         """The version of the library that writes the stream."""
@@ -93,6 +97,7 @@ class JoblibSerializer:
 
     name = "joblib"
     kind = "object"
+    pickled = True
 
     def version(self) -> str:
         """joblib's version."""
@@ -132,6 +137,7 @@ class PickleSerializer:
 
     name = "pickle"
     kind = "object"
+    pickled = True
 
     def version(self) -> str:
         """The pickle protocol used."""
@@ -181,6 +187,7 @@ class RawSerializer:
 
     name = "raw"
     kind = "file"
+    pickled = False
 
     def version(self) -> str:
         """No library is involved."""
@@ -209,10 +216,93 @@ class RawSerializer:
         return safety.Scan()
 
 
+def _read_whole(file: IO[bytes], options: LoadOptions) -> bytearray:
+    """The stream's `options.size` bytes, in one buffer that loaded arrays may share."""
+    if options.size is None:
+        return bytearray(file.read())
+    buffer = bytearray(options.size)
+    view, filled = memoryview(buffer), 0
+    while filled < options.size and (count := file.readinto(view[filled:])):  # type: ignore[attr-defined]
+        filled += count
+    if filled < options.size:
+        raise DeserializationError(f"{options.where} ends after {filled} bytes")
+    return buffer
+
+
+class TensorsSerializer:
+    """Dicts of numpy arrays or torch tensors in the safetensors layout (no pickle)."""
+
+    name = "tensors"
+    kind = "object"
+    pickled = False
+
+    def version(self) -> str:
+        """The layout's version."""
+        return "1"
+
+    def dump(self, obj: Any, file: StreamWriter) -> None:
+        """A header, then each tensor's raw bytes, aligned."""
+        tensors.dump(obj, file.write)
+
+    def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
+        """The dict back, every header field checked; no policy applies, nothing runs.
+        With `options.mmap_mode`, numpy arrays map the verified local copy."""
+        if options.mmap_mode is not None and options.path is not None:
+            return tensors.load_mapped(options.path, options.mmap_mode, options.where)
+        return tensors.load(_read_whole(file, options), options.where)
+
+    def scan(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> safety.Scan:
+        """Nothing: the layout names no globals."""
+        return safety.Scan()
+
+
+class ArrowSerializer:
+    """pandas DataFrames and Series as an Arrow IPC stream through pyarrow (no pickle)."""
+
+    name = "arrow"
+    kind = "object"
+    pickled = False
+
+    def version(self) -> str:
+        """pyarrow's version."""
+        return _distribution_version("pyarrow")
+
+    def dump(self, obj: Any, file: StreamWriter) -> None:
+        """An uncompressed Arrow IPC stream with pandas' schema metadata."""
+        arrow.dump(obj, file)
+
+    def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
+        """The frame or series back, decoded only if it is what castore writes."""
+        return arrow.load(_read_whole(file, options), options.where)
+
+    def scan(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> safety.Scan:
+        """Nothing: Arrow streams name no globals."""
+        return safety.Scan()
+
+
 SERIALIZERS: dict[str, Serializer] = {
     s.name: s
-    for s in (JoblibSerializer(), PickleSerializer(), CloudpickleSerializer(), RawSerializer())
+    for s in (
+        JoblibSerializer(),
+        PickleSerializer(),
+        CloudpickleSerializer(),
+        RawSerializer(),
+        TensorsSerializer(),
+        ArrowSerializer(),
+    )
 }
+
+
+def serializer_for(obj: Any, name: str | None) -> Serializer:
+    """The serializer called `name`, or with None the one that suits `obj`: tensors for a
+    dict of arrays or tensors, arrow for a pandas frame or series, else joblib."""
+    if name is not None:
+        return serializer_named(name)
+    if tensors.fits(obj):
+        return SERIALIZERS["tensors"]
+    if arrow.fits(obj):
+        return SERIALIZERS["arrow"]
+    return SERIALIZERS["joblib"]
 
 
 def serializer_named(name: object) -> Serializer:

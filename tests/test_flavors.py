@@ -1,0 +1,347 @@
+"""Data-only flavors: dicts of arrays or tensors (safetensors layout) and pandas frames
+(Arrow IPC) save by default, load under the default policy with no trust, and their
+readers refuse any stream a castore writer would not produce, with castore's errors."""
+
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import safetensors.numpy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import castore
+from tests.helpers import plant_version
+
+NUMPY_DTYPES = ["bool", "uint8", "int8", "<u2", ">i2", "float16", "<u4", ">i4", "float32"]
+NUMPY_DTYPES += ["<u8", "int64", ">f8"]
+FIXTURE = [HealthCheck.function_scoped_fixture]  # one store for all examples: names differ
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> castore.Store:
+    return castore.init(str(tmp_path / "store"))
+
+
+def _no_warning_save(store: castore.Store, obj: object, name: str) -> castore.Version:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return store.save(obj, name)
+
+
+arrays = st.sampled_from(NUMPY_DTYPES).flatmap(
+    lambda dtype: hnp.arrays(np.dtype(dtype), hnp.array_shapes(min_dims=0, max_dims=3, min_side=0))
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE)
+@given(st.dictionaries(st.text(min_size=0, max_size=8), arrays, min_size=1, max_size=5))
+def test_a_dict_of_arrays_round_trips_as_tensors_with_no_trust(
+    store: castore.Store, tensors: dict[str, np.ndarray]
+) -> None:
+    if "__metadata__" in tensors:
+        return
+    version = _no_warning_save(store, tensors, "weights")
+    assert version.serializer == "tensors"
+    loaded = store.load(version.reference)
+    assert list(loaded) == list(tensors)
+    for key, array in tensors.items():
+        assert loaded[key].dtype == array.dtype.newbyteorder("<")
+        assert loaded[key].shape == array.shape
+        np.testing.assert_array_equal(loaded[key], array)
+    assert store.inspect(version.reference).loads
+
+
+def test_the_stream_is_a_safetensors_file_with_aligned_tensors(store: castore.Store) -> None:
+    tensors = {"b": np.arange(3, dtype=np.int8), "w": np.ones((4, 5)), "h": np.zeros(7, "<u2")}
+    version = store.save(tensors, "weights")
+    data = store.get(version.content_digest)
+    loaded = safetensors.numpy.load(data)
+    assert set(loaded) == set(tensors)
+    for key, array in tensors.items():
+        np.testing.assert_array_equal(loaded[key], array)
+    (header_size,) = struct.unpack_from("<Q", data)
+    header = json.loads(data[8 : 8 + header_size])
+    assert header_size % 8 == 0
+    assert list(header) == ["__metadata__", "b", "w", "h"]
+    for key in tensors:
+        begin, _end = header[key]["data_offsets"]
+        assert begin % tensors[key].itemsize == 0
+
+
+def test_changing_one_tensor_stores_little_more_than_that_tensor(store: castore.Store) -> None:
+    rng = np.random.default_rng(1)
+    model = {f"layer{i}": rng.standard_normal(256 * 1024).astype(np.float32) for i in range(8)}
+    store.save(model, "model")
+    before = store.stats().stored_bytes
+    model["layer3"] = rng.standard_normal(256 * 1024).astype(np.float32)
+    store.save(model, "model")
+    added = store.stats().stored_bytes - before
+    one_tensor = model["layer3"].nbytes
+    assert one_tensor * 0.8 < added < one_tensor * 1.5
+
+
+def test_torch_tensors_load_back_as_torch_tensors(store: castore.Store) -> None:
+    torch = pytest.importorskip("torch")
+    import safetensors.torch
+
+    state = {
+        "w": torch.randn(3, 4, dtype=torch.bfloat16),
+        "b": torch.nn.Parameter(torch.arange(5.0)),
+        "mask": torch.tensor([True, False]),
+        "t": torch.arange(12, dtype=torch.int64).reshape(3, 4).t(),  # not contiguous
+        "empty": torch.zeros(0, 3),
+    }
+    version = _no_warning_save(store, state, "state")
+    assert version.serializer == "tensors"
+    loaded = store.load(version.reference)
+    assert list(loaded) == list(state)
+    for key, tensor in state.items():
+        assert type(loaded[key]) is torch.Tensor
+        assert loaded[key].dtype == tensor.dtype
+        assert torch.equal(loaded[key], tensor.detach())
+    from_file = safetensors.torch.load(store.get(version.content_digest))
+    assert torch.equal(from_file["w"], state["w"])
+
+
+def test_mixed_or_unsupported_dicts_go_to_joblib(store: castore.Store) -> None:
+    assert store.save({"a": np.ones(2), "b": 1}, "mixed").serializer == "joblib"
+    assert store.save({"a": np.array(["x"])}, "strings").serializer == "joblib"
+    assert store.save({1: np.ones(2)}, "int-keys").serializer == "joblib"
+    assert store.save({}, "empty").serializer == "joblib"
+    assert store.save({"__metadata__": np.ones(2)}, "reserved").serializer == "joblib"
+    with pytest.raises(castore.InvalidInputError, match="tensors"):
+        store.save({"a": np.ones(2), "b": 1}, "forced", serializer="tensors")
+
+
+FRAMES = {
+    "numbers": pd.DataFrame({"i": [1, 2], "f": [1.5, np.nan], "u": np.arange(2, dtype="u1")}),
+    "dtypes": pd.DataFrame(
+        {
+            "cat": pd.Categorical(["x", "y", "x"]),
+            "when": pd.date_range("2020", periods=3, tz="UTC"),
+            "delta": pd.to_timedelta([1, 2, 3], unit="s"),
+            "text": pd.array(["p", None, "r"], dtype="string"),
+            "flag": [True, False, True],
+            "nullable": pd.array([1, None, 3], dtype="Int64"),
+        },
+        index=pd.Index([5, 6, 7], name="row"),
+    ),
+    "multiindex": pd.DataFrame(
+        {"v": [1.0, 2.0]}, index=pd.MultiIndex.from_tuples([(1, 2), (3, 4)], names=["a", "b"])
+    ),
+    "empty": pd.DataFrame({"a": pd.Series([], dtype="float64")}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FRAMES))
+def test_a_dataframe_round_trips_as_arrow_with_no_trust(store: castore.Store, kind: str) -> None:
+    frame = FRAMES[kind]
+    version = _no_warning_save(store, frame, kind)
+    assert version.serializer == "arrow"
+    pd.testing.assert_frame_equal(store.load(version.reference), frame, check_exact=True)
+    assert store.inspect(version.reference).loads
+
+
+@pytest.mark.parametrize("name", [None, "price"])
+def test_a_series_round_trips_as_arrow(store: castore.Store, name: str | None) -> None:
+    series = pd.Series([1.5, None, 2.5], name=name, index=pd.date_range("2021", periods=3))
+    version = _no_warning_save(store, series, "series")
+    assert version.serializer == "arrow"
+    pd.testing.assert_series_equal(store.load(version.reference), series, check_exact=True)
+
+
+def test_frames_arrow_cannot_hold_exactly_go_to_joblib(store: castore.Store) -> None:
+    candidates = {
+        "int-labels": pd.DataFrame({1: [1.0]}),
+        "object-column": pd.DataFrame({"a": pd.Series([1, "x"], dtype=object)}),
+        "duplicate-labels": pd.DataFrame([[1, 2]], columns=["a", "a"]),
+        "periods": pd.DataFrame({"p": pd.period_range("2020", periods=2, freq="D")}),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", castore.UnloadableVersionWarning)
+        for name, frame in candidates.items():
+            assert store.save(frame, name).serializer == "joblib", name
+
+
+def test_a_version_of_an_unknown_serializer_resolves_but_does_not_load(
+    store: castore.Store,
+) -> None:
+    version = plant_version(store, "future", b"bytes", "serializer-of-2030")
+    assert store.info(version.reference)["serializer"]["name"] == "serializer-of-2030"
+    with pytest.raises(castore.UnsupportedFormatError, match="serializer-of-2030"):
+        store.load(version.reference)
+    with pytest.raises(castore.UnsupportedFormatError, match="newer castore"):
+        store.inspect(version.reference)
+
+
+# -- hostile tensors streams ------------------------------------------------------------------
+
+
+def _tensors_stream(header: object, data: bytes = b"", pad: bool = True) -> bytes:
+    encoded = json.dumps(header).encode() if not isinstance(header, bytes) else header
+    if pad:
+        encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded + data
+
+
+def _entry(dtype: str, shape: list[int], begin: int, end: int) -> dict[str, object]:
+    return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
+
+
+HOSTILE_TENSORS = {
+    "short": b"\x01\x02",
+    "header longer than stream": struct.pack("<Q", 1 << 40) + b"{}",
+    "header not padded": _tensors_stream(b'{"a":1}', pad=False),
+    "not json": _tensors_stream(b"{nope"),
+    "not an object": _tensors_stream([1, 2]),
+    "duplicate key": _tensors_stream(
+        b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},'
+        b'"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}',
+        b"\0",
+    ),
+    "unknown dtype": _tensors_stream({"a": _entry("F128", [1], 0, 16)}, bytes(16)),
+    "shape too small": _tensors_stream({"a": _entry("F32", [1], 0, 8)}, bytes(8)),
+    "huge shape": _tensors_stream({"a": _entry("U8", [2**62, 2**62, 0 + 1], 0, 8)}, bytes(8)),
+    "negative dim": _tensors_stream({"a": _entry("U8", [-1], 0, 1)}, bytes(1)),
+    "bool dim": _tensors_stream({"a": _entry("U8", [True], 0, 1)}, bytes(1)),
+    "too many dims": _tensors_stream({"a": _entry("U8", [1] * 65, 0, 1)}, bytes(1)),
+    "float offset": _tensors_stream({"a": {"dtype": "U8", "shape": [1], "data_offsets": [0.0, 1]}}),
+    "extra field": _tensors_stream({"a": {**_entry("U8", [1], 0, 1), "x": 1}}, bytes(1)),
+    "outside the data": _tensors_stream({"a": _entry("U8", [4], 0, 4)}, bytes(2)),
+    "overlap": _tensors_stream(
+        {"a": _entry("U8", [2], 0, 2), "b": _entry("U8", [2], 1, 3)}, bytes(3)
+    ),
+    "gap": _tensors_stream({"a": _entry("U8", [1], 1, 2)}, bytes(2)),
+    "trailing bytes": _tensors_stream({"a": _entry("U8", [1], 0, 1)}, bytes(2)),
+    "misaligned": _tensors_stream(
+        {"a": _entry("U8", [1], 0, 1), "b": _entry("F32", [1], 1, 5)}, bytes(5)
+    ),
+    "bool byte 2": _tensors_stream({"a": _entry("BOOL", [2], 0, 2)}, b"\x01\x02"),
+    "nan constant": _tensors_stream(b'{"__metadata__":{"x":NaN}}'),
+    "metadata not strings": _tensors_stream({"__metadata__": {"format": 1}}),
+    "bf16 outside torch": _tensors_stream({"a": _entry("BF16", [1], 0, 2)}, bytes(2)),
+    "deep json": _tensors_stream(b"[" * 100_000 + b"]" * 100_000),
+    "huge int": _tensors_stream(
+        b'{"a":{"dtype":"U8","shape":[' + b"9" * 5000 + b'],"data_offsets":[0,1]}}'
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_TENSORS))
+def test_hostile_tensors_streams_are_refused_as_damage(store: castore.Store, case: str) -> None:
+    version = plant_version(store, "victim/weights", HOSTILE_TENSORS[case], "tensors")
+    with pytest.raises(castore.DeserializationError, match="not a valid tensors stream"):
+        store.load(version.reference)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=FIXTURE)
+@given(st.data())
+def test_mutated_tensors_streams_load_or_fail_with_castore_errors(
+    store: castore.Store, data: st.DataObject
+) -> None:
+    valid = bytearray(
+        _tensors_stream(
+            {
+                "__metadata__": {"format": "np"},
+                "w": _entry("F32", [2], 0, 8),
+                "m": _entry("BOOL", [3], 8, 11),
+            },
+            np.ones(2, "<f4").tobytes() + b"\x01\x00\x01",
+        )
+    )
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(valid) - 1))
+        valid[at] = data.draw(st.integers(0, 255))
+    version = plant_version(store, "fuzzed", bytes(valid), "tensors")
+    try:
+        loaded = store.load(version.reference)
+    except castore.DeserializationError:
+        return
+    assert isinstance(loaded, dict)
+    assert sum(a.nbytes for a in loaded.values()) <= len(valid)
+
+
+# -- hostile arrow streams --------------------------------------------------------------------
+
+
+def _arrow_stream(table: pa.Table, compression: str | None = None) -> bytes:
+    mark = {b"castore": json.dumps({"pandas": "frame"}).encode()}
+    table = table.replace_schema_metadata(mark)
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _null_rows(count: int) -> pa.Table:
+    return pa.table({"n": pa.nulls(count)})
+
+
+HOSTILE_ARROW = {
+    "compressed": (_arrow_stream(pa.table({"z": np.zeros(1 << 16)}), "zstd"), "compressed"),
+    "dictionary compressed": (
+        _arrow_stream(pa.table({"c": pa.array(["a"] * 100).dictionary_encode()}), "lz4"),
+        "compressed",
+    ),
+    "null rows": (_arrow_stream(_null_rows(1000)), "type null"),
+    "run-end encoded": (
+        _arrow_stream(pa.table({"r": pa.RunEndEncodedArray.from_arrays([1000], [1.0])})),
+        "run_end_encoded",
+    ),
+    "list": (_arrow_stream(pa.table({"l": [[1], [2, 3]]})), "list"),
+    "struct": (_arrow_stream(pa.table({"s": [{"a": 1}]})), "struct"),
+    "not arrow": (b"\xff\xff\xff\xff" + bytes(100), ""),
+    "truncated": (_arrow_stream(pa.table({"a": [1, 2, 3]}))[:-20], ""),
+    "no mark": (
+        _arrow_stream(pa.table({"a": [1]})).replace(b"castore", b"xastore"),
+        "frame or a series",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_ARROW))
+def test_hostile_arrow_streams_are_refused_as_damage(store: castore.Store, case: str) -> None:
+    data, reason = HOSTILE_ARROW[case]
+    version = plant_version(store, "victim/frame", data, "arrow")
+    with pytest.raises(castore.DeserializationError, match=f"not a valid arrow stream.*{reason}"):
+        store.load(version.reference)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=FIXTURE)
+@given(st.data())
+def test_mutated_arrow_streams_load_or_fail_with_castore_errors(
+    store: castore.Store, data: st.DataObject
+) -> None:
+    frame = pd.DataFrame({"a": [1, 2], "c": pd.Categorical(["x", "y"]), "s": ["p", None]})
+    valid = bytearray(store.get(store.save(frame, "frame").content_digest))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(valid) - 1))
+        valid[at] = data.draw(st.integers(0, 255))
+    version = plant_version(store, "fuzzed", bytes(valid), "arrow")
+    try:
+        loaded = store.load(version.reference)
+    except castore.DeserializationError:
+        return
+    assert isinstance(loaded, pd.DataFrame | pd.Series)
+    assert len(loaded) <= len(valid) * 8
+
+
+def test_tensors_memory_map_from_the_verified_local_copy(store: castore.Store) -> None:
+    tensors = {"w": np.arange(1000, dtype=np.float32), "m": np.array([True, False])}
+    version = store.save(tensors, "weights")
+    loaded = store.load(version.reference, mmap_mode="r")
+    for key, array in tensors.items():
+        assert isinstance(loaded[key], np.memmap)
+        np.testing.assert_array_equal(loaded[key], array)
+    with pytest.raises(castore.InvalidInputError, match="mmap_mode"):
+        store.load(version.reference, mmap_mode="w+")
