@@ -149,6 +149,29 @@ def test_a_second_run_logging_the_same_artifact_adds_under_64_kib(
     assert added[1] < 64 * 1024, added
 
 
+class AddOne(mlflow.pyfunc.PythonModel):
+    """A model MLflow logs with its MLmodel, environment files and pickle."""
+
+    def predict(self, context: object, model_input: list[int]) -> list[int]:
+        return [x + 1 for x in model_input]
+
+
+def test_a_logged_model_loads_back_from_a_location_inside_the_store(
+    tmp_path: Path, tracking: None
+) -> None:
+    root = tmp_path / "store"
+    castore.init(root).close()
+    experiment = _experiment(f"castore+file://{root}/team/churn")
+    with mlflow.start_run(experiment_id=experiment):
+        model = mlflow.pyfunc.log_model(name="model", python_model=AddOne(), pip_requirements=[])
+    assert mlflow.pyfunc.load_model(model.model_uri).predict([1, 2]) == [2, 3]
+    with castore.open(root) as store:
+        names = store.names()
+    where = f"mlflow/team/churn/models/{model.model_id}/artifacts"
+    assert f"{where}/_4d_4cmodel" in names and f"{where}/python_5fmodel.pkl" in names
+    assert all(name.startswith(f"{where}/") for name in names)
+
+
 def test_logging_a_path_again_overwrites_and_castore_keeps_the_history(
     local_store: tuple[Path, str], tmp_path: Path
 ) -> None:
