@@ -30,7 +30,9 @@ from tests.servers.radosgw import S3Server
 DOCS = ROOT / "docs"
 GUIDE = DOCS / "guide"
 REFERENCE = DOCS / "reference"
-MKDOCS = Path(sys.executable).with_name("mkdocs")
+BIN = Path(sys.executable).parent
+"""The venv's scripts: mkdocs, and the castore command the console examples run."""
+MKDOCS = BIN / "mkdocs"
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```$", re.M | re.S)
 NOT_RUN = re.compile(r"<!-- not run: (.+?) -->\s*$")
 DOCS_BUCKET = "ml-artifacts"
@@ -128,7 +130,7 @@ def docs_environment(
         monkeypatch.setenv(name, value)
     paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
-    monkeypatch.setenv("PATH", os.pathsep.join([str(MKDOCS.parent), os.environ["PATH"]]))
+    monkeypatch.setenv("PATH", os.pathsep.join([str(BIN), os.environ["PATH"]]))
     return dict(os.environ)
 
 
@@ -156,15 +158,22 @@ def test_every_example_of_the_guide_runs(
 
 
 def test_every_guide_block_runs_or_says_why_not() -> None:
-    """A block in another language would silently never run: each guide block is python or
-    console, or carries a not-run mark."""
+    """A block in another language, or an indented fence (which `blocks` does not see),
+    would silently never run: each guide block is python or console at the left margin,
+    or carries a not-run mark."""
     unrunnable = [
         f"{block.where} (```{block.language})"
         for page in PAGES
         for block in blocks(page)
         if block.language not in ("python", "console") and block.not_run is None
     ]
-    assert not unrunnable, unrunnable
+    indented = [
+        f"{page.relative_to(ROOT)}:{number}"
+        for page in PAGES
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1)
+        if re.match(r"\s+```", line)
+    ]
+    assert not unrunnable and not indented, unrunnable + indented
 
 
 def test_the_reference_documents_every_public_name() -> None:
