@@ -7,6 +7,7 @@ import re
 from castore.errors import InvalidInputError
 
 PREFIX = "sha256:"
+"""What every digest castore prints or takes starts with: ``sha256:<64 lowercase hex>``."""
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
