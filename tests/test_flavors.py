@@ -345,3 +345,140 @@ def test_tensors_memory_map_from_the_verified_local_copy(store: castore.Store) -
         np.testing.assert_array_equal(loaded[key], array)
     with pytest.raises(castore.InvalidInputError, match="mmap_mode"):
         store.load(version.reference, mmap_mode="w+")
+
+
+# -- XGBoost models ------------------------------------------------------------------------
+
+xgboost = pytest.importorskip("xgboost")
+FEATURES = np.random.default_rng(7).random((300, 5))
+TARGETS = (FEATURES[:, 0] * 3).astype(int)
+
+
+def _fitted(kind: str) -> object:
+    if kind == "booster":
+        return xgboost.train({"max_depth": 3}, xgboost.DMatrix(FEATURES, label=TARGETS), 4)
+    estimator = {"classifier": xgboost.XGBClassifier, "regressor": xgboost.XGBRegressor}[kind]
+    return estimator(n_estimators=4, max_depth=3).fit(FEATURES, TARGETS)
+
+
+def _predict(model: object) -> np.ndarray:
+    if isinstance(model, xgboost.Booster):
+        return model.predict(xgboost.DMatrix(FEATURES))
+    return model.predict(FEATURES)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", ["booster", "classifier", "regressor"])
+def test_an_xgboost_model_round_trips_in_its_json_format(store: castore.Store, kind: str) -> None:
+    model = _fitted(kind)
+    version = _no_warning_save(store, model, kind)
+    assert version.serializer == "xgboost"
+    loaded = store.load(version.reference)
+    assert type(loaded) is type(model)
+    np.testing.assert_array_equal(_predict(loaded), _predict(model))
+    assert store.inspect(version.reference).loads
+
+
+def test_xgboost_models_the_reader_does_not_accept_go_to_joblib(store: castore.Store) -> None:
+    matrix = xgboost.DMatrix(FEATURES, label=TARGETS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", castore.UnloadableVersionWarning)
+        for booster in ("dart", "gblinear"):
+            model = xgboost.train({"booster": booster}, matrix, 2)
+            assert store.save(model, booster).serializer == "joblib"
+
+
+def _model_json() -> dict:
+    return json.loads(_fitted("classifier").get_booster().save_raw("json"))  # type: ignore[attr-defined]
+
+
+def _tree(model: dict, index: int = 0) -> dict:
+    return model["learner"]["gradient_booster"]["model"]["trees"][index]
+
+
+def _mutated(change: object) -> bytes:
+    model = _model_json()
+    change(model)  # type: ignore[operator]
+    return json.dumps(model).encode()
+
+
+HOSTILE_XGBOOST = {
+    "split on a missing feature": lambda m: _tree(m)["split_indices"].__setitem__(0, 10**6),
+    "cycle": lambda m: _tree(m)["left_children"].__setitem__(0, 0),
+    "child outside": lambda m: _tree(m)["right_children"].__setitem__(0, 10**6),
+    "short array": lambda m: _tree(m).__setitem__("left_children", [1]),
+    "more trees declared": lambda m: m["learner"]["gradient_booster"]["model"][
+        "gbtree_model_param"
+    ].__setitem__("num_trees", "1000"),
+    "tree_info outside the groups": lambda m: m["learner"]["gradient_booster"]["model"][
+        "tree_info"
+    ].__setitem__(0, 5),
+    "stray parent": lambda m: _tree(m)["parents"].__setitem__(1, 2),
+    "categorical": lambda m: _tree(m)["split_type"].__setitem__(0, 1),
+    "one child": lambda m: _tree(m)["right_children"].__setitem__(0, -1),
+    "nan": lambda m: _tree(m)["split_conditions"].__setitem__(0, float("nan")),
+    "unknown booster": lambda m: m["learner"]["gradient_booster"].__setitem__("name", "evil"),
+    "unknown estimator": lambda m: m["learner"]["attributes"].__setitem__(
+        "scikit_learn", '{"_estimator_type": "os.system"}'
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_XGBOOST))
+def test_hostile_xgboost_models_are_refused_before_xgboost_reads_them(
+    store: castore.Store, case: str
+) -> None:
+    version = plant_version(store, "victim/booster", _mutated(HOSTILE_XGBOOST[case]), "xgboost")
+    with pytest.raises(castore.DeserializationError, match="not a valid xgboost model"):
+        store.load(version.reference)
+
+
+PREDICT_ALL = """
+import sys, numpy, xgboost, castore
+store = castore.open(sys.argv[1])
+features = numpy.random.default_rng(0).random((50, 5))
+for name in store.names():
+    model = store.load(name)
+    booster = model if isinstance(model, xgboost.Booster) else model.get_booster()
+    booster.predict(xgboost.DMatrix(features))
+print(len(store.names()))
+"""
+
+
+def test_xgboost_models_that_pass_the_checks_predict_without_crashing(tmp_path: Path) -> None:
+    """Mutated models either are refused or predict in a separate process without crashing
+    it: the checks are what stands between a store writer and XGBoost's C++."""
+    import subprocess
+    import sys
+
+    survivors = castore.init(str(tmp_path / "survivors"))
+    base = _model_json()
+    scratch = castore.init(str(tmp_path / "scratch"))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.data())
+    def mutate(data: st.DataObject) -> None:
+        model = json.loads(json.dumps(base))
+        tree = _tree(model, data.draw(st.integers(0, 3)))
+        internal = [n for n, child in enumerate(tree["left_children"]) if child != -1]
+        key = data.draw(
+            st.sampled_from(["left_children", "right_children", "parents", "split_indices"])
+        )
+        at = data.draw(st.sampled_from(internal))
+        tree[key][at] = data.draw(st.one_of(st.integers(-2, 40), st.integers(2**20, 2**31)))
+        stream = json.dumps(model).encode()
+        version = plant_version(scratch, "m", stream, "xgboost")
+        try:
+            scratch.load(version.reference)
+        except castore.DeserializationError:
+            return
+        plant_version(survivors, f"ok/{len(survivors.names())}", stream, "xgboost")
+
+    mutate()
+    done = subprocess.run(
+        [sys.executable, "-c", PREDICT_ALL, str(tmp_path / "survivors")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:] or f"exit status {done.returncode}"
+    assert done.stdout.split() == [str(len(survivors.names()))]

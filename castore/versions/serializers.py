@@ -14,7 +14,7 @@ from typing import IO, Any, Protocol
 from castore import safety
 from castore.engine.writer import StreamWriter
 from castore.errors import DeserializationError, IncompatibleEnvironmentError, InvalidInputError
-from castore.versions import arrow, tensors
+from castore.versions import arrow, boosters, tensors
 
 
 @dataclass(frozen=True)
@@ -280,6 +280,30 @@ class ArrowSerializer:
         return safety.Scan()
 
 
+class XGBoostSerializer:
+    """XGBoost Boosters and scikit-learn wrappers in XGBoost's JSON model format (no pickle)."""
+
+    name = "xgboost"
+    kind = "object"
+    pickled = False
+
+    def version(self) -> str:
+        """XGBoost's version."""
+        return _distribution_version("xgboost")
+
+    def dump(self, obj: Any, file: StreamWriter) -> None:
+        """XGBoost's JSON model file, as its save_model writes it."""
+        boosters.dump(obj, file.write)
+
+    def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
+        """The model back, checked in full before XGBoost reads it."""
+        return boosters.load(_read_whole(file, options), options.where)
+
+    def scan(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> safety.Scan:
+        """Nothing: model files name no globals."""
+        return safety.Scan()
+
+
 SERIALIZERS: dict[str, Serializer] = {
     s.name: s
     for s in (
@@ -289,19 +313,24 @@ SERIALIZERS: dict[str, Serializer] = {
         RawSerializer(),
         TensorsSerializer(),
         ArrowSerializer(),
+        XGBoostSerializer(),
     )
 }
 
 
 def serializer_for(obj: Any, name: str | None) -> Serializer:
     """The serializer called `name`, or with None the one that suits `obj`: tensors for a
-    dict of arrays or tensors, arrow for a pandas frame or series, else joblib."""
+    dict of arrays or tensors, arrow for a pandas frame or series, xgboost for an XGBoost
+    model, else joblib."""
     if name is not None:
         return serializer_named(name)
-    if tensors.fits(obj):
-        return SERIALIZERS["tensors"]
-    if arrow.fits(obj):
-        return SERIALIZERS["arrow"]
+    for flavor, fits in (
+        ("tensors", tensors.fits),
+        ("arrow", arrow.fits),
+        ("xgboost", boosters.fits),
+    ):
+        if fits(obj):
+            return SERIALIZERS[flavor]
     return SERIALIZERS["joblib"]
 
 
