@@ -236,11 +236,24 @@ HOSTILE_TENSORS = {
 }
 
 
+PT = {"__metadata__": {"format": "pt"}}
+# Found by attacking the reader: empty tensors whose other extents overflow 64-bit strides.
+HOSTILE_TENSORS |= {
+    "zero next to 2**64": _tensors_stream({"a": _entry("U8", [0, 2**64], 0, 0)}),
+    "zero next to two 2**63-1": _tensors_stream(
+        {"a": _entry("U8", [0, 2**63 - 1, 2**63 - 1], 0, 0)}
+    ),
+    "torch zero next to 2**64": _tensors_stream(PT | {"a": _entry("U8", [0, 2**64], 0, 0)}),
+    "torch strides overflow": _tensors_stream(PT | {"a": _entry("U8", [0, 2**62, 2**62], 0, 0)}),
+}
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE_TENSORS))
 def test_hostile_tensors_streams_are_refused_as_damage(store: castore.Store, case: str) -> None:
     version = plant_version(store, "victim/weights", HOSTILE_TENSORS[case], "tensors")
-    with pytest.raises(castore.DeserializationError, match="not a valid tensors stream"):
-        store.load(version.reference)
+    for mmap_mode in (None, "r"):
+        with pytest.raises(castore.DeserializationError, match="not a valid tensors stream"):
+            store.load(version.reference, mmap_mode=mmap_mode)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=FIXTURE)
@@ -302,10 +315,111 @@ HOSTILE_ARROW = {
     "struct": (_arrow_stream(pa.table({"s": [{"a": 1}]})), "struct"),
     "not arrow": (b"\xff\xff\xff\xff" + bytes(100), ""),
     "truncated": (_arrow_stream(pa.table({"a": [1, 2, 3]}))[:-20], ""),
+}
+
+
+def _with_pandas(table: pa.Table, pandas: dict) -> bytes:
+    """A stream whose pyarrow pandas metadata is `pandas`, as a store writer may plant."""
+    metadata = {b"castore": b'{"pandas": "frame"}', b"pandas": json.dumps(pandas).encode()}
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema.with_metadata(metadata)) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _column(name: str, pandas_type: str, numpy_type: str) -> dict:
+    return {"name": name, "field_name": name, "pandas_type": pandas_type,
+            "numpy_type": numpy_type, "metadata": None}  # fmt: skip
+
+
+LABELS = {"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "str",
+          "metadata": None}  # fmt: skip
+
+
+def _pandas(columns: list, labels: list | None = None) -> dict:
+    return {"index_columns": [], "column_indexes": [LABELS] if labels is None else labels,
+            "columns": columns}  # fmt: skip
+
+
+def _legacy_compressed() -> bytes:
+    """A V4 stream asking for zstd in a message's custom metadata (Arrow's old way): its
+    buffer declares 64 MiB and is a few KiB."""
+    size = 64 << 20
+    frame = pa.Codec("zstd").compress(pa.py_buffer(bytes(size)), asbytes=True)
+    payload = np.frombuffer(struct.pack("<q", size) + frame, np.uint8)
+    schema = pa.schema([pa.field("a", pa.uint8())], metadata={b"castore": b'{"pandas": "frame"}'})
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(metadata_version=pa.ipc.MetadataVersion.V4)
+    with pa.ipc.new_stream(sink, schema, options=options) as writer:
+        writer.write_batch(
+            pa.record_batch([pa.array(payload)], schema=schema),
+            custom_metadata={"ARROW:experimental_compression": "ZSTD"},
+        )
+    return sink.getvalue().to_pybytes()
+
+
+def _delta_dictionaries() -> bytes:
+    field = pa.field("a", pa.dictionary(pa.int32(), pa.string()))
+    schema = pa.schema([field], metadata={b"castore": b'{"pandas": "frame"}'})
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(emit_dictionary_deltas=True)
+    values = pa.array(["a", "b"])
+    with pa.ipc.new_stream(sink, schema, options=options) as writer:
+        for extra in ("c", "d"):
+            values = pa.concat_arrays([values, pa.array([extra])])
+            codes = pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), values)
+            writer.write_batch(pa.record_batch([codes], schema=schema))
+    return sink.getvalue().to_pybytes()
+
+
+def _rows_without_bytes(rows: int) -> bytes:
+    """A frame with no columns whose batch length is patched to `rows`."""
+    marker = 0x12345
+    table = pa.table({"x": pa.nulls(marker)}).drop_columns(["x"])
+    data = _with_pandas(table, _pandas([]))
+    needle = marker.to_bytes(8, "little")
+    assert needle in data
+    return data.replace(needle, rows.to_bytes(8, "little", signed=True))
+
+
+BOOLS = pa.table({"a": pa.array(np.zeros(1000, bool))})
+INTS = pa.table({"a": pa.array(np.arange(10))})
+HALF_NULL_BOOLS = pa.table({"a": pa.array(np.zeros(1000, bool), mask=np.arange(1000) % 2 == 0)})
+# Found by attacking the arrow reader: each made a small stream cost far more than its size.
+HOSTILE_ARROW |= {
+    "compressed in V4 custom metadata": (_legacy_compressed(), "metadata version V5"),
+    "delta dictionaries": (_delta_dictionaries(), "dictionary is sent twice or as a delta"),
+    "label dtype of 400 MB strings": (
+        _with_pandas(
+            INTS, _pandas([_column("a", "int64", "int64")], [LABELS | {"numpy_type": "U100000000"}])
+        ),
+        "column labels",
+    ),
+    "tuple labels to literal_eval": (
+        _with_pandas(INTS, _pandas([_column("a", "int64", "int64")], [LABELS, LABELS])),
+        "column labels",
+    ),
+    "bools cast to strings": (
+        _with_pandas(BOOLS, _pandas([_column("a", "bool", "large_string[pyarrow]")])),
+        "claims dtype",
+    ),
+    "ints as periods": (
+        _with_pandas(INTS, _pandas([_column("a", "int64", "period[D]")])),
+        "claims dtype",
+    ),
+    "nullable bools as numpy bools": (
+        _with_pandas(HALF_NULL_BOOLS, _pandas([_column("a", "bool", "bool")])),
+        "claims dtype",
+    ),
+    "no pandas metadata": (_arrow_stream(HALF_NULL_BOOLS), "no pandas metadata"),
     "no mark": (
-        _arrow_stream(pa.table({"a": [1]})).replace(b"castore", b"xastore"),
+        _with_pandas(INTS, _pandas([_column("a", "int64", "int64")])).replace(
+            b"castore", b"xastore"
+        ),
         "frame or a series",
     ),
+    "rows that cost no bytes": (_rows_without_bytes(2**40), "row counts"),
+    "negative rows": (_rows_without_bytes(-1), "row counts"),
 }
 
 

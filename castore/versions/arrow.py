@@ -16,19 +16,14 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import sys
 from typing import Any
 
 from castore.errors import DeserializationError, IncompatibleEnvironmentError, InvalidInputError
+from castore.versions import arrow_checks
 
 MARK = b"castore"
 """The schema metadata key that records what the frame was: ``{"pandas": "series"}``."""
-
-# Positions of fields in Arrow's flatbuffer schema (format/Message.fbs).
-_MESSAGE_HEADER_TYPE, _MESSAGE_HEADER = 1, 2
-_DICTIONARY_BATCH, _RECORD_BATCH = 2, 3
-_DICTIONARY_DATA, _RECORD_BATCH_COMPRESSION = 1, 3
 
 
 def fits(obj: object) -> bool:
@@ -55,7 +50,7 @@ def fits(obj: object) -> bool:
         and labels.is_unique
         and not any(str(dtype) == "object" for dtype in frame.dtypes)
         and not any(str(level.dtype) == "object" for level in _levels(frame.index, pandas))
-        and all(_plain(pyarrow, field.type) for field in schema)
+        and all(arrow_checks.plain(pyarrow, field.type) for field in schema)
     )
 
 
@@ -103,90 +98,16 @@ def dump(obj: Any, file: io.RawIOBase) -> None:
         writer.write_table(table)
 
 
-def _refuse(reason: str, where: str) -> DeserializationError:
-    return DeserializationError(f"{where} is not a valid arrow stream: {reason}")
-
-
-class _Flatbuffer:
-    """Just enough of the flatbuffer encoding to find one field of a table, bounds-checked."""
-
-    def __init__(self, data: bytes, where: str) -> None:
-        self.data, self.where = data, where
-
-    def _unpack(self, layout: str, at: int) -> int:
-        if at < 0 or at + struct.calcsize(layout) > len(self.data):
-            raise _refuse("a message's metadata points outside itself", self.where)
-        value: int = struct.unpack_from(layout, self.data, at)[0]
-        return value
-
-    def root(self) -> int:
-        """The position of the root table."""
-        return self._unpack("<I", 0)
-
-    def field(self, table: int, index: int) -> int | None:
-        """The position of field `index` of the table at `table`, or None if it is absent."""
-        vtable = table - self._unpack("<i", table)
-        if 4 + 2 * index >= self._unpack("<H", vtable):
-            return None
-        offset = self._unpack("<H", vtable + 4 + 2 * index)
-        return table + offset if offset else None
-
-    def byte(self, table: int, index: int) -> int:
-        """A ubyte field's value (0 when absent, its default)."""
-        at = self.field(table, index)
-        return 0 if at is None else self._unpack("<B", at)
-
-    def table(self, table: int, index: int) -> int | None:
-        """The position of the table a reference field points to, or None if absent."""
-        at = self.field(table, index)
-        return None if at is None else at + self._unpack("<I", at)
-
-
-def _check_uncompressed(pa: Any, data: Any, where: str) -> None:
-    """Refuse any record or dictionary batch that declares compressed buffers."""
-    for message in pa.ipc.MessageReader.open_stream(data):
-        buffer = _Flatbuffer(message.metadata.to_pybytes(), where)
-        root = buffer.root()
-        kind = buffer.byte(root, _MESSAGE_HEADER_TYPE)
-        batch = buffer.table(root, _MESSAGE_HEADER)
-        if kind == _DICTIONARY_BATCH and batch is not None:
-            batch = buffer.table(batch, _DICTIONARY_DATA)
-        elif kind != _RECORD_BATCH:
-            continue
-        if batch is not None and buffer.field(batch, _RECORD_BATCH_COMPRESSION) is not None:
-            raise _refuse("it holds compressed buffers, which castore never writes", where)
-
-
-def _plain(pa: Any, kind: Any) -> bool:
-    """Whether an Arrow type costs bytes in the stream for every row it has."""
-    types = pa.types
-    if types.is_dictionary(kind):
-        return _plain(pa, kind.index_type) and _plain(pa, kind.value_type)
-    return any(
-        check(kind)
-        for check in (
-            types.is_boolean,
-            types.is_integer,
-            types.is_floating,
-            types.is_decimal,
-            types.is_temporal,
-            types.is_string,
-            types.is_large_string,
-            types.is_binary,
-            types.is_large_binary,
-        )
-    ) and not isinstance(kind, pa.ExtensionType)
-
-
 def _read_table(pa: Any, data: Any, where: str) -> Any:
-    _check_uncompressed(pa, data, where)
+    arrow_checks.check_messages(pa, data, where)
     reader = pa.ipc.open_stream(data)
     for field in reader.schema:
-        if not _plain(pa, field.type):
+        if not arrow_checks.plain(pa, field.type):
             reason = f"column {field.name!r} has type {field.type}, which castore never writes"
-            raise _refuse(reason, where)
+            raise arrow_checks.refuse(reason, where)
     table = reader.read_all()
     table.validate(full=True)
+    arrow_checks.check_pandas_metadata(pa, table, where)
     return table
 
 
@@ -198,19 +119,21 @@ def load(stream: bytearray, where: str) -> Any:
         table = _read_table(pa, data, where)
         mark = json.loads((table.schema.metadata or {}).get(MARK, b"{}"))
         if not isinstance(mark, dict) or mark.get("pandas") not in ("frame", "series"):
-            raise _refuse("its schema does not say whether it holds a frame or a series", where)
+            raise arrow_checks.refuse(
+                "its schema does not say whether it holds a frame or a series", where
+            )
         frame = table.to_pandas()
         if "freq" in mark:
             if not isinstance(mark["freq"], str):
-                raise _refuse("its index frequency is not a str", where)
+                raise arrow_checks.refuse("its index frequency is not a str", where)
             frame.index.freq = mark["freq"]
     except DeserializationError:
         raise
     except Exception as exc:  # pyarrow's and pandas' errors on a malformed stream vary
-        raise _refuse(f"{type(exc).__name__}: {exc}", where) from None
+        raise arrow_checks.refuse(f"{type(exc).__name__}: {exc}", where) from None
     if mark["pandas"] == "frame":
         return frame
     name = mark.get("name")
     if list(frame.columns) != ["series"] or not (name is None or isinstance(name, str)):
-        raise _refuse("its series is not one column named by a str or None", where)
+        raise arrow_checks.refuse("its series is not one column named by a str or None", where)
     return frame["series"].rename(name)

@@ -40,6 +40,7 @@ class LoadOptions:
 
 
 DEFAULT_LOAD = LoadOptions()
+READ_PIECE = 4 * 1024 * 1024
 
 
 class Serializer(Protocol):
@@ -217,15 +218,16 @@ class RawSerializer:
 
 
 def _read_whole(file: IO[bytes], options: LoadOptions) -> bytearray:
-    """The stream's `options.size` bytes, in one buffer that loaded arrays may share."""
-    if options.size is None:
-        return bytearray(file.read())
-    buffer = bytearray(options.size)
-    view, filled = memoryview(buffer), 0
-    while filled < options.size and (count := file.readinto(view[filled:])):  # type: ignore[attr-defined]
-        filled += count
-    if filled < options.size:
-        raise DeserializationError(f"{options.where} ends after {filled} bytes")
+    """The whole stream in one buffer that loaded arrays may share. It grows as verified
+    bytes arrive, not by the size a manifest declares."""
+    buffer = bytearray()
+    try:
+        while piece := file.read(READ_PIECE):
+            buffer += piece
+    except MemoryError:
+        raise DeserializationError(
+            f"{options.where} does not fit in memory ({len(buffer)} bytes read)"
+        ) from None
     return buffer
 
 

@@ -22,6 +22,8 @@ from castore.errors import DeserializationError, IncompatibleEnvironmentError, I
 HEADER_LIMIT = 100 * 1024 * 1024
 """The largest header a reader accepts, as the safetensors library's."""
 MAX_DIMENSIONS = 64
+MAX_BYTES = 2**63 - 1
+"""Extents times element size stay below this, as numpy's and torch's strides must."""
 
 # safetensors dtype name -> (numpy dtype name, element size); bfloat16 exists only in torch.
 _DTYPES = {
@@ -153,13 +155,12 @@ def _is_count(value: object) -> bool:
     return type(value) is int and value >= 0
 
 
-def _elements(shape: list[int], limit: int) -> int:
-    """The product of `shape`, or limit + 1 as soon as it exceeds `limit` (no huge ints)."""
-    if 0 in shape:
-        return 0
+def _extent_product(shape: list[int], limit: int) -> int:
+    """The product of the shape's non-zero extents, or limit + 1 as soon as it exceeds
+    `limit`: even an empty tensor's strides must fit in 64 bits, and no huge int is made."""
     total = 1
     for extent in shape:
-        total *= extent
+        total *= extent or 1
         if total > limit:
             return limit + 1
     return total
@@ -183,7 +184,11 @@ class _Entry:
         if not begin <= end <= data_size:
             raise _refuse(f"tensor {name!r} lies outside the data", where)
         itemsize = _DTYPES[code][1]
-        if _elements(shape, data_size) * itemsize != end - begin:
+        limit = MAX_BYTES // itemsize
+        extents = _extent_product(shape, limit)
+        if extents > limit:
+            raise _refuse(f"tensor {name!r}'s shape is too large", where)
+        if (0 if 0 in shape else extents) * itemsize != end - begin:
             raise _refuse(f"tensor {name!r}'s shape does not match its bytes", where)
         if begin % itemsize:
             raise _refuse(f"tensor {name!r} is not aligned to its element size", where)
