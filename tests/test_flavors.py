@@ -256,6 +256,20 @@ def test_hostile_tensors_streams_are_refused_as_damage(store: castore.Store, cas
             store.load(version.reference, mmap_mode=mmap_mode)
 
 
+def _load_flipped(
+    store: castore.Store, data: st.DataObject, stream: bytearray, serializer: str
+) -> object:
+    """Load `stream` with one to four bytes set to values hypothesis draws, as a version
+    of `serializer`: what it loads as, or None if castore refused it as damage."""
+    for _ in range(data.draw(st.integers(1, 4))):
+        stream[data.draw(st.integers(0, len(stream) - 1))] = data.draw(st.integers(0, 255))
+    version = plant_version(store, "fuzzed", bytes(stream), serializer)
+    try:
+        return store.load(version.reference)
+    except castore.DeserializationError:
+        return None
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=FIXTURE)
 @given(st.data())
 def test_mutated_tensors_streams_load_or_fail_with_castore_errors(
@@ -271,13 +285,8 @@ def test_mutated_tensors_streams_load_or_fail_with_castore_errors(
             np.ones(2, "<f4").tobytes() + b"\x01\x00\x01",
         )
     )
-    for _ in range(data.draw(st.integers(1, 4))):
-        at = data.draw(st.integers(0, len(valid) - 1))
-        valid[at] = data.draw(st.integers(0, 255))
-    version = plant_version(store, "fuzzed", bytes(valid), "tensors")
-    try:
-        loaded = store.load(version.reference)
-    except castore.DeserializationError:
+    loaded = _load_flipped(store, data, valid, "tensors")
+    if loaded is None:
         return
     assert isinstance(loaded, dict)
     assert sum(a.nbytes for a in loaded.values()) <= len(valid)
@@ -438,13 +447,8 @@ def test_mutated_arrow_streams_load_or_fail_with_castore_errors(
 ) -> None:
     frame = pd.DataFrame({"a": [1, 2], "c": pd.Categorical(["x", "y"]), "s": ["p", None]})
     valid = bytearray(store.get(store.save(frame, "frame").content_digest))
-    for _ in range(data.draw(st.integers(1, 4))):
-        at = data.draw(st.integers(0, len(valid) - 1))
-        valid[at] = data.draw(st.integers(0, 255))
-    version = plant_version(store, "fuzzed", bytes(valid), "arrow")
-    try:
-        loaded = store.load(version.reference)
-    except castore.DeserializationError:
+    loaded = _load_flipped(store, data, valid, "arrow")
+    if loaded is None:
         return
     assert isinstance(loaded, pd.DataFrame | pd.Series)
     assert len(loaded) <= len(valid) * 8

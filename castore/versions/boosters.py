@@ -16,6 +16,7 @@ the booster come back unset, as with XGBoost's own files.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -80,8 +81,8 @@ def _model_json(obj: Any) -> bytes:
         raise InvalidInputError(f"XGBoost cannot save this {type(obj).__name__}: {exc}") from exc
 
 
-def dump(obj: Any, write: Any) -> None:
-    """Write an XGBoost model's JSON model file through `write`."""
+def dump(obj: Any, file: io.RawIOBase) -> None:
+    """Write an XGBoost model's JSON model file into `file`."""
     if type(obj) not in _xgboost_types():
         raise InvalidInputError(
             "serializer 'xgboost' takes an xgboost Booster, XGBClassifier, XGBRegressor or "
@@ -92,7 +93,7 @@ def dump(obj: Any, write: Any) -> None:
         checked(data)
     except _Damage as exc:
         raise InvalidInputError(f"serializer 'xgboost' cannot store this model: {exc}") from None
-    write(memoryview(data))
+    file.write(data)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

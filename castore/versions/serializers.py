@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
+from types import ModuleType
 from typing import IO, Any, Protocol
 
 from castore import safety
@@ -231,78 +232,37 @@ def _read_whole(file: IO[bytes], options: LoadOptions) -> bytearray:
     return buffer
 
 
-class TensorsSerializer:
-    """Dicts of numpy arrays or torch tensors in the safetensors layout (no pickle)."""
+class DataSerializer:
+    """A serializer whose streams hold data only (castore/versions/tensors.py, arrow.py,
+    boosters.py): its reader accepts only what its writer produces and builds no object
+    the stream names, so no load policy applies and a scan finds no globals."""
 
-    name = "tensors"
     kind = "object"
     pickled = False
 
-    def version(self) -> str:
-        """The layout's version."""
-        return "1"
-
-    def dump(self, obj: Any, file: StreamWriter) -> None:
-        """A header, then each tensor's raw bytes, aligned."""
-        tensors.dump(obj, file.write)
-
-    def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
-        """The dict back, every header field checked; no policy applies, nothing runs.
-        With `options.mmap_mode`, numpy arrays map the verified local copy."""
-        if options.mmap_mode is not None and options.path is not None:
-            return tensors.load_mapped(options.path, options.mmap_mode, options.where)
-        return tensors.load(_read_whole(file, options), options.where)
-
-    def scan(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> safety.Scan:
-        """Nothing: the layout names no globals."""
-        return safety.Scan()
-
-
-class ArrowSerializer:
-    """pandas DataFrames and Series as an Arrow IPC stream through pyarrow (no pickle)."""
-
-    name = "arrow"
-    kind = "object"
-    pickled = False
+    def __init__(self, name: str, codec: ModuleType, library: str | None) -> None:
+        self.name = name
+        self._codec = codec
+        self._library = library
 
     def version(self) -> str:
-        """pyarrow's version."""
-        return _distribution_version("pyarrow")
+        """The version of the library that writes the stream, or the layout's own."""
+        return "1" if self._library is None else _distribution_version(self._library)
 
     def dump(self, obj: Any, file: StreamWriter) -> None:
-        """An uncompressed Arrow IPC stream with pandas' schema metadata."""
-        arrow.dump(obj, file)
+        """The codec's stream for `obj`; InvalidInputError if it cannot hold `obj`."""
+        self._codec.dump(obj, file)
 
     def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
-        """The frame or series back, decoded only if it is what castore writes."""
-        return arrow.load(_read_whole(file, options), options.where)
+        """The object back, every field checked first. With `options.mmap_mode`, a codec
+        that can (tensors) maps arrays from the verified local copy."""
+        load_mapped = getattr(self._codec, "load_mapped", None)
+        if load_mapped is not None and options.mmap_mode is not None and options.path:
+            return load_mapped(options.path, options.mmap_mode, options.where)
+        return self._codec.load(_read_whole(file, options), options.where)
 
     def scan(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> safety.Scan:
-        """Nothing: Arrow streams name no globals."""
-        return safety.Scan()
-
-
-class XGBoostSerializer:
-    """XGBoost Boosters and scikit-learn wrappers in XGBoost's JSON model format (no pickle)."""
-
-    name = "xgboost"
-    kind = "object"
-    pickled = False
-
-    def version(self) -> str:
-        """XGBoost's version."""
-        return _distribution_version("xgboost")
-
-    def dump(self, obj: Any, file: StreamWriter) -> None:
-        """XGBoost's JSON model file, as its save_model writes it."""
-        boosters.dump(obj, file.write)
-
-    def load(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> Any:
-        """The model back, checked in full before XGBoost reads it."""
-        return boosters.load(_read_whole(file, options), options.where)
-
-    def scan(self, file: IO[bytes], options: LoadOptions = DEFAULT_LOAD) -> safety.Scan:
-        """Nothing: model files name no globals."""
+        """Nothing: these streams name no globals."""
         return safety.Scan()
 
 
@@ -313,9 +273,9 @@ SERIALIZERS: dict[str, Serializer] = {
         PickleSerializer(),
         CloudpickleSerializer(),
         RawSerializer(),
-        TensorsSerializer(),
-        ArrowSerializer(),
-        XGBoostSerializer(),
+        DataSerializer("tensors", tensors, library=None),
+        DataSerializer("arrow", arrow, library="pyarrow"),
+        DataSerializer("xgboost", boosters, library="xgboost"),
     )
 }
 

@@ -10,11 +10,11 @@ The header keeps the dict's order; its ``__metadata__`` says ``{"format": "np"}`
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from castore.errors import DeserializationError, IncompatibleEnvironmentError, InvalidInputError
@@ -106,8 +106,8 @@ def _as_records(obj: dict[str, Any]) -> tuple[str, list[tuple[str, str, list[int
     return "pt", records
 
 
-def dump(obj: dict[str, Any], write: Callable[[memoryview], object]) -> None:
-    """Write `obj` in the safetensors layout through `write`."""
+def dump(obj: dict[str, Any], file: io.RawIOBase) -> None:
+    """Write `obj` in the safetensors layout into `file`."""
     format_name, records = _as_records(obj)
     order = sorted(records, key=lambda r: (-_DTYPES[r[1]][1], r[0]))
     offsets: dict[str, list[int]] = {}
@@ -120,10 +120,10 @@ def dump(obj: dict[str, Any], write: Callable[[memoryview], object]) -> None:
         header[name] = {"dtype": code, "shape": shape, "data_offsets": offsets[name]}
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
-    write(memoryview(struct.pack("<Q", len(encoded)) + encoded))
+    file.write(struct.pack("<Q", len(encoded)) + encoded)
     for _name, _code, _shape, data in order:
         if len(data):
-            write(memoryview(data))
+            file.write(memoryview(data))
 
 
 def _refuse(reason: str, where: str) -> DeserializationError:
