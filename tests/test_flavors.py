@@ -535,6 +535,11 @@ HOSTILE_XGBOOST = {
     "one child": lambda m: _tree(m)["right_children"].__setitem__(0, -1),
     "nan": lambda m: _tree(m)["split_conditions"].__setitem__(0, float("nan")),
     "unknown booster": lambda m: m["learner"]["gradient_booster"].__setitem__("name", "evil"),
+    # str.isdigit() admits "²" and Arabic-Indic digits, which XGBoost reads otherwise
+    "superscript count": lambda m: _tree(m)["tree_param"].__setitem__("num_nodes", "\u00b2"),
+    "arabic-indic count": lambda m: m["learner"]["learner_model_param"].__setitem__(
+        "num_class", "\u0660"
+    ),
     "unknown estimator": lambda m: m["learner"]["attributes"].__setitem__(
         "scikit_learn", '{"_estimator_type": "os.system"}'
     ),

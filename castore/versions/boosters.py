@@ -115,7 +115,7 @@ def _object(value: object, what: str) -> dict[str, Any]:
 
 def _count(text: object, what: str) -> int:
     """A non-negative count XGBoost writes as a decimal string."""
-    if not isinstance(text, str) or not text.isdigit() or len(text) > 10:
+    if not isinstance(text, str) or not (text.isascii() and text.isdigit()) or len(text) > 10:
         raise _Damage(f"{what} is not a count")
     value = int(text)
     if value > MAX_COUNT:
