@@ -519,6 +519,29 @@ def _mutated(change: object) -> bytes:
     return json.dumps(model).encode()
 
 
+def _chain(model: dict, depth: int) -> None:
+    """Make tree 0 a chain of `depth` splits, each with a leaf beside it."""
+    nodes = 2 * depth + 1
+    tree = _tree(model)
+    left, right, parents = [-1] * nodes, [-1] * nodes, [0] * nodes
+    parents[0] = 2**31 - 1
+    for level in range(depth):
+        node = 2 * level
+        left[node], right[node] = node + 1, node + 2
+        parents[node + 1] = parents[node + 2] = node
+    tree.update(
+        left_children=left,
+        right_children=right,
+        parents=parents,
+        split_indices=[0] * nodes,
+        split_type=[0] * nodes,
+        default_left=[0] * nodes,
+        **{key: [0.5] * nodes for key in ("split_conditions", "base_weights")},
+        **{key: [1.0] * nodes for key in ("loss_changes", "sum_hessian")},
+    )
+    tree["tree_param"]["num_nodes"] = str(nodes)
+
+
 HOSTILE_XGBOOST = {
     "split on a missing feature": lambda m: _tree(m)["split_indices"].__setitem__(0, 10**6),
     "cycle": lambda m: _tree(m)["left_children"].__setitem__(0, 0),
@@ -535,6 +558,30 @@ HOSTILE_XGBOOST = {
     "one child": lambda m: _tree(m)["right_children"].__setitem__(0, -1),
     "nan": lambda m: _tree(m)["split_conditions"].__setitem__(0, float("nan")),
     "unknown booster": lambda m: m["learner"]["gradient_booster"].__setitem__("name", "evil"),
+    # Found by attacking the reader (exceptions that escaped, and small models whose
+    # ordinary use took gigabytes or minutes):
+    "huge int in floats": lambda m: _tree(m)["split_conditions"].__setitem__(0, 10**400),
+    "list estimator type": lambda m: m["learner"]["attributes"].__setitem__(
+        "scikit_learn", '{"_estimator_type": ["classifier"]}'
+    ),
+    "deep estimator attribute": lambda m: m["learner"]["attributes"].__setitem__(
+        "scikit_learn", "[" * 100_000 + "]" * 100_000
+    ),
+    "2**26 features": lambda m: [
+        part.__setitem__("num_feature", str(2**26))
+        for part in [m["learner"]["learner_model_param"]]
+        + [t["tree_param"] for t in m["learner"]["gradient_booster"]["model"]["trees"]]
+    ],
+    "2**24 classes": lambda m: m["learner"]["learner_model_param"].__setitem__(
+        "num_class", str(2**24)
+    ),
+    "empty base_score": lambda m: m["learner"]["learner_model_param"].__setitem__(
+        "base_score", "[]"
+    ),
+    "1000 base scores": lambda m: m["learner"]["learner_model_param"].__setitem__(
+        "base_score", json.dumps([0.5] * 1000)
+    ),
+    "deep chain": lambda m: _chain(m, 300),
     # str.isdigit() admits "²" and Arabic-Indic digits, which XGBoost reads otherwise
     "superscript count": lambda m: _tree(m)["tree_param"].__setitem__("num_nodes", "\u00b2"),
     "arabic-indic count": lambda m: m["learner"]["learner_model_param"].__setitem__(

@@ -29,6 +29,9 @@ from castore.errors import DeserializationError, IncompatibleEnvironmentError, I
 ESTIMATORS = {"classifier": "XGBClassifier", "regressor": "XGBRegressor", "ranker": "XGBRanker"}
 """The scikit-learn wrappers stored, by the estimator type XGBoost records for each."""
 LEAF = -1
+MAX_DEPTH = 256
+"""Deeper trees make XGBoost's dumps and SHAP values take minutes for a 300 KB model."""
+MIN_FEATURE_BOUND = 1 << 16
 NO_PARENT = 2**31 - 1
 MAX_COUNT = 2**31 - 1
 TREE_ARRAYS = (
@@ -134,10 +137,11 @@ def _ints(values: object, what: str) -> list[int]:
 
 
 def _floats(values: object, what: str) -> None:
+    # Floats only: XGBoost refuses integers there, and math.isfinite overflows on 10**400.
     if not isinstance(values, list) or not all(
-        type(v) in (int, float) and math.isfinite(v) for v in values
+        type(v) is float and math.isfinite(v) for v in values
     ):
-        raise _Damage(f"{what} is not a list of finite numbers")
+        raise _Damage(f"{what} is not a list of finite floats")
 
 
 def _check_tree(tree: object, index: int, features: int) -> None:
@@ -169,9 +173,11 @@ def _check_tree(tree: object, index: int, features: int) -> None:
     if parents[0] != NO_PARENT:
         raise _Damage(f"{where}'s root has a parent")
     # Every node is reached exactly once from the root: a tree, no cycle, nothing stray.
-    seen, pending = {0}, [0]
+    seen, pending = {0}, [(0, 0)]
     while pending:
-        node = pending.pop()
+        node, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise _Damage(f"{where} is deeper than {MAX_DEPTH}")
         if (left[node] == LEAF) != (right[node] == LEAF):
             raise _Damage(f"{where}'s node {node} has one child")
         if left[node] == LEAF:
@@ -182,15 +188,32 @@ def _check_tree(tree: object, index: int, features: int) -> None:
             if not 0 < child < nodes or child in seen or parents[child] != node:
                 raise _Damage(f"{where}'s node {node} has an invalid child {child}")
             seen.add(child)
-            pending.append(child)
+            pending.append((child, depth + 1))
     if len(seen) != nodes:
         raise _Damage(f"{where} has nodes its root does not reach")
 
 
-def _check_booster(learner: dict[str, Any]) -> None:
+def _check_base_score(text: object, groups: int) -> None:
+    """base_score: one finite number, or a JSON list of one or one per output group."""
+    try:
+        values = json.loads(text) if isinstance(text, str) and text.startswith("[") else [text]
+        scores = [float(v) for v in values if isinstance(v, str | float | int)]
+    except (ValueError, RecursionError):
+        scores = []
+    if len(scores) != len(values) or len(scores) not in (1, groups):
+        raise _Damage("base_score is not one number or one per output group")
+    if not all(math.isfinite(score) for score in scores):
+        raise _Damage("base_score is not finite")
+
+
+def _check_booster(learner: dict[str, Any], size: int) -> None:
     params = _object(learner.get("learner_model_param"), "learner_model_param")
     features = _count(params.get("num_feature"), "num_feature")
+    # XGBoost's predict and dump cost ~80 bytes per declared feature: features cost bytes.
+    if features > max(MIN_FEATURE_BOUND, size):
+        raise _Damage(f"num_feature {features} is more than a {size}-byte model can use")
     groups = max(1, _count(params.get("num_class"), "num_class"))
+    _check_base_score(params.get("base_score"), groups)
     if _count(params.get("num_target"), "num_target") != 1:
         raise _Damage("the model has several targets")
     objective = _object(learner.get("objective"), "objective")
@@ -208,6 +231,8 @@ def _check_booster(learner: dict[str, Any]) -> None:
     count = _count(_object(model.get("gbtree_model_param"), "").get("num_trees"), "num_trees")
     if count != len(trees):
         raise _Damage("num_trees differs from the trees stored")
+    if groups > max(count, 1):
+        raise _Damage("the model has more output groups than trees")
     info = _ints(model.get("tree_info"), "tree_info")
     if len(info) != count or not all(0 <= group < groups for group in info):
         raise _Damage("tree_info names output groups the model does not have")
@@ -244,7 +269,7 @@ def checked(data: bytes | bytearray) -> bytes:
     version = model.get("version")
     if not isinstance(version, list) or len(version) != 3 or not all(_is_count(v) for v in version):
         raise _Damage("its version is not three counts")
-    _check_booster(_object(model.get("learner"), "learner"))
+    _check_booster(_object(model.get("learner"), "learner"), len(data))
     return json.dumps(model, separators=(",", ":")).encode()
 
 
@@ -255,9 +280,9 @@ def _estimator_type(model: bytes) -> str | None:
         return None
     try:
         kind = json.loads(meta)["_estimator_type"]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         raise _Damage("its scikit_learn attribute does not name an estimator type") from None
-    if kind not in ESTIMATORS:
+    if not isinstance(kind, str) or kind not in ESTIMATORS:
         raise _Damage(f"estimator type {kind!r} is not one castore stores")
     return str(kind)
 
