@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import castore
+from castore.versions import arrow_checks
 from tests.helpers import plant_version
 
 NUMPY_DTYPES = ["bool", "uint8", "int8", "<u2", ">i2", "float16", "<u4", ">i4", "float32"]
@@ -139,6 +140,8 @@ FRAMES = {
         {"v": [1.0, 2.0]}, index=pd.MultiIndex.from_tuples([(1, 2), (3, 4)], names=["a", "b"])
     ),
     "empty": pd.DataFrame({"a": pd.Series([], dtype="float64")}),
+    "index-named-as-a-column": pd.DataFrame({"a": [1, 2]}, index=pd.Index([3, 4], name="a")),
+    "labels-named": pd.DataFrame({"a": [1]}).rename_axis(columns="field"),
 }
 
 
@@ -165,7 +168,9 @@ def test_frames_arrow_cannot_hold_exactly_go_to_joblib(store: castore.Store) -> 
         "object-column": pd.DataFrame({"a": pd.Series([1, "x"], dtype=object)}),
         "duplicate-labels": pd.DataFrame([[1, 2]], columns=["a", "a"]),
         "periods": pd.DataFrame({"p": pd.period_range("2020", periods=2, freq="D")}),
+        "attrs": pd.DataFrame({"a": [1]}).set_flags(allows_duplicate_labels=True),
     }
+    candidates["attrs"].attrs["source"] = "survey"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", castore.UnloadableVersionWarning)
         for name, frame in candidates.items():
@@ -327,9 +332,11 @@ HOSTILE_ARROW = {
 }
 
 
-def _with_pandas(table: pa.Table, pandas: dict) -> bytes:
-    """A stream whose pyarrow pandas metadata is `pandas`, as a store writer may plant."""
-    metadata = {b"castore": b'{"pandas": "frame"}', b"pandas": json.dumps(pandas).encode()}
+def _with_pandas(table: pa.Table, pandas: dict | bytes) -> bytes:
+    """A stream whose pyarrow pandas metadata is `pandas` (or its JSON), as a store writer
+    may plant."""
+    raw = pandas if isinstance(pandas, bytes) else json.dumps(pandas).encode()
+    metadata = {b"castore": b'{"pandas": "frame"}', b"pandas": raw}
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema.with_metadata(metadata)) as writer:
         writer.write_table(table)
@@ -430,6 +437,114 @@ HOSTILE_ARROW |= {
     "rows that cost no bytes": (_rows_without_bytes(2**40), "row counts"),
     "negative rows": (_rows_without_bytes(-1), "row counts"),
 }
+
+
+def _patched_messages(data: bytes, patch: object) -> bytes:
+    """`data` with `patch(buffer, flatbuffer, base, kind, header)` applied to each message's
+    metadata in place (`base` is where the metadata starts in `buffer`)."""
+    out = bytearray(data)
+    position = 0
+    while True:
+        length = struct.unpack_from("<i", out, position + 4)[0]
+        if length == 0:
+            return bytes(out)
+        base = position + 8
+        flat = arrow_checks._Flatbuffer(bytes(out[base : base + length]), "test")
+        root = flat.root()
+        kind = flat.scalar(root, 1, "<B")
+        patch(out, flat, base, kind, flat.table(root, 2))  # type: ignore[operator]
+        position = base + length + flat.scalar(root, 3, "<q")
+
+
+def _aliased_buffers(out: bytearray, flat: object, base: int, kind: int, header: int) -> None:
+    """Point every buffer of a record batch at the first one."""
+    if kind == 3:
+        for at in flat.vector(header, 2, 16):  # type: ignore[attr-defined]
+            struct.pack_into("<q", out, base + at, 0)
+
+
+def _past_the_body(out: bytearray, flat: object, base: int, kind: int, header: int) -> None:
+    if kind == 3:
+        last = flat.vector(header, 2, 16)[-1]  # type: ignore[attr-defined]
+        struct.pack_into("<q", out, base + last + 8, 1 << 20)
+
+
+def _one_dictionary_id(out: bytearray, flat: object, base: int, kind: int, header: int) -> None:
+    if kind == 1:
+        for field in flat.tables(header, 1):  # type: ignore[attr-defined]
+            encoding = flat.field(flat.table(field, 4), 0)  # type: ignore[attr-defined]
+            if encoding is not None:  # an absent id is 0 already
+                struct.pack_into("<q", out, base + encoding, 0)
+
+
+def _frame_stream(frame: pd.DataFrame, edit: object = None, mark: bytes | None = None) -> bytes:
+    """The stream castore writes for `frame`, its pandas metadata passed through `edit`
+    (and its castore mark replaced by `mark`)."""
+    table = pa.Table.from_pandas(frame)
+    metadata = dict(table.schema.metadata)
+    pandas = json.loads(metadata[b"pandas"])
+    if edit is not None:
+        edit(pandas)  # type: ignore[operator]
+    mark = mark or b'{"pandas": "frame"}'
+    metadata |= {b"pandas": json.dumps(pandas).encode(), b"castore": mark}
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema.with_metadata(metadata)) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+BOOL_COLUMNS = pd.DataFrame({f"c{i}": np.zeros(64, bool) for i in range(4)})
+CATEGORIES = pd.DataFrame({n: pd.Categorical(["x", "y"]) for n in ("p", "q")})
+TWO = pd.DataFrame({"a": [1, 2], "b": [3.0, 4.0]})
+# Found by the second attack on the arrow reader.
+HOSTILE_ARROW |= {
+    "buffers that overlap": (
+        _patched_messages(_frame_stream(BOOL_COLUMNS), _aliased_buffers),
+        "buffers overlap",
+    ),
+    "a buffer past the body": (
+        _patched_messages(_frame_stream(BOOL_COLUMNS), _past_the_body),
+        "outside its body",
+    ),
+    "columns sharing a dictionary": (
+        _patched_messages(_frame_stream(CATEGORIES), _one_dictionary_id),
+        "share a dictionary",
+    ),
+    "bytes after the end": (_frame_stream(TWO) + b"tail", "end-of-stream"),
+    "no end marker": (_frame_stream(TWO)[:-8], "end-of-stream"),
+    "frame attributes": (
+        _frame_stream(TWO, lambda p: p.update(attributes={"x": [[]] * 1000})),
+        "frame attributes",
+    ),
+    "duplicate labels": (
+        _frame_stream(TWO, lambda p: p["columns"][1].update(name="a")),
+        "'b' is labelled 'a'",
+    ),
+    "a None label": (
+        _frame_stream(TWO, lambda p: p["columns"][0].update(name=None)),
+        "labelled None",
+    ),
+    "labels level named by an int": (
+        _frame_stream(TWO, lambda p: p["column_indexes"][0].update(name=7)),
+        "column labels",
+    ),
+    "a key twice": (
+        _with_pandas(
+            INTS,
+            json.dumps(_pandas([_column("a", "int64", "int64")]))
+            .replace('"column_indexes"', '"columns": [], "column_indexes"')
+            .encode(),
+        ),
+        "not JSON",
+    ),
+}
+
+
+def test_a_frequency_on_an_index_that_has_none_is_refused(store: castore.Store) -> None:
+    stream = _frame_stream(TWO, mark=b'{"pandas": "frame", "freq": "D"}')
+    version = plant_version(store, "victim/frame", stream, "arrow")
+    with pytest.raises(castore.DeserializationError, match="frequency"):
+        store.load(version.reference)
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_ARROW))

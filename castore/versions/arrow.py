@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from castore.errors import DeserializationError, IncompatibleEnvironmentError, InvalidInputError
-from castore.versions import arrow_checks
+from castore.versions import arrow_checks, strict_json
 
 MARK = b"castore"
 """The schema metadata key that records what the frame was: ``{"pandas": "series"}``."""
@@ -28,7 +28,7 @@ MARK = b"castore"
 
 def fits(obj: object) -> bool:
     """Whether `obj` is a pandas DataFrame or Series that round-trips exactly through
-    Arrow: unique string column labels, no object dtypes, and every column (index levels
+    Arrow: no attrs, unique string column labels, no object dtypes, and every column (index levels
     included) of a type the reader accepts. Such objects save as arrow by default when
     pyarrow is installed."""
     pandas = sys.modules.get("pandas")
@@ -45,7 +45,8 @@ def fits(obj: object) -> bool:
         return False
     labels = frame.columns
     return (
-        not isinstance(labels, pandas.MultiIndex)
+        not obj.attrs
+        and not isinstance(labels, pandas.MultiIndex)
         and all(isinstance(label, str) for label in labels)
         and labels.is_unique
         and not any(str(dtype) == "object" for dtype in frame.dtypes)
@@ -117,15 +118,17 @@ def load(stream: bytearray, where: str) -> Any:
     data = pa.py_buffer(stream)
     try:
         table = _read_table(pa, data, where)
-        mark = json.loads((table.schema.metadata or {}).get(MARK, b"{}"))
+        mark = strict_json.parse((table.schema.metadata or {}).get(MARK, b"{}"))
         if not isinstance(mark, dict) or mark.get("pandas") not in ("frame", "series"):
             raise arrow_checks.refuse(
                 "its schema does not say whether it holds a frame or a series", where
             )
         frame = table.to_pandas()
         if "freq" in mark:
-            if not isinstance(mark["freq"], str):
-                raise arrow_checks.refuse("its index frequency is not a str", where)
+            pandas = sys.modules["pandas"]
+            timed = isinstance(frame.index, pandas.DatetimeIndex | pandas.TimedeltaIndex)
+            if not isinstance(mark["freq"], str) or not timed:
+                raise arrow_checks.refuse("its index frequency is not a str on a time index", where)
             frame.index.freq = mark["freq"]
     except DeserializationError:
         raise

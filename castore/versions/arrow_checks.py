@@ -5,7 +5,10 @@ small stream cost far more than its size:
 - messages carry metadata version V5 and no message-level custom metadata (legacy V4
   streams can ask for compression there), and batches no body compression: a compressed
   buffer declares the size it decompresses to;
-- each dictionary is sent once, never as a delta (deltas cost quadratic memory);
+- each dictionary is sent once, never as a delta (deltas cost quadratic memory), and
+  belongs to one column (columns sharing a dictionary id decode it once per column);
+- the buffers of a batch lie one after the other inside its body (overlapping buffers
+  let every column decode the same bytes), and nothing follows the end-of-stream marker;
 - row counts are non-negative and at most 8 per stream byte (a bit-packed bool column is
   the cheapest that castore writes; a frame with no columns costs no bytes per row);
 - column types cost stream bytes for every row (no null, run-end encoded, list or
@@ -17,19 +20,22 @@ small stream cost far more than its size:
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
 
 from castore.errors import DeserializationError
+from castore.versions import strict_json
 
 ROWS_PER_BYTE = 8
 METADATA_V5 = 4
 # Positions of fields in Arrow's flatbuffer schema (format/Message.fbs).
 _MESSAGE_VERSION, _MESSAGE_HEADER_TYPE, _MESSAGE_HEADER, _MESSAGE_CUSTOM_METADATA = 0, 1, 2, 4
-_DICTIONARY_BATCH, _RECORD_BATCH = 2, 3
+_SCHEMA, _DICTIONARY_BATCH, _RECORD_BATCH = 1, 2, 3
+_SCHEMA_FIELDS, _FIELD_DICTIONARY, _ENCODING_ID = 1, 4, 0
 _DICTIONARY_ID, _DICTIONARY_DATA, _DICTIONARY_IS_DELTA = 0, 1, 2
-_RECORD_BATCH_LENGTH, _RECORD_BATCH_COMPRESSION = 0, 3
+_RECORD_BATCH_LENGTH, _RECORD_BATCH_BUFFERS, _RECORD_BATCH_COMPRESSION = 0, 2, 3
+_BUFFER_SIZE = 16  # struct Buffer { offset: long; length: long; }
+END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 
 PANDAS_KEYS = {"index_columns", "column_indexes", "columns", "attributes", "creator"}
 PANDAS_KEYS |= {"pandas_version"}
@@ -79,12 +85,50 @@ class _Flatbuffer:
         at = self.field(table, index)
         return None if at is None else at + self._unpack("<I", at)
 
+    def vector(self, table: int, index: int, width: int) -> list[int]:
+        """The positions of the elements (`width` bytes each) of a vector field."""
+        at = self.table(table, index)
+        if at is None:
+            return []
+        count = self._unpack("<I", at)
+        if at + 4 + count * width > len(self.data):
+            raise refuse("a message's metadata points outside itself", self.where)
+        return [at + 4 + k * width for k in range(count)]
+
+    def tables(self, table: int, index: int) -> list[int]:
+        """The positions of the tables a vector field of tables points to."""
+        return [at + self._unpack("<I", at) for at in self.vector(table, index, 4)]
+
+    def longs(self, at: int, count: int) -> list[int]:
+        """`count` little-endian 64-bit integers from position `at`."""
+        return [self._unpack("<q", at + 8 * k) for k in range(count)]
+
+
+def _check_schema(buffer: _Flatbuffer, schema: int, where: str) -> None:
+    identities = []
+    for field in buffer.tables(schema, _SCHEMA_FIELDS):
+        encoding = buffer.table(field, _FIELD_DICTIONARY)
+        if encoding is not None:
+            identities.append(buffer.scalar(encoding, _ENCODING_ID, "<q"))
+    if len(set(identities)) != len(identities):
+        raise refuse("columns share a dictionary", where)
+
+
+def _check_buffers(buffer: _Flatbuffer, records: int, body: int, where: str) -> None:
+    end = 0
+    for at in buffer.vector(records, _RECORD_BATCH_BUFFERS, _BUFFER_SIZE):
+        offset, length = buffer.longs(at, 2)
+        if offset < end or length < 0 or offset + length > body:
+            raise refuse("a batch's buffers overlap or lie outside its body", where)
+        end = offset + length
+
 
 def check_messages(pa: Any, data: Any, where: str) -> None:
     """Check every message's metadata (see the module) before any batch is decoded."""
     dictionaries: set[int] = set()
     rows = 0
-    for message in pa.ipc.MessageReader.open_stream(data):
+    source = pa.BufferReader(data)
+    for message in pa.ipc.MessageReader.open_stream(source):
         buffer = _Flatbuffer(message.metadata.to_pybytes(), where)
         root = buffer.root()
         if buffer.scalar(root, _MESSAGE_VERSION, "<h") != METADATA_V5:
@@ -92,24 +136,35 @@ def check_messages(pa: Any, data: Any, where: str) -> None:
         if buffer.field(root, _MESSAGE_CUSTOM_METADATA) is not None:
             raise refuse("a message carries custom metadata", where)
         kind = buffer.scalar(root, _MESSAGE_HEADER_TYPE, "<B")
-        batch = buffer.table(root, _MESSAGE_HEADER)
-        if batch is None or kind not in (_DICTIONARY_BATCH, _RECORD_BATCH):
+        header = buffer.table(root, _MESSAGE_HEADER)
+        if header is None:
+            continue
+        if kind == _SCHEMA:
+            _check_schema(buffer, header, where)
             continue
         if kind == _DICTIONARY_BATCH:
-            identity = buffer.scalar(batch, _DICTIONARY_ID, "<q")
-            if buffer.scalar(batch, _DICTIONARY_IS_DELTA, "<B") or identity in dictionaries:
+            identity = buffer.scalar(header, _DICTIONARY_ID, "<q")
+            if buffer.scalar(header, _DICTIONARY_IS_DELTA, "<B") or identity in dictionaries:
                 raise refuse("a dictionary is sent twice or as a delta", where)
             dictionaries.add(identity)
-            records = buffer.table(batch, _DICTIONARY_DATA)
+            records = buffer.table(header, _DICTIONARY_DATA)
+        elif kind == _RECORD_BATCH:
+            records = header
         else:
-            records = batch
-        if records is not None and buffer.field(records, _RECORD_BATCH_COMPRESSION) is not None:
+            continue
+        if records is None:
+            continue
+        if buffer.field(records, _RECORD_BATCH_COMPRESSION) is not None:
             raise refuse("it holds compressed buffers, which castore never writes", where)
         if kind == _RECORD_BATCH:
-            length = buffer.scalar(batch, _RECORD_BATCH_LENGTH, "<q")
+            length = buffer.scalar(records, _RECORD_BATCH_LENGTH, "<q")
             rows += length
             if length < 0 or rows > ROWS_PER_BYTE * data.size:
                 raise refuse("its row counts are negative or more than its bytes hold", where)
+        body = message.body.size if message.body is not None else 0
+        _check_buffers(buffer, records, body, where)
+    if source.tell() != data.size or data[-len(END_OF_STREAM) :].to_pybytes() != END_OF_STREAM:
+        raise refuse("it does not end at its end-of-stream marker", where)
 
 
 def plain(pa: Any, kind: Any) -> bool:
@@ -169,14 +224,19 @@ def _is_count(value: object) -> bool:
     return type(value) is int and -(2**63) <= value < 2**63
 
 
-def _check_column(pa: Any, entry: object, table: Any, where: str) -> str:
+def _check_column(pa: Any, entry: object, table: Any, indexes: list[object], where: str) -> str:
     if not isinstance(entry, dict) or set(entry) != COLUMN_KEYS:
         raise refuse("a column's pandas metadata is not the fields pyarrow writes", where)
     field_name = entry["field_name"]
     if not isinstance(field_name, str) or table.schema.get_field_index(field_name) < 0:
         raise refuse("pandas metadata names a column the stream does not have", where)
-    if not (entry["name"] is None or isinstance(entry["name"], str)):
-        raise refuse(f"column {field_name!r}'s pandas name is not a str", where)
+    # A data column's label is its field's name, so labels are unique; an index level's
+    # name is any str or None.
+    if field_name in indexes:
+        if not (entry["name"] is None or isinstance(entry["name"], str)):
+            raise refuse(f"index level {field_name!r}'s name is not a str", where)
+    elif entry["name"] != field_name:
+        raise refuse(f"column {field_name!r} is labelled {entry['name']!r}", where)
     column = table.column(field_name)
     if entry["numpy_type"] not in _numpy_types(pa, column.type, column.null_count > 0):
         reason = f"column {field_name!r} of type {column.type} claims dtype {entry['numpy_type']!r}"
@@ -220,32 +280,35 @@ def check_pandas_metadata(pa: Any, table: Any, where: str) -> None:
     if raw is None:
         raise refuse("it has no pandas metadata, which castore always writes", where)
     try:
-        metadata = json.loads(raw)
-    except (ValueError, RecursionError):
+        metadata = strict_json.parse(raw)
+    except ValueError:
         raise refuse("its pandas metadata is not JSON", where) from None
     if not isinstance(metadata, dict) or not set(metadata) <= PANDAS_KEYS:
         raise refuse("its pandas metadata has fields pyarrow does not write", where)
-    labels = metadata.get("column_indexes", [])
-    if not isinstance(labels, list) or len(labels) > 1:
-        raise refuse("its column labels are not one level of strings", where)
-    for level in labels:
-        if (
-            not isinstance(level, dict)
-            or (
-                level.get("pandas_type"),
-                level.get("numpy_type"),
-            )
-            not in LABEL_INDEX_TYPES
-        ):
-            raise refuse("its column labels are not one level of strings", where)
+    if metadata.get("attributes", {}) != {}:
+        raise refuse("it carries frame attributes, which castore never writes", where)
+    _check_labels(metadata.get("column_indexes", []), where)
+    indexes = metadata.get("index_columns", [])
     columns = metadata.get("columns", [])
-    if not isinstance(columns, list):
-        raise refuse("its pandas columns are not a list", where)
-    named = [_check_column(pa, entry, table, where) for entry in columns]
+    if not isinstance(indexes, list) or not isinstance(columns, list):
+        raise refuse("its pandas columns or index columns are not lists", where)
+    named = [_check_column(pa, entry, table, indexes, where) for entry in columns]
     if sorted(named) != sorted(table.schema.names):
         raise refuse("its pandas metadata does not describe each column once", where)
-    indexes = metadata.get("index_columns", [])
-    if not isinstance(indexes, list):
-        raise refuse("its index columns are not a list", where)
     for entry in indexes:
         _check_index(entry, set(named), where)
+
+
+def _check_labels(levels: object, where: str) -> None:
+    """The column labels: at most one level, of strings, named by a str or None."""
+    if not isinstance(levels, list) or len(levels) > 1:
+        raise refuse("its column labels are not one level of strings", where)
+    for level in levels:
+        if (
+            not isinstance(level, dict)
+            or not set(level) <= COLUMN_KEYS
+            or (level.get("pandas_type"), level.get("numpy_type")) not in LABEL_INDEX_TYPES
+            or not (level.get("name") is None or isinstance(level.get("name"), str))
+            or level.get("metadata") not in (None, {"encoding": "UTF-8"})
+        ):
+            raise refuse("its column labels are not one level of strings", where)

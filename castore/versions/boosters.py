@@ -22,9 +22,11 @@ import math
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 from castore.errors import DeserializationError, IncompatibleEnvironmentError, InvalidInputError
+from castore.versions import strict_json
 
 ESTIMATORS = {"classifier": "XGBClassifier", "regressor": "XGBRegressor", "ranker": "XGBRanker"}
 """The scikit-learn wrappers stored, by the estimator type XGBoost records for each."""
@@ -60,16 +62,27 @@ def _xgboost_types() -> tuple[Any, ...]:
     return (xgboost.Booster, *(getattr(xgboost, name) for name in ESTIMATORS.values()))
 
 
-def fits(obj: object) -> bool:
-    """Whether `obj` is an XGBoost Booster, XGBClassifier, XGBRegressor or XGBRanker whose
-    model castore's reader accepts: such models save as xgboost by default."""
+@dataclass(frozen=True)
+class CheckedModel:
+    """A model that passed the checks: the JSON XGBoost wrote (what is stored), the JSON
+    re-encoded from what was checked (what XGBoost reads back), and the estimator type
+    (None for a Booster)."""
+
+    written: bytes
+    encoded: bytes
+    kind: str | None
+
+
+def checked_model(obj: object) -> CheckedModel | None:
+    """`obj`'s checked model if it is an XGBoost Booster, XGBClassifier, XGBRegressor or
+    XGBRanker whose model castore's reader accepts (such models save as xgboost by
+    default), else None."""
     if type(obj) not in _xgboost_types():
-        return False
+        return None
     try:
-        checked(_model_json(obj))
+        return checked(_model_json(obj))
     except (_Damage, InvalidInputError):
-        return False
-    return True
+        return None
 
 
 def _model_json(obj: Any) -> bytes:
@@ -85,29 +98,21 @@ def _model_json(obj: Any) -> bytes:
 
 
 def dump(obj: Any, file: io.RawIOBase) -> None:
-    """Write an XGBoost model's JSON model file into `file`."""
-    if type(obj) not in _xgboost_types():
-        raise InvalidInputError(
-            "serializer 'xgboost' takes an xgboost Booster, XGBClassifier, XGBRegressor or "
-            f"XGBRanker, not {type(obj).__name__}"
-        )
-    data = _model_json(obj)
-    try:
-        checked(data)
-    except _Damage as exc:
-        raise InvalidInputError(f"serializer 'xgboost' cannot store this model: {exc}") from None
-    file.write(data)
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        raise _Damage("a key appears twice")
-    return found
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _Damage(f"the JSON holds {name}")
+    """Write an XGBoost model's JSON model file into `file` (`obj` may be the
+    `CheckedModel` that `checked_model` gave for it)."""
+    if not isinstance(obj, CheckedModel):
+        if type(obj) not in _xgboost_types():
+            raise InvalidInputError(
+                "serializer 'xgboost' takes an xgboost Booster, XGBClassifier, XGBRegressor "
+                f"or XGBRanker, not {type(obj).__name__}"
+            )
+        try:
+            obj = checked(_model_json(obj))
+        except _Damage as exc:
+            raise InvalidInputError(
+                f"serializer 'xgboost' cannot store this model: {exc}"
+            ) from None
+    file.write(obj.written)
 
 
 def _object(value: object, what: str) -> dict[str, Any]:
@@ -196,10 +201,10 @@ def _check_tree(tree: object, index: int, features: int) -> None:
 def _check_base_score(text: object, groups: int) -> None:
     """base_score: one finite number, or a JSON list of one or one per output group."""
     try:
-        values = json.loads(text) if isinstance(text, str) and text.startswith("[") else [text]
+        values = strict_json.parse(text) if isinstance(text, str) and text[:1] == "[" else [text]
         scores = [float(v) for v in values if isinstance(v, str | float | int)]
-    except (ValueError, RecursionError):
-        scores = []
+    except ValueError:
+        values, scores = [], []
     if len(scores) != len(values) or len(scores) not in (1, groups):
         raise _Damage("base_score is not one number or one per output group")
     if not all(math.isfinite(score) for score in scores):
@@ -255,36 +260,34 @@ def _check_booster(learner: dict[str, Any], size: int) -> None:
         raise _Damage("attributes are not strings")
 
 
-def checked(data: bytes | bytearray) -> bytes:
-    """The model re-encoded from its checked JSON (see the module), or _Damage."""
+def _estimator_type(attributes: dict[str, Any]) -> str | None:
+    meta = attributes.get("scikit_learn")
+    if meta is None:
+        return None
     try:
-        model = json.loads(
-            bytes(data).decode("utf-8"),
-            object_pairs_hook=_unique_keys,
-            parse_constant=_refuse_constant,
-        )
-    except (ValueError, RecursionError) as exc:
+        kind = strict_json.parse(meta)["_estimator_type"]
+    except (ValueError, TypeError, KeyError):
+        raise _Damage("its scikit_learn attribute does not name an estimator type") from None
+    if not isinstance(kind, str) or kind not in ESTIMATORS:
+        raise _Damage(f"estimator type {kind!r} is not one castore stores")
+    return str(kind)
+
+
+def checked(data: bytes | bytearray) -> CheckedModel:
+    """The model in `data`, checked (see the module), or _Damage."""
+    try:
+        model = strict_json.parse(data)
+    except ValueError as exc:
         raise _Damage(f"it is not JSON: {exc}") from None
     model = _object(model, "the model")
     version = model.get("version")
     if not isinstance(version, list) or len(version) != 3 or not all(_is_count(v) for v in version):
         raise _Damage("its version is not three counts")
-    _check_booster(_object(model.get("learner"), "learner"), len(data))
-    return json.dumps(model, separators=(",", ":")).encode()
-
-
-def _estimator_type(model: bytes) -> str | None:
-    attributes = json.loads(model)["learner"].get("attributes", {})
-    meta = attributes.get("scikit_learn")
-    if meta is None:
-        return None
-    try:
-        kind = json.loads(meta)["_estimator_type"]
-    except (ValueError, TypeError, KeyError, RecursionError):
-        raise _Damage("its scikit_learn attribute does not name an estimator type") from None
-    if not isinstance(kind, str) or kind not in ESTIMATORS:
-        raise _Damage(f"estimator type {kind!r} is not one castore stores")
-    return str(kind)
+    learner = _object(model.get("learner"), "learner")
+    _check_booster(learner, len(data))
+    kind = _estimator_type(learner.get("attributes", {}))
+    encoded = json.dumps(model, separators=(",", ":")).encode()
+    return CheckedModel(bytes(data), encoded, kind)
 
 
 def load(stream: bytearray, where: str) -> Any:
@@ -292,7 +295,6 @@ def load(stream: bytearray, where: str) -> Any:
     reads any of it."""
     try:
         model = checked(stream)
-        kind = _estimator_type(model)
     except _Damage as exc:
         raise DeserializationError(f"{where} is not a valid xgboost model: {exc}") from None
     try:
@@ -301,9 +303,10 @@ def load(stream: bytearray, where: str) -> Any:
         raise IncompatibleEnvironmentError(
             f"{where} is an XGBoost model: install xgboost"
         ) from None
+    kind = model.kind
     target = xgboost.Booster() if kind is None else getattr(xgboost, ESTIMATORS[kind])()
     try:
-        target.load_model(bytearray(model))
+        target.load_model(bytearray(model.encoded))
     except xgboost.core.XGBoostError as exc:
         raise DeserializationError(f"XGBoost refused {where}: {exc}") from None
     return target

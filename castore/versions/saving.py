@@ -58,17 +58,17 @@ def save(
     by the load's own error (and no version is recorded), else by a warning.
     """
     check_name(name)
-    chosen = serializer_for(obj, serializer)
+    chosen, payload = serializer_for(obj, serializer)
     clean_metadata = normalize_metadata(metadata)
     tags = [check_tag(t) for t in tags]
     scan = None
     if chosen.kind == "object" and check_loadable:
-        stream = repo.write_stream(lambda writer: chosen.dump(obj, writer))
+        stream = repo.write_stream(lambda writer: chosen.dump(payload, writer))
         _load_back(repo, stream, chosen, name)
     elif chosen.pickled:
-        stream, scan = _write_scanned(repo, obj, chosen)
+        stream, scan = _write_scanned(repo, payload, chosen)
     else:
-        stream = repo.write_stream(lambda writer: chosen.dump(obj, writer))
+        stream = repo.write_stream(lambda writer: chosen.dump(payload, writer))
     version = commit_version(
         repo,
         name,

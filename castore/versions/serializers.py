@@ -280,20 +280,21 @@ SERIALIZERS: dict[str, Serializer] = {
 }
 
 
-def serializer_for(obj: Any, name: str | None) -> Serializer:
-    """The serializer called `name`, or with None the one that suits `obj`: tensors for a
+def serializer_for(obj: Any, name: str | None) -> tuple[Serializer, Any]:
+    """The serializer called `name`, or with None the one that suits `obj` (tensors for a
     dict of arrays or tensors, arrow for a pandas frame or series, xgboost for an XGBoost
-    model, else joblib."""
+    model the reader accepts, else joblib), and what to pass to its ``dump``: `obj`, or the
+    model xgboost already serialized and checked to decide."""
     if name is not None:
-        return serializer_named(name)
-    for flavor, fits in (
-        ("tensors", tensors.fits),
-        ("arrow", arrow.fits),
-        ("xgboost", boosters.fits),
-    ):
-        if fits(obj):
-            return SERIALIZERS[flavor]
-    return SERIALIZERS["joblib"]
+        return serializer_named(name), obj
+    if tensors.fits(obj):
+        return SERIALIZERS["tensors"], obj
+    if arrow.fits(obj):
+        return SERIALIZERS["arrow"], obj
+    model = boosters.checked_model(obj)
+    if model is not None:
+        return SERIALIZERS["xgboost"], model
+    return SERIALIZERS["joblib"], obj
 
 
 def serializer_named(name: object) -> Serializer:

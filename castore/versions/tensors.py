@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from castore.errors import DeserializationError, IncompatibleEnvironmentError, InvalidInputError
+from castore.versions import strict_json
 
 HEADER_LIMIT = 100 * 1024 * 1024
 """The largest header a reader accepts, as the safetensors library's."""
@@ -130,21 +131,10 @@ def _refuse(reason: str, where: str) -> DeserializationError:
     return DeserializationError(f"{where} is not a valid tensors stream: {reason}")
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        raise ValueError("a key appears twice")
-    return found
-
-
 def _parse_header(raw: bytes, where: str) -> dict[str, Any]:
     try:
-        header = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_unique_keys,
-            parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)),
-        )
-    except (ValueError, RecursionError) as exc:
+        header = strict_json.parse(raw)
+    except ValueError as exc:
         raise _refuse(f"its header is not JSON ({exc})", where) from None
     if not isinstance(header, dict):
         raise _refuse("its header is not a JSON object", where)
