@@ -119,6 +119,8 @@ def test_mixed_or_unsupported_dicts_go_to_joblib(store: castore.Store) -> None:
     assert store.save({1: np.ones(2)}, "int-keys").serializer == "joblib"
     assert store.save({}, "empty").serializer == "joblib"
     assert store.save({"__metadata__": np.ones(2)}, "reserved").serializer == "joblib"
+    assert store.save({"a": np.zeros((0, 2**21))}, "empty-wide").serializer == "joblib"
+    assert store.save({"a": np.zeros((0, 768))}, "empty-narrow").serializer == "tensors"
     with pytest.raises(castore.InvalidInputError, match="tensors"):
         store.save({"a": np.ones(2), "b": 1}, "forced", serializer="tensors")
 
@@ -171,6 +173,8 @@ def test_frames_arrow_cannot_hold_exactly_go_to_joblib(store: castore.Store) -> 
         "attrs": pd.DataFrame({"a": [1]}).set_flags(allows_duplicate_labels=True),
     }
     candidates["attrs"].attrs["source"] = "survey"
+    hours = pd.date_range("2024-01-02 09:00", periods=3, freq="cbh")
+    candidates["costly-frequency"] = pd.DataFrame({"a": [1, 2, 3]}, index=hours)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", castore.UnloadableVersionWarning)
         for name, frame in candidates.items():
@@ -250,6 +254,8 @@ HOSTILE_TENSORS |= {
     ),
     "torch zero next to 2**64": _tensors_stream(PT | {"a": _entry("U8", [0, 2**64], 0, 0)}),
     "torch strides overflow": _tensors_stream(PT | {"a": _entry("U8", [0, 2**62, 2**62], 0, 0)}),
+    # ... and an empty tensor whose reduction over the empty axis makes 1 GB.
+    "empty but wide": _tensors_stream({"a": _entry("F64", [0, 2**27], 0, 0)}),
 }
 
 
@@ -496,6 +502,7 @@ def _frame_stream(frame: pd.DataFrame, edit: object = None, mark: bytes | None =
 BOOL_COLUMNS = pd.DataFrame({f"c{i}": np.zeros(64, bool) for i in range(4)})
 CATEGORIES = pd.DataFrame({n: pd.Categorical(["x", "y"]) for n in ("p", "q")})
 TWO = pd.DataFrame({"a": [1, 2], "b": [3.0, 4.0]})
+DATED = TWO.set_axis(pd.date_range("2024-01-01", periods=2, freq="D"))
 # Found by the second attack on the arrow reader.
 HOSTILE_ARROW |= {
     "buffers that overlap": (
@@ -527,6 +534,32 @@ HOSTILE_ARROW |= {
     "labels level named by an int": (
         _frame_stream(TWO, lambda p: p["column_indexes"][0].update(name=7)),
         "column labels",
+    ),
+    "a costly index frequency": (
+        _frame_stream(DATED, mark=b'{"pandas": "frame", "freq": "cbh"}'),
+        "frequency 'cbh' is not one castore writes",
+    ),
+    "a range index repeated": (
+        _frame_stream(TWO, lambda p: p.update(index_columns=p["index_columns"] * 3)),
+        "neither a column nor a range",
+    ),
+    "a range index of another length": (
+        _frame_stream(TWO, lambda p: p["index_columns"][0].update(stop=100)),
+        "range as long as the table",
+    ),
+    "an index column twice": (
+        _frame_stream(
+            TWO.set_axis(pd.Index([5, 3], name="row")),
+            lambda p: p.update(index_columns=p["index_columns"] * 2),
+        ),
+        "used twice",
+    ),
+    "the int64 minimum as a time": (
+        _with_pandas(
+            pa.table({"t": pa.array([0, -(2**63)], pa.timestamp("s"))}),
+            _pandas([_column("t", "datetime", "datetime64[s]")]),
+        ),
+        "int64 minimum",
     ),
     "a key twice": (
         _with_pandas(
@@ -695,6 +728,9 @@ HOSTILE_XGBOOST = {
     ),
     "1000 base scores": lambda m: m["learner"]["learner_model_param"].__setitem__(
         "base_score", json.dumps([0.5] * 1000)
+    ),
+    "a base score float() overflows": lambda m: m["learner"]["learner_model_param"].__setitem__(
+        "base_score", "[1" + "0" * 400 + "]"
     ),
     "deep chain": lambda m: _chain(m, 300),
     # str.isdigit() admits "²" and Arabic-Indic digits, which XGBoost reads otherwise

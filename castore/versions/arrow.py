@@ -28,9 +28,9 @@ MARK = b"castore"
 
 def fits(obj: object) -> bool:
     """Whether `obj` is a pandas DataFrame or Series that round-trips exactly through
-    Arrow: no attrs, unique string column labels, no object dtypes, and every column (index levels
-    included) of a type the reader accepts. Such objects save as arrow by default when
-    pyarrow is installed."""
+    Arrow: no attrs, an index frequency (if any) pandas checks quickly, unique string
+    column labels, no object dtypes, and every column (index levels included) of a type
+    the reader accepts. Such objects save as arrow by default when pyarrow is installed."""
     pandas = sys.modules.get("pandas")
     if pandas is None or not isinstance(obj, pandas.DataFrame | pandas.Series):
         return False
@@ -46,6 +46,7 @@ def fits(obj: object) -> bool:
     labels = frame.columns
     return (
         not obj.attrs
+        and _cheap_frequency(getattr(obj.index, "freq", None), pandas)
         and not isinstance(labels, pandas.MultiIndex)
         and all(isinstance(label, str) for label in labels)
         and labels.is_unique
@@ -53,6 +54,17 @@ def fits(obj: object) -> bool:
         and not any(str(level.dtype) == "object" for level in _levels(frame.index, pandas))
         and all(arrow_checks.plain(pyarrow, field.type) for field in schema)
     )
+
+
+def _cheap_frequency(offset: Any, pandas: Any) -> bool:
+    """Whether an index frequency (or None) is one that pandas checks against an index in
+    vectorized code: setting others (CustomBusinessHour, SemiMonthBegin...) walks every
+    row in Python, seconds per hundred thousand rows."""
+    offsets = pandas.tseries.offsets
+    cheap = {offsets.Day, offsets.BusinessDay, offsets.Week, offsets.MonthBegin}
+    cheap |= {offsets.MonthEnd, offsets.QuarterBegin, offsets.QuarterEnd, offsets.YearBegin}
+    cheap |= {offsets.YearEnd}
+    return offset is None or isinstance(offset, offsets.Tick) or type(offset) in cheap
 
 
 def _levels(index: Any, pandas: Any) -> list[Any]:
@@ -112,6 +124,19 @@ def _read_table(pa: Any, data: Any, where: str) -> Any:
     return table
 
 
+def _frequency(text: object, index: Any, where: str) -> Any:
+    """The index frequency the mark names, if it is one castore writes for this index."""
+    pandas = sys.modules["pandas"]
+    if not isinstance(text, str) or not isinstance(
+        index, pandas.DatetimeIndex | pandas.TimedeltaIndex
+    ):
+        raise arrow_checks.refuse("its index frequency is not a str on a time index", where)
+    offset = pandas.tseries.frequencies.to_offset(text)
+    if not _cheap_frequency(offset, pandas):
+        raise arrow_checks.refuse(f"index frequency {text!r} is not one castore writes", where)
+    return offset
+
+
 def load(stream: bytearray, where: str) -> Any:
     """Read an arrow stream back into the DataFrame or Series it holds."""
     pa = _pyarrow()
@@ -125,11 +150,7 @@ def load(stream: bytearray, where: str) -> Any:
             )
         frame = table.to_pandas()
         if "freq" in mark:
-            pandas = sys.modules["pandas"]
-            timed = isinstance(frame.index, pandas.DatetimeIndex | pandas.TimedeltaIndex)
-            if not isinstance(mark["freq"], str) or not timed:
-                raise arrow_checks.refuse("its index frequency is not a str on a time index", where)
-            frame.index.freq = mark["freq"]
+            frame.index.freq = _frequency(mark["freq"], frame.index, where)
     except DeserializationError:
         raise
     except Exception as exc:  # pyarrow's and pandas' errors on a malformed stream vary

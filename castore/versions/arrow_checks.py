@@ -257,20 +257,29 @@ def _check_column(pa: Any, entry: object, table: Any, indexes: list[object], whe
     return field_name
 
 
-def _check_index(entry: object, fields: set[str], where: str) -> None:
-    if isinstance(entry, str):
-        if entry not in fields:
-            raise refuse("an index column is not in the stream", where)
-        return
-    valid_range = (
+def _is_range(entry: object, rows: int) -> bool:
+    """Whether `entry` is pyarrow's record of a RangeIndex of exactly `rows` rows."""
+    return (
         isinstance(entry, dict)
         and set(entry) == RANGE_KEYS
         and entry["kind"] == "range"
         and (entry["name"] is None or isinstance(entry["name"], str))
         and all(_is_count(entry[key]) for key in ("start", "stop", "step"))
+        and entry["step"] != 0
+        and len(range(entry["start"], entry["stop"], entry["step"])) == rows
     )
-    if not valid_range:
+
+
+def _check_indexes(entries: list[object], fields: set[str], rows: int, where: str) -> None:
+    """The index: one range as long as the table, or distinct columns (its levels)."""
+    if len(entries) == 1 and not isinstance(entries[0], str):
+        if not _is_range(entries[0], rows):
+            raise refuse("its range index is not a range as long as the table", where)
+        return
+    if not all(isinstance(entry, str) and entry in fields for entry in entries):
         raise refuse("an index is neither a column nor a range", where)
+    if len(set(entries)) != len(entries):
+        raise refuse("an index column is used twice", where)
 
 
 def check_pandas_metadata(pa: Any, table: Any, where: str) -> None:
@@ -295,8 +304,26 @@ def check_pandas_metadata(pa: Any, table: Any, where: str) -> None:
     named = [_check_column(pa, entry, table, indexes, where) for entry in columns]
     if sorted(named) != sorted(table.schema.names):
         raise refuse("its pandas metadata does not describe each column once", where)
-    for entry in indexes:
-        _check_index(entry, set(named), where)
+    _check_indexes(indexes, set(named), table.num_rows, where)
+    _check_no_sentinel_times(pa, table, where)
+
+
+def _check_no_sentinel_times(pa: Any, table: Any, where: str) -> None:
+    """pandas reads the int64 minimum of a timestamp or duration as NaT: a value the stream
+    holds as data would come back as a null (castore's writer never stores it)."""
+    import pyarrow.compute
+
+    for column in table.columns:
+        kind = column.type
+        values = column
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+            values = pa.chunked_array([chunk.dictionary for chunk in column.chunks], kind)
+        if not (pa.types.is_timestamp(kind) or pa.types.is_duration(kind)):
+            continue
+        lowest = pyarrow.compute.min(values.cast(pa.int64())).as_py()
+        if lowest == -(2**63):
+            raise refuse("a time holds the int64 minimum, which pandas reads as NaT", where)
 
 
 def _check_labels(levels: object, where: str) -> None:

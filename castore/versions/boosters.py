@@ -203,7 +203,7 @@ def _check_base_score(text: object, groups: int) -> None:
     try:
         values = strict_json.parse(text) if isinstance(text, str) and text[:1] == "[" else [text]
         scores = [float(v) for v in values if isinstance(v, str | float | int)]
-    except ValueError:
+    except (ValueError, OverflowError):  # float() of a 400-digit int overflows
         values, scores = [], []
     if len(scores) != len(values) or len(scores) not in (1, groups):
         raise _Damage("base_score is not one number or one per output group")

@@ -25,6 +25,9 @@ HEADER_LIMIT = 100 * 1024 * 1024
 MAX_DIMENSIONS = 64
 MAX_BYTES = 2**63 - 1
 """Extents times element size stay below this, as numpy's and torch's strides must."""
+MAX_EMPTY_EXTENTS = 1 << 20
+"""An empty tensor's other extents cost no bytes, but a reduction over its empty axis
+makes an array that large: such dicts (rare) are saved with joblib."""
 
 # safetensors dtype name -> (numpy dtype name, element size); bfloat16 exists only in torch.
 _DTYPES = {
@@ -69,11 +72,18 @@ def fits(obj: object) -> bool:
     if not all(isinstance(k, str) and k != "__metadata__" for k in obj):
         return False
     values = list(obj.values())
+    if any(_too_wide_empty(v) for v in values if _is_plain_array(v) or _is_tensor(v)):
+        return False
     if all(_is_plain_array(v) for v in values):
         return all(_code(v.dtype) not in (None, "BF16") for v in values)
     if all(_is_tensor(v) for v in values):
         return all(str(v.layout) == "torch.strided" and _code(v.dtype) for v in values)
     return False
+
+
+def _too_wide_empty(value: Any) -> bool:
+    shape = list(value.shape)
+    return 0 in shape and _extent_product(shape, MAX_EMPTY_EXTENTS) > MAX_EMPTY_EXTENTS
 
 
 def _little_endian_bytes(array: Any) -> Any:
@@ -178,6 +188,8 @@ class _Entry:
         extents = _extent_product(shape, limit)
         if extents > limit:
             raise _refuse(f"tensor {name!r}'s shape is too large", where)
+        if 0 in shape and extents > MAX_EMPTY_EXTENTS:
+            raise _refuse(f"empty tensor {name!r} has extents over {MAX_EMPTY_EXTENTS}", where)
         if (0 if 0 in shape else extents) * itemsize != end - begin:
             raise _refuse(f"tensor {name!r}'s shape does not match its bytes", where)
         if begin % itemsize:
