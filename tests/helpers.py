@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pyfastcdc import FastCDC
 
 import castore
 from castore.format import layout
@@ -26,6 +27,15 @@ def pattern(size: int, seed: int = 0) -> bytes:
         out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
         counter += 1
     return bytes(out[:size])
+
+
+def pyfastcdc_accepts(min_size: int, avg_size: int, max_size: int, normalization: int = 1) -> bool:
+    """Whether pyfastcdc itself would cut with these chunker parameters."""
+    try:
+        FastCDC(avg_size, min_size=min_size, max_size=max_size, normalized_chunking=normalization)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True
 
 
 def stream_of(store: castore.Store, digest: str) -> StreamDescriptor:

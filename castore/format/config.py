@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from castore.errors import IntegrityError, UnsupportedFormatError
+from castore.errors import IntegrityError, InvalidInputError, UnsupportedFormatError
 from castore.format import wire
 
 FORMAT_NAME = "castore"
@@ -18,16 +18,41 @@ MAX_CONFIG_SIZE = 64 * 1024
 # pyfastcdc's own limits, which also bound any chunk a store may hold.
 MIN_CHUNK_LIMIT = 64
 MAX_CHUNK_LIMIT = 16 * 1024 * 1024
+CHUNKER_LIMITS = {
+    "min_size": (MIN_CHUNK_LIMIT, 1024**2),
+    "avg_size": (256, 4 * 1024**2),
+    "max_size": (1024, MAX_CHUNK_LIMIT),
+    "normalization": (0, 3),
+}
+"""Allowed range of each chunker parameter (docs/FORMAT.md 4): exactly what pyfastcdc cuts
+with, so a config that passes never makes pyfastcdc refuse to cut."""
 
 
 @dataclass(frozen=True)
 class ChunkerParams:
-    """FastCDC (2020) parameters; pyfastcdc's average is roughly avg_size + min_size."""
+    """FastCDC (2020) parameters; pyfastcdc's average is roughly avg_size + min_size.
+
+    Sizes are in bytes. Values outside `CHUNKER_LIMITS`, or not ordered
+    min_size <= avg_size <= max_size, raise InvalidInputError.
+    """
 
     min_size: int = 16 * 1024
     avg_size: int = 64 * 1024
     max_size: int = 256 * 1024
     normalization: int = 1
+
+    def __post_init__(self) -> None:
+        for key, (low, high) in CHUNKER_LIMITS.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise InvalidInputError(
+                    f"chunker {key} must be an integer from {low} to {high}, not {value!r}"
+                )
+        if not self.min_size <= self.avg_size <= self.max_size:
+            raise InvalidInputError(
+                "chunker sizes must satisfy min_size <= avg_size <= max_size, not "
+                f"{self.min_size}, {self.avg_size}, {self.max_size}"
+            )
 
 
 @dataclass(frozen=True)
@@ -112,15 +137,11 @@ def _decode_chunker(raw: dict[str, Any]) -> ChunkerParams:
     what = "store config chunker"
     if raw.get("algorithm") != "fastcdc2020":
         raise IntegrityError(f"{what} names unsupported algorithm {raw.get('algorithm')!r}")
-    params = ChunkerParams(
-        min_size=wire.bounded_int(raw, "min_size", MIN_CHUNK_LIMIT, 1024**2, what),
-        avg_size=wire.bounded_int(raw, "avg_size", 256, 4 * 1024**2, what),
-        max_size=wire.bounded_int(raw, "max_size", 1024, MAX_CHUNK_LIMIT, what),
-        normalization=wire.bounded_int(raw, "normalization", 0, 3, what),
-    )
-    if not params.min_size <= params.avg_size <= params.max_size:
-        raise IntegrityError(f"{what} needs min_size <= avg_size <= max_size")
-    return params
+    values = {key: wire.field(raw, key, int, what) for key in CHUNKER_LIMITS}
+    try:
+        return ChunkerParams(**values)
+    except InvalidInputError as exc:  # a writer broke FORMAT.md 4: the config is damaged
+        raise IntegrityError(f"{what} is damaged: {exc}") from exc
 
 
 def _decode_compression(raw: dict[str, Any]) -> CompressionParams:
