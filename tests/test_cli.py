@@ -9,17 +9,29 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import castore
+from castore.cli.main import main
 from castore.format import layout
 from castore.format.digests import parse_digest
 from castore.format.streams import StreamDescriptor, encode_stream_object
 from castore.versions import catalog
 from tests.conftest import SMALL_PACKS, Location
-from tests.helpers import ROOT, flip_byte, pack_paths, pattern, stream_object_path, stream_of
+from tests.helpers import (
+    ROOT,
+    flip_byte,
+    pack_paths,
+    pattern,
+    pyfastcdc_accepts,
+    stream_object_path,
+    stream_of,
+)
 
 
 def _cli(
@@ -834,3 +846,55 @@ def test_ls_where_filters_versions_by_metadata(location: Location) -> None:
     assert _ok(location, "ls", "m", "--where", "auc>1").strip() == "(no version matches)"
     assert _cli(location, "ls", "m", "--where", "auc=1").returncode == 2
     assert _cli(location, "ls", "m:1", "--where", "auc>1").returncode == 2
+
+
+@pytest.mark.parametrize("new_location", ["local", "s3-moto"], indirect=True)
+def test_init_chunker_params_set_how_the_store_cuts(location: Location) -> None:
+    _ok(location, "init", "--chunker-params", "1024,4096,8192")
+    data = pattern(200_000)
+    digest = _ok(location, "put", "-", stdin=data).strip()
+    with location.open() as store:
+        assert store.config.chunker == castore.ChunkerParams(1024, 4096, 8192)
+        sizes = stream_of(store, digest).chunk_sizes
+    assert sum(sizes) == len(data) and len(sizes) > len(data) // 8192
+    assert all(1024 <= size <= 8192 for size in sizes[:-1]) and sizes[-1] <= 8192
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("1024,4096", "three whole numbers of bytes"),
+        ("16KiB,64KiB,256KiB", "three whole numbers of bytes"),
+        ("-1,4096,8192", "three whole numbers of bytes"),
+        ("10,4096,8192", "min_size must be an integer from 64 to 1048576, not 10"),
+        ("1024,4096,99999999", "max_size must be an integer from 1024 to 16777216"),
+        ("8192,4096,16384", "must satisfy min_size <= avg_size <= max_size"),
+    ],
+)
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_init_refuses_invalid_chunker_params(location: Location, params: str, message: str) -> None:
+    result = _cli(location, "init", f"--chunker-params={params}")
+    assert result.returncode == 2 and message in result.stderr.decode()
+    error = json.loads(_cli(location, "--json", "init", f"--chunker-params={params}").stderr)
+    assert error["error"]["type"] == "InvalidInputError" and error["error"]["exit_code"] == 2
+    assert _cli(location, "ls").returncode == 3  # no store was created
+
+
+SIZE_TEXT = st.integers(-5, 17 * 1024**2).map(str) | st.text(max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(params=st.lists(SIZE_TEXT, max_size=4).map(",".join))
+def test_init_creates_a_store_only_for_usable_chunker_params(params: str) -> None:
+    parts = params.split(",")
+    valid = len(parts) == 3 and all(re.fullmatch("[0-9]{1,20}", part) for part in parts)
+    valid = valid and pyfastcdc_accepts(*map(int, parts))
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder) / "store"
+        code = main(["--store", str(root), "init", f"--chunker-params={params}"])
+        assert code == (0 if valid else 2)
+        assert (root / layout.CONFIG).exists() == valid
+        if valid:
+            with castore.open(root) as store:
+                chunker = store.config.chunker
+            assert (chunker.min_size, chunker.avg_size, chunker.max_size) == tuple(map(int, parts))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -81,6 +82,25 @@ def _parse_pairs(pairs: list[str], what: str) -> dict[str, Any]:
     return parsed
 
 
+def _chunker_params(text: str) -> castore.ChunkerParams:
+    """MIN,AVG,MAX in bytes, as `init --chunker-params` takes them."""
+    sizes = text.split(",")
+    # Past 20 digits a size is out of range anyway, and int() refuses 4300 digits or more.
+    if len(sizes) != 3 or not all(re.fullmatch("[0-9]{1,20}", size) for size in sizes):
+        raise InvalidInputError(
+            f"--chunker-params takes MIN,AVG,MAX: three whole numbers of bytes, not {text!r}"
+        )
+    min_size, avg_size, max_size = map(int, sizes)
+    return castore.ChunkerParams(min_size, avg_size, max_size)
+
+
+def _init_config(args: argparse.Namespace) -> castore.StoreConfig:
+    """The config `init` writes: the defaults, with the chunker sizes given."""
+    if args.chunker_params is None:
+        return castore.StoreConfig()
+    return castore.StoreConfig(chunker=_chunker_params(args.chunker_params))
+
+
 class Command:
     """One invocation: parsed arguments, the opened store, and output helpers."""
 
@@ -96,8 +116,10 @@ class Command:
             if not url:
                 raise InvalidInputError("no store given: use --store URL or set CASTORE_STORE")
             options = _parse_pairs(self.args.option, "--option")
-            opener = castore.init if self.args.command == "init" else castore.open
-            self._store = opener(url, **options)
+            if self.args.command == "init":
+                self._store = castore.init(url, config=_init_config(self.args), **options)
+            else:
+                self._store = castore.open(url, **options)
         return self._store
 
     def close(self) -> None:
@@ -1093,7 +1115,14 @@ def build_parser() -> argparse.ArgumentParser:
         parser = sub.add_parser(name, help=help_text, description=help_text)
         return parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    add("init", cmd_init, "create a store")
+    init = add("init", cmd_init, "create a store")
+    default = castore.ChunkerParams()
+    init.add_argument(
+        "--chunker-params",
+        metavar="MIN,AVG,MAX",
+        help="FastCDC chunk sizes in bytes, MIN <= AVG <= MAX (default "
+        f"{default.min_size},{default.avg_size},{default.max_size})",
+    )
     put = add("put", cmd_put, "store a file (- for stdin); with --name, as a new version")
     put.add_argument("file")
     put.add_argument("--name", help="save as the next version of NAME (raw bytes)")
