@@ -6,6 +6,7 @@ same on every backend (castore counts its own backend operations, not HTTP calls
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -95,3 +96,29 @@ def test_latest_reads_one_ref_however_long_the_history(location: Location) -> No
         assert store.load("model/a") == DATA + bytes([4])
         # The tombstone of 6 and the ref of 5, as before: its manifest, one pack range.
         assert store.requests() - before == Requests(list=1, read_range=3, read=1)
+
+
+@pytest.mark.parametrize("new_location", ["local", "s3-moto"], indirect=True)
+def test_names_cost_one_listing_however_many_names(location: Location) -> None:
+    """names() once listed refs/ and then each name's versions again, and read every ref."""
+    with location.init() as store:
+        for number in range(20):
+            store.save(DATA + bytes([number]), f"team/m{number:02}", serializer="raw")
+        store.save(DATA, "team/m07", serializer="raw")
+        store.delete("team/m07:2")  # live below a tombstone: two refs read
+        store.delete("team/m05:1")  # no live version left: not a name any more
+    with location.open() as store:
+        before = store.requests()
+        names = store.names()
+        assert store.requests() - before == Requests(list=1, read_range=21)
+    assert names == [f"team/m{number:02}" for number in range(20) if number != 5]
+
+
+@pytest.mark.parametrize("new_location", ["local"], indirect=True)
+def test_names_fail_rather_than_skip_what_cannot_be_listed(location: Location) -> None:
+    with location.init() as store:
+        for name in ("a", "b"):
+            store.save(DATA, name, serializer="raw")
+    os.mkfifo(Path(location.url, "refs", "b", "@versions", "2"))  # not an object: unlistable
+    with location.open() as store, pytest.raises(castore.BackendError, match="is a named pipe"):
+        store.names()

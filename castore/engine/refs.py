@@ -89,14 +89,21 @@ class RefStore:
 
     def names(self) -> list[str]:
         """Every name with at least one version ref (deleted or not)."""
+        return list(self.version_numbers_by_name())
+
+    def version_numbers_by_name(self) -> dict[str, list[int]]:
+        """Every name, in order, with its version numbers as `version_numbers` gives them,
+        from one recursive listing of ``refs/`` (not one more per name)."""
         marker = f"/{layout.VERSIONS}/"
-        found = set()
+        found: dict[str, list[int]] = {}
         for path in self._backend.list(layout.REFS):
-            head, sep, _ = path.partition(marker)
+            head, sep, last = path.partition(marker)
             name = head[len(layout.REFS) + 1 :]
             if sep and NAME_PATTERN.fullmatch(name):  # stray objects under refs/ name nothing
-                found.add(name)
-        return sorted(found)
+                numbers = found.setdefault(name, [])
+                if NUMBER_PATTERN.fullmatch(last):
+                    numbers.append(int(last))
+        return {name: sorted(found[name]) for name in sorted(found)}
 
     def strays(self) -> list[str]:
         """Objects under ``refs/`` that are neither a version ref nor a tag event.

@@ -301,18 +301,34 @@ def read_version_manifest(repo: Repository, name: str, number: int, digest: byte
 
 
 def names(repo: Repository) -> list[str]:
-    """Every name with at least one live version."""
-    return [name for name in repo.refs.names() if versions(repo, name)]
+    """Every name with at least one live version: one listing of ``refs/`` in all, then
+    for each name its refs read newest first up to the first live one."""
+    return [
+        name
+        for name, numbers in repo.refs.version_numbers_by_name().items()
+        if _newest_live_among(repo, check_name(name), numbers) is not None
+    ]
 
 
-def _newest_live(repo: Repository, name: str) -> tuple[int, VersionRef]:
-    """The newest live version of `name` and its ref, reading refs newest first only up to
-    the first one not deleted (``latest`` costs one ref read, not one per version)."""
-    for number in reversed(repo.refs.version_numbers(name)):
+def _newest_live_among(
+    repo: Repository, name: str, numbers: list[int]
+) -> tuple[int, VersionRef] | None:
+    """The newest live version of `name` among `numbers` (ascending) and its ref, reading
+    refs newest first only up to the first one not deleted."""
+    for number in reversed(numbers):
         version_ref = repo.refs.read_version(name, number)
         if version_ref is not None and not version_ref.deleted:
             return number, version_ref
-    raise NotFoundError(f"nothing saved as {name}: {_describe(repo, name)}")
+    return None
+
+
+def _newest_live(repo: Repository, name: str) -> tuple[int, VersionRef]:
+    """The newest live version of `name` and its ref (``latest`` costs one ref read, not
+    one per version)."""
+    found = _newest_live_among(repo, name, repo.refs.version_numbers(name))
+    if found is None:
+        raise NotFoundError(f"nothing saved as {name}: {_describe(repo, name)}")
+    return found
 
 
 def versions(repo: Repository, name: str) -> list[int]:
