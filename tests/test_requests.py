@@ -122,3 +122,18 @@ def test_names_fail_rather_than_skip_what_cannot_be_listed(location: Location) -
     os.mkfifo(Path(location.url, "refs", "b", "@versions", "2"))  # not an object: unlistable
     with location.open() as store, pytest.raises(castore.BackendError, match="is a named pipe"):
         store.names()
+
+
+def test_a_digest_the_store_lacks_costs_two_listings_however_many_names(
+    location: Location,
+) -> None:
+    """Not a version, not a put stream: every name's versions are searched for a live one
+    with that content, then for a tombstone; each search once listed every name again."""
+    with location.init() as store:
+        for number in range(10):
+            store.save(DATA + bytes([number]), f"team/m{number}", serializer="raw")
+    with location.open() as store:
+        before = store.requests()
+        with pytest.raises(castore.NotFoundError):
+            store.get("sha256:" + "ab" * 32)
+        assert (store.requests() - before).list == 2

@@ -144,8 +144,13 @@ def _deleted(name: str, number: int, when: str) -> str:
 def _tombstone_of(repo: Repository, digest: bytes, name: str | None) -> tuple[str, int, str] | None:
     """(name, number, deletion time) of a tombstone recording `digest`, searching `name`'s
     versions, or every name's when None; for messages about digests gc has collected."""
-    for candidate in [name] if name is not None else repo.refs.names():
-        for number in repo.refs.version_numbers(candidate):
+    by_name = (
+        {name: repo.refs.version_numbers(name)}
+        if name is not None
+        else repo.refs.version_numbers_by_name()
+    )
+    for candidate, numbers in by_name.items():
+        for number in numbers:
             try:
                 version_ref = repo.refs.read_version(candidate, number)
             except IntegrityError:

@@ -54,8 +54,8 @@ def find_stream(repo: Repository, digest: bytes) -> FoundStream:
     except NotFoundError:
         pass
     unreadable: list[str] = []
-    for name in repo.refs.names():
-        for number in reversed(repo.refs.version_numbers(name)):
+    for name, numbers in repo.refs.version_numbers_by_name().items():
+        for number in reversed(numbers):
             try:
                 version_ref = repo.refs.read_version(name, number)
                 if version_ref is None or version_ref.deleted:
