@@ -561,6 +561,20 @@ HOSTILE_ARROW |= {
         ),
         "int64 minimum",
     ),
+    # Found by the fourth attack: to_pandas drops a dictionary's time zone.
+    "a categorical of zoned times": (
+        _with_pandas(
+            pa.table(
+                {
+                    "c": pa.DictionaryArray.from_arrays(
+                        pa.array([0, 1], pa.int8()), pa.array([0, 1], pa.timestamp("ns", "UTC"))
+                    )
+                }
+            ),
+            _pandas([_column("c", "categorical", "int8")]),
+        ),
+        "dictionary<values=timestamp",
+    ),
     "a key twice": (
         _with_pandas(
             INTS,
@@ -571,6 +585,19 @@ HOSTILE_ARROW |= {
         "not JSON",
     ),
 }
+
+
+def test_a_categorical_of_zoned_times_saves_with_joblib_and_keeps_its_zone(
+    store: castore.Store,
+) -> None:
+    frame = pd.DataFrame({"c": pd.Categorical(pd.date_range("2020", periods=3, tz="UTC"))})
+    naive = pd.DataFrame({"c": pd.Categorical(pd.date_range("2020", periods=3))})
+    assert store.save(naive, "naive").serializer == "arrow"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", castore.UnloadableVersionWarning)
+        version = store.save(frame, "zoned")
+    assert version.serializer == "joblib"
+    pd.testing.assert_frame_equal(store.load(version.reference, allow_unsafe=True), frame)
 
 
 def test_a_frequency_on_an_index_that_has_none_is_refused(store: castore.Store) -> None:
@@ -611,6 +638,21 @@ def test_tensors_memory_map_from_the_verified_local_copy(store: castore.Store) -
         np.testing.assert_array_equal(loaded[key], array)
     with pytest.raises(castore.InvalidInputError, match="mmap_mode"):
         store.load(version.reference, mmap_mode="w+")
+
+
+@pytest.mark.parametrize("kind", ["tensors", "joblib"])
+def test_mapped_arrays_cannot_change_what_later_loads_read(store: castore.Store, kind: str) -> None:
+    """Every load of a stream maps the same verified copy: "r+" would write through to it,
+    so it is refused, and "c" gives writable arrays whose writes stay in the process."""
+    weights = np.arange(1000, dtype=np.float64)
+    obj = {"w": weights} if kind == "tensors" else {"w": weights, "note": "joblib"}
+    version = store.save(obj, "mapped")
+    assert version.serializer == ("tensors" if kind == "tensors" else "joblib")
+    with pytest.raises(castore.InvalidInputError, match='"c" maps arrays copy-on-write'):
+        store.load(version.reference, mmap_mode="r+")
+    written = store.load(version.reference, mmap_mode="c")
+    written["w"][:] = -1.0
+    np.testing.assert_array_equal(store.load(version.reference, mmap_mode="r")["w"], weights)
 
 
 # -- XGBoost models ------------------------------------------------------------------------
@@ -690,6 +732,26 @@ def _chain(model: dict, depth: int) -> None:
     tree["tree_param"]["num_nodes"] = str(nodes)
 
 
+def _features(model: dict, count: int) -> None:
+    learner = model["learner"]
+    for part in [learner["learner_model_param"]] + [
+        tree["tree_param"] for tree in learner["gradient_booster"]["model"]["trees"]
+    ]:
+        part["num_feature"] = str(count)
+
+
+def _groups(model: dict, count: int) -> None:
+    """Make the model `count` trees, one per output group (a valid multi-class layout)."""
+    booster = model["learner"]["gradient_booster"]["model"]
+    booster["trees"] = [dict(_tree(model), id=number) for number in range(count)]
+    booster["tree_info"] = list(range(count))
+    booster["iteration_indptr"] = [0, count]
+    booster["gbtree_model_param"]["num_trees"] = str(count)
+    learner = model["learner"]
+    learner["learner_model_param"].update(num_class=str(count), base_score="5E-1")
+    learner["objective"]["softmax_multiclass_param"]["num_class"] = str(count)
+
+
 HOSTILE_XGBOOST = {
     "split on a missing feature": lambda m: _tree(m)["split_indices"].__setitem__(0, 10**6),
     "cycle": lambda m: _tree(m)["left_children"].__setitem__(0, 0),
@@ -720,6 +782,10 @@ HOSTILE_XGBOOST = {
         for part in [m["learner"]["learner_model_param"]]
         + [t["tree_param"] for t in m["learner"]["gradient_booster"]["model"]["trees"]]
     ],
+    # Found by the fourth attack: within the old bound of 65,536 features, models of a
+    # few KB whose predict(pred_contribs=True) takes gigabytes for a few rows.
+    "65536 features in a small model": lambda m: _features(m, 2**16),
+    "64 groups of 4096 features": lambda m: [_groups(m, 64), _features(m, 4096)],
     "2**24 classes": lambda m: m["learner"]["learner_model_param"].__setitem__(
         "num_class", str(2**24)
     ),
@@ -751,6 +817,14 @@ def test_hostile_xgboost_models_are_refused_before_xgboost_reads_them(
     version = plant_version(store, "victim/booster", _mutated(HOSTILE_XGBOOST[case]), "xgboost")
     with pytest.raises(castore.DeserializationError, match="not a valid xgboost model"):
         store.load(version.reference)
+
+
+def test_a_wide_model_within_the_bounds_loads(store: castore.Store) -> None:
+    stream = _mutated(lambda m: [_groups(m, 64), _features(m, 1024)])
+    version = plant_version(store, "wide/booster", stream, "xgboost")
+    booster = store.load(version.reference)
+    assert isinstance(booster, xgboost.Booster)
+    assert (booster.num_features(), booster.num_boosted_rounds()) == (1024, 1)
 
 
 PREDICT_ALL = """

@@ -21,11 +21,12 @@ from castore.format.packs import PackEntry
 from castore.format.streams import StreamDescriptor
 
 MAX_RANGE = 8 * 1024 * 1024
-"""Largest single ranged read; adjacent chunks of one pack are coalesced up to this."""
+"""Largest single ranged read, in stored and in decoded bytes; adjacent chunks of one pack
+are coalesced up to this."""
 MAX_GAP = 256 * 1024
 """Unneeded bytes between two chunks of one pack that are cheaper to read than skip."""
 READ_AHEAD = 64 * 1024 * 1024
-"""Stored bytes fetched ahead of the consumer."""
+"""Bytes fetched ahead of the consumer, counted as the larger of stored and decoded."""
 
 
 @dataclass
@@ -34,6 +35,20 @@ class _Range:
     start: int
     end: int
     entries: list[PackEntry] = field(default_factory=list)
+    raw: int = 0
+    """The decoded bytes of its chunks: what the range costs once read, however well it
+    compressed (128 KiB of stored zeros decode to gigabytes)."""
+
+    def add(self, entry: PackEntry) -> None:
+        """Extend the range to `entry`, which follows it in the pack."""
+        self.end = entry.offset + entry.stored_len
+        self.entries.append(entry)
+        self.raw += entry.raw_len
+
+    @property
+    def cost(self) -> int:
+        """Memory the range holds while it is in flight."""
+        return max(self.end - self.start, self.raw)
 
 
 class PackMissingError(IntegrityError):
@@ -68,13 +83,12 @@ def _plan(descriptor: StreamDescriptor, index: Index, start: int = 0) -> list[_R
             and last.pack_id == location.pack_id
             and last.end <= entry.offset <= last.end + MAX_GAP
             and entry.offset + entry.stored_len - last.start <= MAX_RANGE
+            and last.raw + entry.raw_len <= MAX_RANGE
         ):
-            last.end = entry.offset + entry.stored_len
-            last.entries.append(entry)
+            last.add(entry)
         else:
-            ranges.append(
-                _Range(location.pack_id, entry.offset, entry.offset + entry.stored_len, [entry])
-            )
+            ranges.append(_Range(location.pack_id, entry.offset, entry.offset))
+            ranges[-1].add(entry)
     return ranges
 
 
@@ -150,10 +164,8 @@ def iter_stream(
         while ranges or in_flight:
             while ranges and (not in_flight or in_flight_bytes < READ_AHEAD):
                 piece = ranges.popleft()
-                in_flight.append(
-                    (pool.submit(_fetch, backend, piece, cache), piece.end - piece.start)
-                )
-                in_flight_bytes += piece.end - piece.start
+                in_flight.append((pool.submit(_fetch, backend, piece, cache), piece.cost))
+                in_flight_bytes += piece.cost
             future, length = in_flight.popleft()
             in_flight_bytes -= length
             try:

@@ -48,7 +48,6 @@ class _Scope(threading.local):
     def __init__(self) -> None:
         self.roots: tuple[str, ...] | None = None
         self.importing = 0
-        self.writable = 0
         self.refused: list[str] = []
 
 
@@ -65,7 +64,7 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
         if not under_any(str(args[0]), scope.roots):
             _refuse(scope, f"import of {args[0]}")
     elif event == "open":
-        if not scope.writable and _writes(args):
+        if _writes(args):
             _refuse(scope, f"opening {args[0]!r} for writing")
         if _special_file(args):
             _refuse(scope, f"opening {args[0]!r}, which is not a regular file")
@@ -155,13 +154,3 @@ def importing() -> Iterator[None]:
         yield
     finally:
         _scope.importing -= 1
-
-
-@contextmanager
-def writing() -> Iterator[None]:
-    """Let castore itself open a file for writing (memory-mapping arrays with mode r+)."""
-    _scope.writable += 1
-    try:
-        yield
-    finally:
-        _scope.writable -= 1

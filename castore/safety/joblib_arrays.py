@@ -9,12 +9,10 @@ so that every global of the stream is found.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from castore.errors import DeserializationError, UnsafeObjectError
-from castore.safety import audit
 from castore.safety.bounds import LimitedReader
 from castore.safety.names import lookup
 from castore.safety.policy import Allowlist
@@ -204,18 +202,15 @@ class JoblibUnpickler(RestrictedUnpickler):
     def _mapped_array(self, header: ArrayHeader) -> Any:
         from joblib.backports import make_memmap
 
-        opening = audit.writing() if self._mmap_mode in ("r+", "w+") else nullcontext()
         self._skip_padding(header)
         self._check_size(header)
-        offset = self.source.position
-        with opening:
-            array = make_memmap(
-                self._path,
-                dtype=header.dtype,
-                shape=header.shape,
-                order="F" if header.fortran else "C",
-                mode="r+" if self._mmap_mode == "w+" else self._mmap_mode,
-                offset=offset,
-            )
+        array = make_memmap(
+            self._path,
+            dtype=header.dtype,
+            shape=header.shape,
+            order="F" if header.fortran else "C",
+            mode=self._mmap_mode,
+            offset=self.source.position,
+        )
         self.source.skip(header.nbytes)
         return array

@@ -173,7 +173,9 @@ def plain(pa: Any, kind: Any) -> bool:
     if isinstance(kind, pa.ExtensionType):
         return False
     if types.is_dictionary(kind):
-        return plain(pa, kind.index_type) and plain(pa, kind.value_type)
+        # to_pandas drops the time zone of a dictionary's timestamps: wrong data back.
+        zoned = types.is_timestamp(kind.value_type) and kind.value_type.tz is not None
+        return not zoned and plain(pa, kind.index_type) and plain(pa, kind.value_type)
     return any(
         check(kind)
         for check in (

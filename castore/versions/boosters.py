@@ -33,7 +33,11 @@ ESTIMATORS = {"classifier": "XGBClassifier", "regressor": "XGBRegressor", "ranke
 LEAF = -1
 MAX_DEPTH = 256
 """Deeper trees make XGBoost's dumps and SHAP values take minutes for a 300 KB model."""
-MIN_FEATURE_BOUND = 1 << 16
+FEATURE_FLOOR = 4096
+"""Features any model may declare; more cost a byte in every 8 of the model."""
+CONTRIBUTIONS_FLOOR = 1 << 16
+"""Output groups times features any model may declare; more cost a byte each: a victim's
+predict(pred_contribs=True) allocates that many floats per row."""
 NO_PARENT = 2**31 - 1
 MAX_COUNT = 2**31 - 1
 TREE_ARRAYS = (
@@ -215,9 +219,14 @@ def _check_booster(learner: dict[str, Any], size: int) -> None:
     params = _object(learner.get("learner_model_param"), "learner_model_param")
     features = _count(params.get("num_feature"), "num_feature")
     # XGBoost's predict and dump cost ~80 bytes per declared feature: features cost bytes.
-    if features > max(MIN_FEATURE_BOUND, size):
+    if features > max(FEATURE_FLOOR, size // 8):
         raise _Damage(f"num_feature {features} is more than a {size}-byte model can use")
     groups = max(1, _count(params.get("num_class"), "num_class"))
+    if groups * features > max(CONTRIBUTIONS_FLOOR, size):
+        raise _Damage(
+            f"{groups} output groups of {features} features are more than a {size}-byte "
+            "model can use"
+        )
     _check_base_score(params.get("base_score"), groups)
     if _count(params.get("num_target"), "num_target") != 1:
         raise _Damage("the model has several targets")

@@ -23,8 +23,10 @@ from castore.versions.serializers import (
 if TYPE_CHECKING:
     from castore.engine.repository import Repository
 
-MMAP_MODES = (None, "r", "r+", "c")
-"""numpy's memory-map modes that map an existing file ("w+" would truncate the copy)."""
+MMAP_MODES = (None, "r", "c")
+"""numpy's memory-map modes that leave the mapped file as it is. The file is the verified
+copy that later loads of the same stream map too: "r+" would let writes to an array
+change what they load, and "w+" would truncate it."""
 
 
 def load(
@@ -46,7 +48,11 @@ def load(
     a version no trusted key signed is refused (UntrustedVersionError).
     """
     if mmap_mode not in MMAP_MODES:
-        raise InvalidInputError(f"mmap_mode must be one of {MMAP_MODES}, not {mmap_mode!r}")
+        hint = ' ("c" maps arrays copy-on-write: writable, and the stored copy stays)'
+        raise InvalidInputError(
+            f"mmap_mode must be one of {MMAP_MODES}, not {mmap_mode!r}"
+            + (hint if mmap_mode in ("r+", "w+") else "")
+        )
     manifest, digest = resolve(repo, ref)
     where = f"version {manifest.number} of {manifest.name} ({format_digest(digest)})"
     chosen = _reader(manifest.serializer, where)
