@@ -41,7 +41,13 @@ from castore.backend import open_backend
 from castore.engine.refs import RefStore
 from castore.errors import CastoreError
 from castore.format import tree
-from castore.format.compression import Codec, decode_chunk, encode_chunk
+from castore.format.compression import (
+    ChunkEncoder,
+    Codec,
+    decode_chunk,
+    encode_grouped,
+    encode_zstd,
+)
 from castore.format.config import ChunkerParams, CompressionParams, StoreConfig
 from castore.format.index import decode_index_object, encode_index_object
 from castore.format.manifest import Manifest
@@ -237,8 +243,9 @@ def _descriptor() -> StreamDescriptor:
 
 def _pack() -> tuple[bytes, bytes, list[Any]]:
     builder = PackBuilder()
+    encoder = ChunkEncoder(StoreConfig())
     for chunk in _chunks():
-        codec, payload = encode_chunk(memoryview(chunk), CompressionParams())
+        codec, payload = encoder.encode(memoryview(chunk))
         builder.add(hashlib.sha256(chunk).digest(), codec, payload, len(chunk))
     pack_id, data, entries = builder.finish()
     return pack_id, bytes(data), entries
@@ -372,15 +379,34 @@ def test_pack_footer_locator(trailer: bytes, pack_size: int) -> None:
     )
 
 
-ZSTD_FRAME = encode_chunk(memoryview(b"z" * 5000), CompressionParams())[1]
+_FLOATS = np.random.default_rng(5).standard_normal(1500).astype(np.float32).tobytes() + b"xyz"
+CHUNK_PAYLOADS = {
+    Codec.ZSTD: [bytes(encode_zstd(memoryview(b"z" * 5000), CompressionParams())[1])],
+    Codec.GROUPED: [
+        encode_grouped(memoryview(_FLOATS), 4, 1 / 32),  # zstd and raw groups, a tail
+        encode_grouped(memoryview(_FLOATS[:-3]), 2, 1 / 32),
+        encode_grouped(memoryview(bytes(4000)), 4, 1 / 32),  # zstd groups only
+    ],
+}
 
 
 @FUZZ
-@given(untrusted([bytes(ZSTD_FRAME)], msgpack_objects=False), st.integers(0, 2**24 + 1))
-def test_chunk_decoder(payload: bytes, raw_len: int) -> None:
+@given(
+    st.sampled_from(sorted(CHUNK_PAYLOADS)).flatmap(
+        lambda codec: st.tuples(
+            st.just(codec), untrusted(CHUNK_PAYLOADS[codec], msgpack_objects=False)
+        )
+    ),
+    # The seeds' own raw lengths get past the length checks to the groups themselves.
+    st.one_of(
+        st.sampled_from([5000, 4000, len(_FLOATS), len(_FLOATS) - 3]), st.integers(0, 2**24 + 1)
+    ),
+)
+def test_chunk_decoder(case: tuple[Codec, bytes], raw_len: int) -> None:
+    codec, payload = case
     survive(
-        "compression.decode_chunk",
-        lambda: decode_chunk(Codec.ZSTD, memoryview(payload), raw_len, "fuzz"),
+        f"compression.decode_chunk[{codec.name}]",
+        lambda: decode_chunk(codec, memoryview(payload), raw_len, "fuzz"),
         len(payload),
     )
 

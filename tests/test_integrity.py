@@ -200,7 +200,7 @@ def test_corrupt_config_is_an_integrity_error(location: Location, config_bytes: 
 
 
 def test_newer_format_is_refused_with_upgrade_hint(location: Location) -> None:
-    with location.init(config=StoreConfig(version=2)):
+    with location.init(config=StoreConfig(version=3)):
         pass
     with pytest.raises(castore.UnsupportedFormatError, match="upgrade castore"):
         location.open()

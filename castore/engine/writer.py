@@ -15,8 +15,8 @@ from castore.engine.chunking import Chunker
 from castore.engine.index import Index
 from castore.errors import InvalidInputError
 from castore.format import layout
-from castore.format.compression import Codec, encode_chunk
-from castore.format.config import CompressionParams, StoreConfig
+from castore.format.compression import ChunkEncoder, Codec
+from castore.format.config import StoreConfig
 from castore.format.index import PackListing
 from castore.format.packs import PackBuilder, PackEntry
 from castore.format.streams import StreamDescriptor
@@ -44,16 +44,18 @@ class WriteStats:
 
 
 def encode_group(
-    group: list[memoryview], known: Callable[[bytes], bool], params: CompressionParams
+    group: list[memoryview], known: Callable[[bytes], bool], config: StoreConfig
 ) -> list[EncodedChunk]:
-    """Hash every chunk of a group and compress those the store does not have yet."""
+    """Hash every chunk of a group and encode those the store does not have yet, with the
+    codecs the store's format version and compression parameters allow."""
+    encoder = ChunkEncoder(config)
     encoded: list[EncodedChunk] = []
     for data in group:
         chunk_id = hashlib.sha256(data).digest()
         if known(chunk_id):
             encoded.append((chunk_id, len(data), Codec.RAW, None))
         else:
-            codec, payload = encode_chunk(data, params)
+            codec, payload = encoder.encode(data)
             encoded.append((chunk_id, len(data), codec, payload))
     return encoded
 
@@ -242,9 +244,8 @@ class StreamWriter(io.RawIOBase):
         # the thread that reads and cuts the stream.
         self._hashed = session.hash_pool.submit(self._hash_group, group)
         session.stats.bytes_in += sum(len(data) for data in group)
-        compression = session.config.compression
         self._pending.append(
-            session.cpu_pool.submit(encode_group, group, session.known, compression)
+            session.cpu_pool.submit(encode_group, group, session.known, session.config)
         )
         while len(self._pending) > MAX_GROUPS_IN_FLIGHT:
             self._collect_oldest()

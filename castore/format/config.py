@@ -11,7 +11,10 @@ from castore.errors import IntegrityError, InvalidInputError, UnsupportedFormatE
 from castore.format import wire
 
 FORMAT_NAME = "castore"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The store format version new stores get, and the highest this castore reads."""
+BYTE_GROUPS_VERSION = 2
+"""The first store format version whose writers may store byte-grouped chunks (codec 2)."""
 CONFIG_PATH = "config"
 MAX_CONFIG_SIZE = 64 * 1024
 
@@ -73,6 +76,13 @@ class StoreConfig:
     pack_size: int = 16 * 1024 * 1024
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     version: int = FORMAT_VERSION
+    """Store format version: `version=1` makes a store that castores older than byte
+    groups read and write (its writers store only codecs 0 and 1)."""
+
+    @property
+    def byte_groups(self) -> bool:
+        """Whether writers may store chunks byte-grouped (codec 2, docs/FORMAT.md 6.2)."""
+        return self.version >= BYTE_GROUPS_VERSION
 
     def encode(self) -> bytes:
         """The msgpack bytes of the config object (docs/FORMAT.md, "config")."""

@@ -19,7 +19,7 @@ from castore.engine.progress import Progress, ProgressCallback
 from castore.engine.refs import VersionRef
 from castore.errors import ConflictError, IntegrityError, NotFoundError, ObjectExistsError
 from castore.format import layout
-from castore.format.compression import encode_chunk
+from castore.format.compression import ChunkEncoder
 from castore.format.digests import format_digest
 from castore.format.manifest import Manifest
 from castore.format.streams import StreamDescriptor
@@ -108,12 +108,14 @@ def _copy_chunks(
     listing = StreamDescriptor(bytes(32), sum(missing.values()), ids, tuple(missing.values()))
     if tracker.versions == 1:
         tracker.total_bytes = listing.size
+    # Re-encoding for the destination's config keeps codec 2 out of a version 1 store.
+    encoder = ChunkEncoder(dest.config)
     session = dest.write_session()
     with session:
         for (chunk_id, _), data in zip(
             listing.chunks(), source.iter_chunks(listing, authenticated=True), strict=True
         ):
-            codec, payload = encode_chunk(memoryview(data), dest.config.compression)
+            codec, payload = encoder.encode(memoryview(data))
             session.store_chunk((chunk_id, len(data), codec, payload))
             tracker.sent += len(data)
             tracker.report(ref)

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from castore.engine.leases import GcMarker, lease_ttl, storage_now
+from castore.engine.writer import EncodedChunk
 from castore.errors import CastoreError, ObjectNotFoundError
 from castore.format import layout
-from castore.format.compression import Codec
+from castore.format.compression import ChunkEncoder, Codec, decode_chunk
 from castore.format.index import PackListing
 from castore.format.packs import ENTRY, HEADER, TRAILER, PackEntry, check_pack
 from castore.maintenance.reachability import walk
@@ -133,14 +134,29 @@ def _repack(
 ) -> tuple[str | None, set[bytes]]:
     """Copy the live chunks of `repack` into new packs; return the new index object and packs."""
     session = repo.write_session(rewrite=True)
+    encoder = ChunkEncoder(repo.config)
     for pack_id, live in repack.items():
         data = repo.backend.read(layout.pack_path(pack_id))
         check_pack(data, pack_id)  # never copy damage forward
         for entry in live:
-            payload = data[entry.offset : entry.offset + entry.stored_len]
-            session.store_chunk((entry.chunk_id, entry.raw_len, Codec(entry.codec), payload))
+            payload = memoryview(data)[entry.offset : entry.offset + entry.stored_len]
+            session.store_chunk(_repacked(entry, payload, encoder, repo))
     session.commit()
     return session.index_object, set(session.stats.packs)
+
+
+def _repacked(
+    entry: PackEntry, payload: bytes | memoryview, encoder: ChunkEncoder, repo: Repository
+) -> EncodedChunk:
+    """A live chunk as it goes into a new pack: its stored bytes, unless it is byte-grouped
+    in a store whose readers need not know codec 2 (another writer put it there)."""
+    codec = Codec(entry.codec)
+    if codec == Codec.GROUPED and not repo.config.byte_groups:
+        raw = decode_chunk(
+            codec, memoryview(payload), entry.raw_len, f"chunk {entry.chunk_id.hex()}"
+        )
+        codec, payload = encoder.encode(memoryview(raw))
+    return entry.chunk_id, entry.raw_len, codec, payload
 
 
 def _stored_packs(repo: Repository) -> set[bytes]:

@@ -31,7 +31,7 @@ from castore.engine.chunking import cut_whole
 from castore.engine.progress import Progress, ProgressCallback
 from castore.engine.writer import EncodedChunk, StreamWriter, WriteSession, encode_group
 from castore.errors import InvalidInputError
-from castore.format.config import ChunkerParams, CompressionParams
+from castore.format.config import StoreConfig
 from castore.format.digests import format_digest
 from castore.format.manifest import Manifest
 from castore.format.names import check_name, check_tag
@@ -125,8 +125,7 @@ class _FileRead:
 def _read_small_file(
     abspath: str,
     listed: os.stat_result,
-    chunking: ChunkerParams,
-    compression: CompressionParams,
+    config: StoreConfig,
     known: Callable[[bytes], bool],
 ) -> _FileRead | str:
     """Read, cut, hash and compress one small file in a worker; a str says why not."""
@@ -135,7 +134,7 @@ def _read_small_file(
             data = file.read()
     except OSError as exc:
         return scan.os_reason(exc)
-    encoded = encode_group(cut_whole(data, chunking), known, compression)
+    encoded = encode_group(cut_whole(data, config.chunker), known, config)
     # A one-chunk file's SHA-256 is its chunk id: no need to hash it twice.
     whole = encoded[0][0] if len(encoded) == 1 else hashlib.sha256(data).digest()
     ids, sizes = b"".join(e[0] for e in encoded), tuple(e[1] for e in encoded)
@@ -272,14 +271,8 @@ class _Backup:
             self._push(path, entry)
             self._advance(1, reused.size, path)
         elif st.st_size <= SMALL_FILE_BYTES and st.st_blocks * 512 >= st.st_size:
-            config = self.session.config
             future = self.pool.submit(
-                _read_small_file,
-                abspath,
-                st,
-                config.chunker,
-                config.compression,
-                self.session.known,
+                _read_small_file, abspath, st, self.session.config, self.session.known
             )
             self._push(path, future, st.st_size)
         else:
