@@ -27,6 +27,9 @@ GROUP_HEADER = struct.Struct("<BI")
 """One group's entry in a byte-grouped payload's header: its codec and stored length."""
 GROUP_CODECS = (Codec.RAW, Codec.ZSTD)
 
+PROBE_SIZE = 1024
+"""A byte group longer than 4 probes gets a zstd pass only if its first PROBE_SIZE bytes
+compress: groups of noise (low mantissa bytes) are stored raw at the cost of a probe."""
 SAMPLE_SIZE = 4096
 """Bytes from the middle of a chunk that the encoder tries every codec on."""
 PLAN_CHUNKS = 16
@@ -93,14 +96,25 @@ def encode_grouped(data: memoryview, width: int, min_saving: float) -> bytes:
     stored = []
     for i in range(width):
         group = flat[i:whole:width]
-        compressed = _group_compressor().compress(group)
-        if _saves_enough(len(compressed), len(group), min_saving):
+        compressed = _compress_group(group, min_saving)
+        if compressed is not None:
             header += GROUP_HEADER.pack(Codec.ZSTD, len(compressed))
             stored.append(compressed)
         else:
             header += GROUP_HEADER.pack(Codec.RAW, len(group))
             stored.append(group)
     return b"".join([header, *stored, flat[whole:]])
+
+
+def _compress_group(group: bytes, min_saving: float) -> bytes | None:
+    """The group's zstd frame if it saves `min_saving`, else None (store it raw)."""
+    compressor = _group_compressor()
+    if len(group) > 4 * PROBE_SIZE:
+        probe = compressor.compress(group[:PROBE_SIZE])
+        if not _saves_enough(len(probe), PROBE_SIZE, min_saving):
+            return None
+    compressed = compressor.compress(group)
+    return compressed if _saves_enough(len(compressed), len(group), min_saving) else None
 
 
 def decode_chunk(codec: int, payload: memoryview, raw_len: int, where: str) -> bytes | memoryview:
