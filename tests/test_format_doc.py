@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import re
+import struct
 import uuid
 from pathlib import Path
 from unittest import mock
@@ -29,7 +30,7 @@ from castore.backend import open_backend
 from castore.engine import refs
 from castore.engine.chunking import cut_whole
 from castore.format import layout
-from castore.format.compression import Codec, decode_chunk
+from castore.format.compression import Codec, decode_chunk, encode_grouped
 from castore.format.config import ChunkerParams, StoreConfig
 from castore.format.index import encode_index_object
 from castore.format.manifest import Manifest
@@ -191,6 +192,8 @@ ENVIRONMENT = {
     "castore": "0.1.0",
     "packages": {},
 }
+GROUPED_CHUNK = struct.pack("<ff", 1.0, 2.0) + b"\x2a"
+"""6.2's example chunk: the float32 values 1.0 and 2.0, then one byte."""
 REF_TIME = "2025-01-31T12:00:00.000000+00:00"
 RFC8032_SECRET = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
 SIGNED_AT = "2025-01-31T12:00:00+00:00"
@@ -294,6 +297,7 @@ def examples() -> dict[str, Example]:
         "signature-message": Example(message),
         "signature": Example(key.sign(message)),
         "signature-object": Example(signature.encode(), signature.path),
+        "grouped-record": Example(encode_grouped(memoryview(GROUPED_CHUNK), 4, 1 / 32)),
     }
     for label, (path, data) in _ref_objects(version_digest).items():
         found[label] = Example(data, path)
@@ -420,6 +424,14 @@ def test_the_zstd_record_decodes_as_described() -> None:
     assert zstandard.frame_content_size(record) == 1000
     raw = decode_chunk(Codec.ZSTD, memoryview(record), 1000, "FORMAT.md zstd record")
     assert bytes(raw) == b"a" * 1000
+
+
+def test_the_grouped_record_decodes_to_the_chunk_it_states() -> None:
+    block = labelled("hex-annotated")["grouped-record"]
+    record = bytes.fromhex("".join(token for _, token, _ in annotated_pattern(block)))
+    assert GROUPED_CHUNK.hex() in document().replace(" ", "")
+    raw = decode_chunk(Codec.GROUPED, memoryview(record), len(GROUPED_CHUNK), "FORMAT.md 6.2")
+    assert bytes(raw) == GROUPED_CHUNK
 
 
 # -- Appendix B ----------------------------------------------------------------------------------
