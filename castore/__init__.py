@@ -33,7 +33,7 @@ from castore.maintenance.stats import StoreStats
 from castore.maintenance.verify import VerifyReport
 from castore.safety import GlobalUse, trusted_globals_path
 from castore.snapshots.backup import BackupStats, Snapshot
-from castore.snapshots.browse import Change
+from castore.snapshots.browse import Change, PathMatches
 from castore.snapshots.restore import RestorePlan, RestoreStats
 from castore.store import Store, init, load, save
 from castore.store import open_store as open
@@ -80,6 +80,7 @@ __all__ = [
     "LogEntry",
     "NotAStoreError",
     "NotFoundError",
+    "PathMatches",
     "PrivateKey",
     "Progress",
     "PublicKey",

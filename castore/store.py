@@ -6,7 +6,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from castore.backend.counting import Requests
 from castore.engine import leases
@@ -34,6 +34,7 @@ from castore.maintenance.verify import VerifyReport
 from castore.maintenance.verify import verify as verify_store
 from castore.snapshots import backup as backups
 from castore.snapshots import browse, retention
+from castore.snapshots import dump as snapshot_dump
 from castore.snapshots.restore import RestorePlan, RestoreStats, planned_entries
 from castore.snapshots.restore import restore as restore_snapshot
 from castore.trust import signatures
@@ -484,6 +485,28 @@ class Store:
         """A seekable readable file over file `path` of snapshot `ref`, without restoring
         it: every chunk is verified before its bytes are returned."""
         return browse.open_file(self.repository, ref, path)
+
+    def dump(self, ref: str, path: str, out: BinaryIO, *, archive: str | None = None) -> int:
+        """Write file `path` of snapshot `ref` to the binary file `out` (return its size),
+        or with ``archive="tar"`` a folder and all below it ("" for the whole snapshot) as
+        a pax tar stream (return the number of members). Every byte is verified before it
+        is written; nothing is restored."""
+        if archive is None:
+            return snapshot_dump.dump_file(self.repository, ref, path, out)
+        if archive not in snapshot_dump.ARCHIVES:
+            raise InvalidInputError(
+                f"archive must be one of {snapshot_dump.ARCHIVES}, not {archive!r}"
+            )
+        return snapshot_dump.dump_tar(self.repository, ref, path, out)
+
+    def find_paths(
+        self, patterns: Iterable[str], names: Iterable[str] | None = None
+    ) -> Iterator[browse.PathMatches]:
+        """The snapshots (of `names`, default every name) holding paths that match one of
+        `patterns`, oldest first per name (restic's find): a pattern with a ``/`` matches
+        the whole path, one without the last component; ``*``, ``?`` and ``[...]`` match
+        within a component."""
+        return browse.find_paths(self.repository, list(patterns), names)
 
     def snapshot_diff(self, a: str, b: str) -> Iterator[browse.Change]:
         """Files added, removed and changed between two snapshots."""

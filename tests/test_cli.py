@@ -708,6 +708,7 @@ def test_docs_cli_names_every_json_key(
             ("key", "trust", f"{key}.pub"),
             ("key", "ls"),
             ("sign", "m:1", "--key", str(key)),
+            ("find", "f", "--name", "home"),
             ("restore", "home:1", str(tmp_path / "out"), "--dry-run"),
             ("restore", "home:1", str(tmp_path / "out")),
             ("forget", "home", "--keep-last", "1", "--dry-run"),

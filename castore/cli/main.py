@@ -332,17 +332,17 @@ def _entry_json(entry: Any) -> dict[str, Any]:
     }
 
 
+def _entry_line(e: dict[str, Any]) -> str:
+    return (
+        f"{e['type']:<8} {e['mode']:>7} {_human_size(e['size']):>10}  {shown(e['path'])}"
+        + (f" -> {shown(e['target'])}" if "target" in e else "")
+        + (f"  (skipped: {shown(e['reason'])})" if "reason" in e else "")
+    )
+
+
 def _list_snapshot(command: Command, ref: str, path: str | None) -> int:
     entries = [_entry_json(e) for e in command.store.snapshot_entries(ref, path)]
-    command.emit(
-        entries,
-        lambda: "\n".join(
-            f"{e['type']:<8} {e['mode']:>7} {_human_size(e['size']):>10}  {shown(e['path'])}"
-            + (f" -> {shown(e['target'])}" if "target" in e else "")
-            + (f"  (skipped: {shown(e['reason'])})" if "reason" in e else "")
-            for e in entries
-        ),
-    )
+    command.emit(entries, lambda: "\n".join(map(_entry_line, entries)))
     return 0
 
 
@@ -629,6 +629,36 @@ def cmd_diff(command: Command) -> int:
         return "\n".join(lines)
 
     command.emit(data, text)
+    return 0
+
+
+def cmd_dump(command: Command) -> int:
+    """castore dump SNAPSHOT PATH [--archive tar]: a file's bytes, or a folder as a tar
+    stream, to standard output; each chunk verified before its bytes are written."""
+    args = command.args
+    if args.json:
+        raise InvalidInputError("dump writes the snapshot's bytes to stdout: drop --json")
+    command.store.dump(args.ref, args.path, sys.stdout.buffer, archive=args.archive)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def cmd_find(command: Command) -> int:
+    """castore find PATTERN... [--name NAME]: the snapshots holding matching paths."""
+    args = command.args
+    rows = [
+        {**_version_json(found.version), "matches": [_entry_json(e) for e in found.entries]}
+        for found in command.store.find_paths(args.patterns, args.name or None)
+    ]
+
+    def text() -> str:
+        lines = []
+        for row in rows:
+            lines.append(f"{shown(row['name'])}:{row['version']}  {shown(row['created'][:19])}")
+            lines += [f"  {_entry_line(e)}" for e in row["matches"]]
+        return "\n".join(lines) or "(no snapshot holds a matching path)"
+
+    command.emit(rows, text)
     return 0
 
 
@@ -1273,6 +1303,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.add_argument(
         "--dry-run", action="store_true", help="list what would be written; write nothing"
+    )
+    dump = add(
+        "dump",
+        cmd_dump,
+        "write a file of a snapshot to stdout, or with --archive tar a folder of it (PATH / "
+        "for the whole snapshot); nothing is restored",
+    )
+    dump.add_argument("ref", help="NAME[:version] of a snapshot")
+    dump.add_argument("path", help="a file, or with --archive a folder, inside the snapshot")
+    dump.add_argument("--archive", choices=["tar"], help="write PATH as a tar stream")
+    find = add("find", cmd_find, "list the snapshots that hold paths matching PATTERN")
+    find.add_argument(
+        "patterns",
+        nargs="+",
+        metavar="PATTERN",
+        help="a glob matched against each name (against the whole path if it has a /)",
+    )
+    find.add_argument(
+        "--name", action="append", default=[], help="only the snapshots of NAME (repeatable)"
     )
     forget = add("forget", cmd_forget, "delete the snapshots a retention policy does not keep")
     forget.add_argument("name")

@@ -1,4 +1,5 @@
-"""Reading snapshots back: find a snapshot's manifest, list its entries, diff two of them.
+"""Reading snapshots back: find a snapshot's manifest, list its entries, open its files,
+diff two of them, and find the snapshots that hold matching paths.
 
 Both listing and diffing stream the tree (castore.format.tree) in path order: a subtree
 is contiguous, and two trees merge by path like two sorted lists.
@@ -6,15 +7,26 @@ is contiguous, and two trees merge by path like two sorted lists.
 
 from __future__ import annotations
 
+import fnmatch
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from castore.errors import InvalidInputError, NotFoundError
 from castore.format.manifest import Manifest
-from castore.format.tree import FILE, SKIPPED, SYMLINK, Entry, is_within, normalize_path, sort_key
+from castore.format.tree import (
+    FILE,
+    SKIPPED,
+    SYMLINK,
+    TREE_KIND,
+    Entry,
+    is_within,
+    normalize_path,
+    sort_key,
+)
 from castore.versions import catalog
+from castore.versions.catalog import Version
 from castore.versions.contents import check_tree_manifest, tree_entries
 
 if TYPE_CHECKING:
@@ -77,9 +89,71 @@ def open_file(repo: Repository, ref: str, path: str | bytes) -> VerifiedStream:
     entry = find_entry(repo, ref, path)
     if entry.type != FILE:
         raise InvalidInputError(f"{path!r} in {ref} is a {entry.type}, not a file")
+    return open_entry(repo, entry)
+
+
+def open_entry(repo: Repository, entry: Entry) -> VerifiedStream:
+    """A seekable readable file over a file entry of a snapshot already resolved."""
     if entry.extents is None:
         return repo.open_descriptor(entry.descriptor(), authenticated=True)
     return repo.open_sparse(entry.descriptor(), entry.extents, entry.size)
+
+
+def entries_below(repo: Repository, manifest: Manifest, path: str | bytes) -> Iterator[Entry]:
+    """The entries of a resolved snapshot at `path` and below it, in path order
+    (NotFoundError, raised when the listing ends, if there is no such path)."""
+    missing = f"version {manifest.number} of {manifest.name} has no path {path!r}"
+    return _list_entries(repo, manifest, normalize_path(path), missing)
+
+
+@dataclass(frozen=True)
+class PathMatches:
+    """The entries of one snapshot that matched the patterns of a find."""
+
+    version: Version
+    """The snapshot."""
+    entries: list[Entry]
+    """The matching entries, in path order."""
+
+
+def path_matcher(patterns: list[str]) -> Callable[[Entry], bool]:
+    """restic's find rules: a pattern with a ``/`` matches the whole path (from the
+    snapshot's root, a leading ``/`` optional), one without matches the last component;
+    ``*``, ``?`` and ``[...]`` as in shell globs, within one component (``*`` never
+    matches a ``/``), case-sensitive. Any pattern may match."""
+    if not patterns:
+        raise InvalidInputError("find needs at least one pattern")
+    whole = [os.fsencode(p.strip("/")).split(b"/") for p in patterns if "/" in p]
+    last = [os.fsencode(p) for p in patterns if "/" not in p]
+
+    def matches(entry: Entry) -> bool:
+        if any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in last):
+            return True
+        parts = entry.path.split(b"/")
+        return any(
+            len(parts) == len(pattern) and all(map(fnmatch.fnmatchcase, parts, pattern))
+            for pattern in whole
+        )
+
+    return matches
+
+
+def find_paths(
+    repo: Repository, patterns: list[str], names: Iterable[str] | None = None
+) -> Iterator[PathMatches]:
+    """Every snapshot, of `names` (default: every name of the store), that holds an
+    entry matching one of `patterns` (see `path_matcher`), oldest version first, with
+    those entries in path order. Versions that are not snapshots are passed over."""
+    matches = path_matcher(patterns)
+    for name in catalog.names(repo) if names is None else names:
+        for number in catalog.versions(repo, name):
+            manifest, digest = catalog.resolve(repo, f"{name}:{number}")
+            if manifest.kind != TREE_KIND:
+                continue
+            with tree_entries(repo, manifest) as entries:
+                found = [entry for entry in entries if matches(entry)]
+            if found:
+                yield PathMatches(Version.of(manifest, digest), found)
 
 
 def _list_entries(
