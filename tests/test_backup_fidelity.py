@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import castore
+from castore.engine.progress import ProgressCallback
 from castore.format.streams import StreamDescriptor
 from castore.format.tree import DIR, FILE
 from castore.versions import catalog
@@ -19,6 +21,7 @@ from tests.helpers import pattern
 from tests.test_backup import commit_raw_tree
 
 MTIME = 1_600_000_000_123_456_789
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -306,3 +309,74 @@ def test_exclude_caches_honours_cachedir_tags(local_store: castore.Store, tmp_pa
     ]
     plain = local_store.backup(src, "backups/plain")
     assert b"build/cache/blob" in {e.path for e in local_store.snapshot_entries(plain.reference)}
+
+
+def _grow_on_first_report(file: Path) -> ProgressCallback:
+    """A progress callback that appends to `file` when the backup first reports reading
+    it: an event inside the read, not a race against it."""
+    grown: list[bool] = []
+
+    def report(progress: castore.Progress) -> None:
+        if progress.path.endswith(file.name) and not grown:
+            grown.append(True)
+            with open(file, "ab") as out:
+                out.write(b"appended while it was read")
+
+    return report
+
+
+def test_a_file_that_changes_while_it_is_read_is_flagged(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    big = src / "growing.log"
+    big.write_bytes(pattern(9 * MIB, 6))
+    (src / "still").write_bytes(b"same")
+    snap = local_store.backup(src, "backups/live", progress=_grow_on_first_report(big))
+    assert (snap.stats.changed, snap.stats.changed_paths) == (1, ["growing.log"])
+    assert snap.metadata["changed"] == 1
+    entries = {e.path: e for e in local_store.snapshot_entries(snap.reference)}
+    assert entries[b"growing.log"].size in (9 * MIB, big.stat().st_size)  # what was read
+    # Unchanged since: the next backup reads it again (its mtime moved) and flags nothing.
+    again = local_store.backup(src, "backups/live")
+    assert (again.stats.changed, again.stats.files_read) == (0, 1)
+    assert "changed" not in again.metadata
+
+
+GROWING_CLI = """
+import sys
+from pathlib import Path
+import castore
+from castore.cli import main
+from tests.test_backup_fidelity import _grow_on_first_report
+
+backup = castore.Store.backup
+def hooked(self, path, name, *, progress=None, **options):
+    hook = _grow_on_first_report(Path(path) / "growing.log")
+    def both(report):
+        hook(report)
+        if progress is not None:
+            progress(report)
+    return backup(self, path, name, progress=both, **options)
+castore.Store.backup = hooked
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def test_the_command_exits_3_when_a_file_changed_while_read(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "growing.log").write_bytes(pattern(9 * MIB, 7))
+    run = [sys.executable, "-c", GROWING_CLI, "--store", local_store.url, "backup", str(src)]
+    done = subprocess.run([*run, "--name", "backups/live"], capture_output=True, cwd=ROOT)
+    assert done.returncode == 3, done.stderr
+    assert b"changed while read (recorded as read): growing.log" in done.stdout
+    quiet = subprocess.run(
+        [sys.executable, "-m", "castore", "--store", local_store.url, "backup", str(src),
+         "--name", "backups/live"],
+        capture_output=True,
+    )  # fmt: skip
+    assert quiet.returncode == 0, quiet.stderr

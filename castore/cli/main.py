@@ -36,6 +36,9 @@ EXIT_CODES: list[tuple[type[CastoreError], int]] = [
     (CastoreError, 5),
 ]
 
+INCOMPLETE = 3
+"""Exit code of a backup whose snapshot was made with files that changed as they were read."""
+
 EPILOG = """\
 examples:
   castore --store ./models init
@@ -683,9 +686,14 @@ def cmd_backup(command: Command) -> int:
         + f"{snapshot.name}:{snapshot.version}  {snapshot.reference}\n"
         f"{stats.files} files ({_human_size(stats.bytes)}), {stats.files_read} read, "
         f"{stats.files_reused} unchanged, {stats.skipped} skipped; "
-        f"{_human_size(stats.new_bytes_stored)} new",
+        f"{_human_size(stats.new_bytes_stored)} new"
+        + "".join(
+            f"\nchanged while read (recorded as read): {shown(path)}"
+            for path in stats.changed_paths
+        ),
     )
-    return 0
+    # restic's code for a snapshot that was made but does not hold the source as it was.
+    return INCOMPLETE if stats.changed else 0
 
 
 def _plan_text(plan: castore.RestorePlan, target: str, verb: str) -> str:

@@ -83,6 +83,9 @@ class BackupStats:
     dirs: int = 0
     symlinks: int = 0
     skipped: int = 0
+    changed: int = 0
+    """Files whose size or mtime moved while they were read: recorded as read, which may
+    mix old and new bytes, and listed in `changed_paths`; the backup is incomplete."""
     bytes: int = 0
     """Total size of the files in the snapshot."""
     files_read: int = 0
@@ -101,6 +104,8 @@ class BackupStats:
     """Pinned reference of the parent snapshot, if there was one."""
     skipped_paths: list[tuple[str, str]] = field(default_factory=list)
     """(path, reason) of everything skipped, also recorded in the tree stream."""
+    changed_paths: list[str] = field(default_factory=list)
+    """The files counted in `changed`."""
     unchanged: bool = False
     """With skip_if_unchanged: the tree equals the parent's, so no snapshot was added and
     the parent is what the backup returned."""
@@ -115,11 +120,13 @@ class Snapshot(Version):
 
 @dataclass(frozen=True, slots=True)
 class _FileRead:
-    """A small file read by a worker: its fstat, its content, and its encoded chunks."""
+    """A small file read by a worker: its fstat, its content, its encoded chunks, and
+    whether it changed while it was read."""
 
     stat: os.stat_result
     content: StreamDescriptor
     chunks: list[EncodedChunk]
+    changed: bool
 
 
 def _read_small_file(
@@ -132,13 +139,14 @@ def _read_small_file(
     try:
         with scan.open_regular(abspath, listed) as (file, st):
             data = file.read()
+            changed = len(data) != st.st_size or scan.changed_since(file, st)
     except OSError as exc:
         return scan.os_reason(exc)
     encoded = encode_group(cut_whole(data, config.chunker), known, config)
     # A one-chunk file's SHA-256 is its chunk id: no need to hash it twice.
     whole = encoded[0][0] if len(encoded) == 1 else hashlib.sha256(data).digest()
     ids, sizes = b"".join(e[0] for e in encoded), tuple(e[1] for e in encoded)
-    return _FileRead(st, StreamDescriptor(whole, len(data), ids, sizes), encoded)
+    return _FileRead(st, StreamDescriptor(whole, len(data), ids, sizes), encoded, changed)
 
 
 class _ParentCursor:
@@ -297,6 +305,9 @@ class _Backup:
                     writer.write(piece)
                     self._advance(0, len(piece), path)
                 descriptor = writer.finish()
+                short = extents is None and descriptor.size != st.st_size
+                if short or scan.changed_since(file, st):
+                    self._changed(path)
         except OSError as exc:
             writer.abandon()
             return Entry.skipped(path, scan.os_reason(exc))
@@ -354,6 +365,8 @@ class _Backup:
             return Entry.skipped(path, result)
         for encoded in result.chunks:
             self.session.store_chunk(encoded)
+        if result.changed:
+            self._changed(path)
         self._count_read(result.content.size)
         return Entry.file(path, result.stat, result.content)
 
@@ -392,6 +405,10 @@ class _Backup:
                 *(totals or (None, None)),
             )
         )
+
+    def _changed(self, path: bytes) -> None:
+        self.stats.changed += 1
+        self.stats.changed_paths.append(os.fsdecode(path))
 
     def _skip(self, path: str, reason: str) -> None:
         self.stats.skipped += 1
@@ -495,6 +512,7 @@ def _snapshot_metadata(root: str, rules: IgnoreRules, stats: BackupStats) -> dic
         "dirs": stats.dirs,
         "symlinks": stats.symlinks,
         "skipped": stats.skipped,
+        **({"changed": stats.changed} if stats.changed else {}),
         "bytes": stats.bytes,
         "exclude": list(rules.patterns),
     }

@@ -259,6 +259,13 @@ def open_regular(abspath: str, listed: os.stat_result) -> Iterator[tuple[BinaryI
         yield file, st
 
 
+def changed_since(file: BinaryIO, opened: os.stat_result) -> bool:
+    """Whether the open file's size or mtime moved since `opened` was taken: it was
+    written to while it was read, so what was read may mix old and new bytes."""
+    now = os.fstat(file.fileno())
+    return (now.st_size, now.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns)
+
+
 def pieces(file: BinaryIO) -> Iterator[bytes]:
     """The content of an opened file, READ_BYTES at a time."""
     while piece := file.read(READ_BYTES):
