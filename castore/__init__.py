@@ -34,6 +34,7 @@ from castore.maintenance.verify import VerifyReport
 from castore.safety import GlobalUse, trusted_globals_path
 from castore.snapshots.backup import BackupStats, Snapshot
 from castore.snapshots.browse import Change, PathMatches
+from castore.snapshots.restore import OVERWRITE as RESTORE_OVERWRITE
 from castore.snapshots.restore import RestorePlan, RestoreStats
 from castore.store import Store, init, load, save
 from castore.store import open_store as open
@@ -55,6 +56,7 @@ from castore.versions.loading import Inspection
 __all__ = [
     "DEFAULT_REPACK_THRESHOLD",
     "DIGEST_PREFIX",
+    "RESTORE_OVERWRITE",
     "BackendError",
     "BackupStats",
     "CacheUsage",

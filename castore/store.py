@@ -443,6 +443,8 @@ class Store:
         *,
         owners: bool = True,
         setid: bool = False,
+        overwrite: str = "if-changed",
+        delete: bool = False,
         dry_run: bool = False,
         progress: ProgressCallback | None = None,
         on_plan: Callable[[RestorePlan], None] | None = None,
@@ -453,9 +455,12 @@ class Store:
         As root, owners are restored (by number) unless `owners` is False. Setuid and
         setgid bits are kept only with the owners and `setid` (for snapshots you trust: a
         store writer could plant a set-id program owned by root); otherwise they are
-        stripped and counted. `on_plan` gets
-        the plan (files and bytes to write) before anything is written; with `dry_run`
-        nothing is written at all."""
+        stripped and counted. `overwrite` says what happens to what is in an entry's
+        place: "if-changed" (rewrite unless identical), "always", or "never" (leave it);
+        `delete` removes what the target holds and the snapshot does not, inside the
+        restored `paths` only (restic's --delete). `on_plan` gets the plan (files and bytes
+        to write) before anything is written; with `dry_run` nothing is written at all
+        (`removed_paths` then lists what `delete` would remove)."""
         return restore_snapshot(
             self.repository,
             ref,
@@ -463,6 +468,8 @@ class Store:
             paths,
             owners=owners,
             setid=setid,
+            overwrite=overwrite,
+            delete=delete,
             dry_run=dry_run,
             progress=progress,
             on_plan=on_plan,

@@ -704,7 +704,16 @@ def _plan_text(plan: castore.RestorePlan, target: str, verb: str) -> str:
 
 def _restore_json(stats: castore.RestoreStats) -> dict[str, Any]:
     plan = stats.plan
-    totals = ("files", "bytes", "dirs", "symlinks", "skipped", "setid_stripped")
+    totals = (
+        "files",
+        "bytes",
+        "dirs",
+        "symlinks",
+        "skipped",
+        "setid_stripped",
+        "overwrite",
+        "delete",
+    )
     return {
         **{key: value for key, value in vars(stats).items() if key != "plan"},
         "plan": {
@@ -724,6 +733,8 @@ def _restore_dry_run(command: Command) -> int:
         args.paths,
         owners=not args.no_owner,
         setid=args.keep_setid,
+        overwrite=args.overwrite,
+        delete=args.delete,
         dry_run=True,
     )
     plan = stats.plan
@@ -737,6 +748,7 @@ def _restore_dry_run(command: Command) -> int:
         lambda: "\n".join(
             [_plan_text(plan, args.target, "would restore")]
             + [f"{e['type']:<8} {e['mode']:>7} {e['size']:>12}  {e['path']}" for e in entries]
+            + [f"would delete {shown(path)}" for path in stats.removed_paths]
         ),
     )
     return 0
@@ -759,6 +771,8 @@ def cmd_restore(command: Command) -> int:
             args.paths,
             owners=not args.no_owner,
             setid=args.keep_setid,
+            overwrite=args.overwrite,
+            delete=args.delete,
             progress=display.callback,
             on_plan=announce,
         )
@@ -768,6 +782,8 @@ def cmd_restore(command: Command) -> int:
         f"restored {stats.files_written} files ({_human_size(stats.bytes_written)}), "
         f"{stats.files_unchanged} already up to date, {stats.dirs} directories, "
         f"{stats.symlinks} symlinks into {args.target}"
+        + (f"; {stats.existing_kept} left as they were" if stats.existing_kept else "")
+        + (f"; {stats.removed} deleted" if args.delete else "")
         + (f"; setuid/setgid stripped from {stripped}" if stripped else ""),
     )
     return 0
@@ -1308,6 +1324,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="as root with owners, keep setuid and setgid bits (only for snapshots you trust:"
         " a store writer could plant a set-id program owned by root)",
+    )
+    restore.add_argument(
+        "--overwrite",
+        choices=castore.RESTORE_OVERWRITE,
+        default="if-changed",
+        help="what to do with what is in an entry's place: rewrite it unless identical "
+        "(if-changed, the default), always, or never",
+    )
+    restore.add_argument(
+        "--delete",
+        action="store_true",
+        help="remove what TARGET holds and the snapshot does not (inside PATHs only)",
     )
     restore.add_argument(
         "--dry-run", action="store_true", help="list what would be written; write nothing"

@@ -53,6 +53,12 @@ RESTORE_BATCH_FILES = 128
 """Files restored by one task, whose chunks are fetched as one stream (few ranged reads)."""
 TEMPORARY_PREFIX = b".castore-"
 SETID_BITS = stat.S_ISUID | stat.S_ISGID
+OVERWRITE = ("always", "if-changed", "never")
+"""What a restore does with a file, symlink or link already in its place (restic's
+--overwrite): rewrite it; rewrite it unless it is the same (size, mtime and SHA-256 for
+a file); or leave whatever is there."""
+WRITTEN, UNCHANGED, KEPT = "written", "unchanged", "kept"
+"""What became of one entry: written, found identical, or left as it was (never)."""
 """Mode bits restored only with the owners: setuid and setgid (the sticky bit is kept)."""
 
 
@@ -85,6 +91,11 @@ class RestorePlan:
     skipped: int = 0
     setid_stripped: int = 0
     """Files and directories restored without the setuid or setgid bits they record."""
+    overwrite: str = "if-changed"
+    """What is done with what is in the way (OVERWRITE)."""
+    delete: bool = False
+    """Whether what the target holds and the snapshot does not is removed (inside the
+    chosen paths only)."""
 
     def mode(self, entry: Entry) -> int:
         """The permission bits `entry` gets: its own, less setuid and setgid unless those
@@ -110,6 +121,14 @@ class RestoreStats:
     bytes_written: int = 0
     hardlinks: int = 0
     """Hard links made to files restored in the same run (not in `files_written`)."""
+    existing_kept: int = 0
+    """Files, symlinks and links left as they were, whatever they hold, because something
+    was in their place and the plan's overwrite is "never"."""
+    removed: int = 0
+    """Paths of the target the snapshot does not have, removed (a folder with all in it
+    counts once): with the plan's `delete`; a dry run counts what it would remove."""
+    removed_paths: list[str] = field(default_factory=list)
+    """Those paths, relative to the target."""
     elapsed: float = 0.0
 
 
@@ -176,10 +195,33 @@ def _open_dir(dir_fd: int, name: bytes) -> int:
         raise
 
 
-def _prepare_dir(dir_fd: int, name: bytes) -> int:
+def _stale_names(dir_fd: int, names: set[bytes]) -> list[tuple[bytes, os.stat_result]]:
+    """What the open directory holds besides `names` (those the snapshot has there)."""
+    stale = []
+    for name in sorted(map(os.fsencode, os.listdir(dir_fd))):
+        if name not in names and (found := _lstat(dir_fd, name)) is not None:
+            stale.append((name, found))
+    return stale
+
+
+def _deletes_in(plan: RestorePlan, path: bytes) -> bool:
+    """Whether the restore removes from directory `path` what the snapshot lacks: with
+    `delete`, inside the chosen paths (never beside them, in a folder above one)."""
+    return plan.delete and (
+        not plan.selection or any(is_within(path, chosen) for chosen in plan.selection)
+    )
+
+
+def _prepare_dir(dir_fd: int, entry: Entry, overwrite: str) -> int:
     """Make `name` a real directory we can write into; return it opened."""
+    name = entry.name
     current = _lstat(dir_fd, name)
     if current is not None and not stat.S_ISDIR(current.st_mode):
+        if overwrite == "never":
+            raise InvalidInputError(
+                f"cannot restore directory {entry.path_str!r}: something else is in its "
+                "place, and overwrite 'never' leaves it"
+            )
         _remove(dir_fd, name, current)
         current = None
     if current is None:
@@ -204,24 +246,29 @@ def _new_symlink(dir_fd: int, entry: Entry, owners: Ownership, name: bytes) -> N
     _set_link_attributes(dir_fd, name, entry, owners)
 
 
-def _restore_symlink(dir_fd: int, name: bytes, entry: Entry, owners: Ownership) -> bool:
-    """Create or fix a symlink (never followed); True if it had to be written.
+def _restore_symlink(
+    dir_fd: int, name: bytes, entry: Entry, owners: Ownership, overwrite: str
+) -> str:
+    """Create or fix a symlink (never followed); say what became of it.
 
     A symlink in place with the same target is kept only if it has no other name (a hard
     link to a symlink elsewhere is replaced, so that nothing outside changes).
     """
     current = _lstat(dir_fd, name)
+    if current is not None and overwrite == "never":
+        return KEPT
     same = (
-        current is not None
+        overwrite == "if-changed"
+        and current is not None
         and stat.S_ISLNK(current.st_mode)
         and current.st_nlink == 1
         and os.readlink(name, dir_fd=dir_fd) == entry.target
     )
     if same:
         _set_link_attributes(dir_fd, name, entry, owners)
-    else:
-        _replace(dir_fd, name, current, partial(_new_symlink, dir_fd, entry, owners))
-    return not same
+        return UNCHANGED
+    _replace(dir_fd, name, current, partial(_new_symlink, dir_fd, entry, owners))
+    return WRITTEN
 
 
 def _may_keep(st: os.stat_result, entry: Entry) -> bool:
@@ -327,29 +374,34 @@ class _EntryFailed(Exception):
 def _restore_files(
     repo: Repository,
     files: list[tuple[_OpenDir, Entry]],
-    owners: Ownership,
+    plan: RestorePlan,
     wrote: Callable[[int], None],
-) -> list[bool]:
-    """Restore a batch of files, in order; for each, True if written, False if kept.
+) -> list[str]:
+    """Restore a batch of files, in order; say what became of each.
 
     The chunks of all the files to write are read as one stream, so that files stored
     next to each other cost one ranged read, not one each. Every chunk is verified
     against its id as it is read, every file against its SHA-256 before it is renamed
     into place.
     """
-    written = []
+    owners = plan.ownership
+    outcomes = []
     to_write = []
     for parent, entry in files:
         try:
             dir_fd = parent.fd()
             current = _lstat(dir_fd, entry.name)
-            keep = current is not None and _keep_existing_file(
-                dir_fd, entry.name, current, entry, owners
-            )
+            if current is None or plan.overwrite == "always":
+                outcome = WRITTEN
+            elif plan.overwrite == "never":
+                outcome = KEPT
+            else:
+                same = _keep_existing_file(dir_fd, entry.name, current, entry, owners)
+                outcome = UNCHANGED if same else WRITTEN
         except OSError as exc:
             raise _EntryFailed(entry, exc) from exc
-        written.append(not keep)
-        if not keep:
+        outcomes.append(outcome)
+        if outcome == WRITTEN:
             to_write.append((dir_fd, entry, current))
     # The tree is authenticated by its version digest, so are the chunk lists in it.
     content = _concatenation([entry for _, entry, _ in to_write])
@@ -360,7 +412,7 @@ def _restore_files(
                 _replace(dir_fd, entry.name, current, write)
             except OSError as exc:
                 raise _EntryFailed(entry, exc) from exc
-    return written
+    return outcomes
 
 
 def _concatenation(entries: list[Entry]) -> StreamDescriptor:
@@ -389,10 +441,10 @@ def _open_parent(root_fd: int, path: bytes) -> int:
 
 
 def _restore_hardlink(
-    root_fd: int, entry: Entry, first_written: Future[Any], dir_fd: int
-) -> list[bool]:
+    root_fd: int, entry: Entry, first_written: Future[Any], dir_fd: int, overwrite: str
+) -> list[str]:
     """Make `entry` a hard link of its inode's first name, restored in this run (once
-    that is written); [True] if the link had to be made, [False] if it was in place.
+    that is written); say what became of it.
 
     The first name is opened from the target without following symlinks and must be a
     regular file; the link is made under a temporary name (linkat never follows a
@@ -414,7 +466,9 @@ def _restore_hardlink(
                 first.st_dev,
                 first.st_ino,
             ):
-                return [False]
+                return [UNCHANGED]
+            if current is not None and overwrite == "never":
+                return [KEPT]
 
             def link(temporary: bytes) -> None:
                 os.link(
@@ -430,7 +484,7 @@ def _restore_hardlink(
             os.close(first_dir)
     except OSError as exc:
         raise _EntryFailed(entry, exc) from exc
-    return [True]
+    return [WRITTEN]
 
 
 class _OpenDir:
@@ -444,6 +498,8 @@ class _OpenDir:
         self.path = path
         self.entry = entry
         self.opened = opened
+        self.names: set[bytes] = set()
+        """The names the snapshot has in it."""
         self._closed = False
 
     def fd(self) -> int:
@@ -510,6 +566,7 @@ class _Restorer:
         progress: ProgressCallback | None,
     ) -> None:
         self.repo = repo
+        self.plan = plan
         self.owners = plan.ownership
         self.target = target
         self.progress = progress
@@ -538,20 +595,25 @@ class _Restorer:
         parent = self.dirs[-1]
         if parent.path != entry.parent:
             raise IntegrityError(f"{entry.path_str!r} has no directory entry above it")
-        name, pool, owners = entry.name, self.pool, self.owners
+        name, pool, owners, overwrite = entry.name, self.pool, self.owners, self.plan.overwrite
+        parent.names.add(name)
         if entry.type == DIR:
-            opened = pool.submit(lambda: _prepare_dir(parent.fd(), name))
+            opened = pool.submit(lambda: _prepare_dir(parent.fd(), entry, overwrite))
             self.dirs.append(_OpenDir(entry.path, entry, opened))
             self.pending.append(_Job([entry], opened))
         elif entry.type == SYMLINK:
-            linked = pool.submit(lambda: _restore_symlink(parent.fd(), name, entry, owners))
+            linked = pool.submit(
+                lambda: _restore_symlink(parent.fd(), name, entry, owners, overwrite)
+            )
             self.pending.append(_Job([entry], linked))
         elif entry.type == FILE and entry.hardlink in self.link_roots:
             self._flush_batch()  # the first name may be in the batch: its task must exist
             first = self.link_roots[entry.hardlink]
             assert first is not None
             root_fd = self.dirs[0].fd()
-            job = pool.submit(lambda: _restore_hardlink(root_fd, entry, first, parent.fd()))
+            job = pool.submit(
+                lambda: _restore_hardlink(root_fd, entry, first, parent.fd(), overwrite)
+            )
             self.pending.append(_Job([entry], job, link=True))
         elif entry.type == FILE:
             self._batch_file(parent, entry)
@@ -564,6 +626,7 @@ class _Restorer:
         self._leave_dirs(b"")
         self._flush_batch()
         self._drain(0)
+        self._delete_stale(self.dirs[0])
         self.stats.elapsed = time.monotonic() - self.started
 
     def close(self) -> None:
@@ -588,7 +651,7 @@ class _Restorer:
     def _flush_batch(self) -> None:
         if self.batch:
             files, self.batch, self.batch_bytes = self.batch, [], 0
-            job = self.pool.submit(_restore_files, self.repo, files, self.owners, self._wrote)
+            job = self.pool.submit(_restore_files, self.repo, files, self.plan, self._wrote)
             self.pending.append(_Job([entry for _, entry in files], job))
             for _, entry in files:
                 if entry.path in self.link_roots:
@@ -612,7 +675,9 @@ class _Restorer:
             self.pending.popleft()
             try:
                 if job.directory is not None:
-                    job.directory.finish(self.owners)  # every task before it, so inside it, is done
+                    # Every task before it, so everything inside it, is done.
+                    self._delete_stale(job.directory)
+                    job.directory.finish(self.owners)
                 else:
                     assert job.future is not None
                     self._count(job.entries, job.future.result(), job.link)
@@ -621,6 +686,22 @@ class _Restorer:
             except OSError as exc:
                 raise self._error(job.entries[0], exc) from exc
 
+    def _delete_stale(self, directory: _OpenDir) -> None:
+        """Remove what `directory` holds and the snapshot does not, if the plan says so."""
+        if not _deletes_in(self.plan, directory.path):
+            return
+        fd = directory.fd()
+        for name, found in _stale_names(fd, directory.names):
+            try:
+                _remove(fd, name, found)
+            except OSError as exc:
+                path = os.fsdecode(os.path.join(directory.path, name))
+                raise InvalidInputError(
+                    f"cannot delete {path!r} from {self.target!r}: {os_reason(exc)}"
+                ) from exc
+            self.stats.removed += 1
+            self.stats.removed_paths.append(os.fsdecode(os.path.join(directory.path, name)))
+
     def _count(self, entries: list[Entry], result: object, link: bool) -> None:
         stats = self.stats
         kind = entries[0].type
@@ -628,19 +709,20 @@ class _Restorer:
             stats.dirs += 1
         elif kind == SYMLINK:
             stats.symlinks += 1
-        elif link:
-            assert isinstance(result, list)
-            stats.hardlinks += result[0]
-            stats.files_unchanged += not result[0]
-            self._advance(entries, entries[0].size)
+            stats.existing_kept += result == KEPT
         else:
             assert isinstance(result, list)
             counted = 0  # written files' stored bytes, counted chunk by chunk as written
-            for entry, written in zip(entries, result, strict=True):
-                stats.files_written += written
-                stats.bytes_written += entry.size if written else 0
-                stats.files_unchanged += not written
-                counted += entry.stored_size if written else 0
+            for entry, outcome in zip(entries, result, strict=True):
+                written = outcome == WRITTEN
+                if link:
+                    stats.hardlinks += written
+                else:
+                    stats.files_written += written
+                    stats.bytes_written += entry.size if written else 0
+                    counted += entry.stored_size if written else 0
+                stats.files_unchanged += outcome == UNCHANGED
+                stats.existing_kept += outcome == KEPT
             self._advance(entries, sum(entry.size for entry in entries) - counted)
 
     def _wrote(self, size: int) -> None:
@@ -732,6 +814,8 @@ def plan_restore(
     *,
     owners: bool = True,
     setid: bool = False,
+    overwrite: str = "if-changed",
+    delete: bool = False,
 ) -> RestorePlan:
     """What restoring snapshot `ref` (or only `paths` in it) will write, from one pass
     over its tree; NotFoundError if a path is not in the snapshot.
@@ -739,6 +823,8 @@ def plan_restore(
     Owners are restored if `owners` and the process runs as root (euid 0); setuid and
     setgid bits only with the owners, and only if `setid`.
     """
+    if overwrite not in OVERWRITE:
+        raise InvalidInputError(f"overwrite must be one of {OVERWRITE}, not {overwrite!r}")
     manifest = snapshot_manifest(repo, ref)
     selection = _selection(paths)
     restored = owners and os.geteuid() == 0
@@ -749,7 +835,7 @@ def plan_restore(
     if missing := set(selection) - found:
         listed = ", ".join(sorted(repr(os.fsdecode(path)) for path in missing))
         raise NotFoundError(f"{ref} has no {listed}")
-    return RestorePlan(manifest, selection, ownership, **counts)
+    return RestorePlan(manifest, selection, ownership, **counts, overwrite=overwrite, delete=delete)
 
 
 @contextmanager
@@ -757,6 +843,49 @@ def planned_entries(repo: Repository, plan: RestorePlan) -> Iterator[Iterator[En
     """The entries the plan restores, in tree order, streamed from the snapshot."""
     with tree_entries(repo, plan.manifest) as entries:
         yield _selected_entries(entries, plan.selection, set())
+
+
+def _would_delete(repo: Repository, plan: RestorePlan, target: str | os.PathLike[str]) -> list[str]:
+    """The paths of `target` a restore with `delete` would remove: one walk of the plan's
+    entries beside the target's directories, opened without following symlinks."""
+    try:
+        root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return []  # no target yet, or not a directory: nothing in it to remove
+    stale: list[str] = []
+    stack: list[tuple[bytes, int | None, set[bytes]]] = [(b"", root, set())]
+
+    def leave() -> None:
+        path, fd, names = stack.pop()
+        if fd is None:
+            return
+        try:
+            if _deletes_in(plan, path):
+                stale.extend(os.fsdecode(os.path.join(path, n)) for n, _ in _stale_names(fd, names))
+        finally:
+            os.close(fd)
+
+    try:
+        with planned_entries(repo, plan) as entries:
+            for entry in entries:
+                while len(stack) > 1 and stack[-1][0] != entry.parent:
+                    leave()
+                if stack[-1][0] != entry.parent:
+                    raise IntegrityError(f"{entry.path_str!r} has no directory entry above it")
+                _, parent_fd, names = stack[-1]
+                names.add(entry.name)
+                if entry.type == DIR:
+                    child = None
+                    with suppress(OSError, InvalidInputError):
+                        child = _open_dir(parent_fd, entry.name) if parent_fd is not None else None
+                    stack.append((entry.path, child, set()))
+        while stack:
+            leave()
+    finally:
+        for _, fd, _ in stack:
+            if fd is not None:
+                os.close(fd)
+    return stale
 
 
 def restore(
@@ -767,6 +896,8 @@ def restore(
     *,
     owners: bool = True,
     setid: bool = False,
+    overwrite: str = "if-changed",
+    delete: bool = False,
     dry_run: bool = False,
     progress: ProgressCallback | None = None,
     on_plan: Callable[[RestorePlan], None] | None = None,
@@ -778,18 +909,24 @@ def restore(
     by number, when running as root unless `owners` is False. Setuid and setgid bits
     are kept only with the owners and with `setid` (off by default: a store writer
     could plant a set-id program owned by root). Files already in place with the same
-    size, mtime and SHA-256 are kept (unless they are hard links), and files in `target` that the
-    snapshot lacks are left alone. Nothing is ever created or changed outside `target`,
-    whatever the snapshot holds.
+    size, mtime and SHA-256 are kept (unless they are hard links); `overwrite` "always"
+    rewrites them too, "never" leaves whatever is in an entry's place. What `target`
+    holds and the snapshot lacks is left alone, or with `delete` removed (inside the
+    chosen `paths` only). Nothing is ever created or changed outside `target`, whatever
+    the snapshot holds.
 
     The plan (plan_restore) is made first and given to `on_plan` before anything is
-    written; with `dry_run`, nothing is: not even `target` is created.
+    written; with `dry_run`, nothing is: not even `target` is created, and `removed`
+    counts what `delete` would remove.
     """
-    plan = plan_restore(repo, ref, paths, owners=owners, setid=setid)
+    plan = plan_restore(
+        repo, ref, paths, owners=owners, setid=setid, overwrite=overwrite, delete=delete
+    )
     if on_plan is not None:
         on_plan(plan)
     if dry_run:
-        return RestoreStats(plan, dry_run=True)
+        stale = _would_delete(repo, plan, target) if delete else []
+        return RestoreStats(plan, dry_run=True, removed=len(stale), removed_paths=stale)
     restorer = _Restorer(repo, plan, _open_target(target), os.fspath(target), progress)
     try:
         with planned_entries(repo, plan) as entries:
