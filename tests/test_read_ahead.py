@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import castore
 from castore.engine import reader
 from castore.format.digests import parse_digest
+from castore.format.streams import StreamDescriptor
 
 CHUNK = 256 * 1024
 
@@ -46,3 +48,36 @@ def test_a_slow_reader_holds_no_more_decoded_bytes_than_the_read_ahead(
     # Ranges are submitted while the bytes in flight are under READ_AHEAD, and each
     # decodes to at most MAX_RANGE: the 16 MiB stream is never held whole.
     assert held <= reader.READ_AHEAD + reader.MAX_RANGE + CHUNK
+
+
+def test_tiny_chunks_cost_requests_and_memory_in_proportion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream of 2**16 one-byte chunks, two alternating (each a range of its own) or
+    one repeated (one range holds the run): a reader that has taken one chunk has asked
+    for at most READ_AHEAD / MIN_RANGE_COST ranges, and the plan is not built whole."""
+    monkeypatch.setattr(reader, "READ_AHEAD", 4 * reader.MIN_RANGE_COST)
+    store = castore.init(str(tmp_path / "store"))
+    repo = store.repository
+    a, b = (repo.write_stream(byte) for byte in (b"A", b"B"))
+    count = 1 << 16
+    for ids, data in (
+        ((a.chunk_ids + b.chunk_ids) * (count // 2), b"AB" * (count // 2)),
+        (a.chunk_ids * count, b"A" * count),
+    ):
+        descriptor = StreamDescriptor(hashlib.sha256(data).digest(), count, ids, (1,) * count)
+        before = repo.requests().read_range
+        with ThreadPoolExecutor(4) as pool:
+            chunks = reader.iter_stream(
+                descriptor, backend=repo.backend, index=repo.index, pool=pool
+            )
+            assert next(chunks) == b"A"
+            pool.shutdown(wait=True)
+            asked = repo.requests().read_range - before
+            chunks.close()
+        assert asked <= reader.READ_AHEAD // reader.MIN_RANGE_COST + 1
+        with ThreadPoolExecutor(4) as pool:
+            whole = reader.iter_stream(
+                descriptor, backend=repo.backend, index=repo.index, pool=pool
+            )
+            assert b"".join(whole) == data

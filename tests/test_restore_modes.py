@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import castore
+from tests.test_backup import commit_raw_tree, raw_file, raw_meta
 
 MTIME = 1_600_000_000_000_000_000
 
@@ -144,3 +145,37 @@ def test_the_command_line_takes_overwrite_and_delete(
     assert "4 left as they were; 1 deleted" in never.stdout
     assert (out / "a.txt").read_text() == "edited" and not (out / "stray.txt").exists()
     assert run("--overwrite", "sometimes").returncode == 2
+
+
+def test_a_folder_deeper_than_the_recursion_limit_is_replaced_and_deleted(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    """A first restore of a store writer's snapshot may leave folders 1,500 deep (within
+    the path limit); replacing or deleting them must not raise RecursionError."""
+    depth = sys.getrecursionlimit() + 500
+    entries = [raw_meta(b"/".join([b"d"] * level), "dir") for level in range(1, depth + 1)]
+    deep = commit_raw_tree(local_store, "deep", entries)
+    content = local_store.repository.write_stream(b"flat\n")
+    flat = commit_raw_tree(local_store, "flat", [raw_file(b"d", content)])
+    other = commit_raw_tree(local_store, "other", [raw_file(b"e", content)])
+    out = tmp_path / "out"
+    for replace_with, options in ((flat, {}), (other, {"delete": True})):
+        assert local_store.restore(deep, out).dirs == depth
+        local_store.restore(replace_with, out, **options)
+        assert os.listdir(out) == (["d"] if replace_with == flat else ["e"])
+
+
+def test_delete_refuses_a_target_reached_through_a_symlink(
+    local_store: castore.Store, restored: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    ref, _src, out = restored
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "precious").write_text("keep me")
+    (out / "data").symlink_to(home)  # as an earlier restore of a planted snapshot leaves
+    for dry_run in (True, False):
+        with pytest.raises(castore.InvalidInputError, match="leads through a symlink"):
+            local_store.restore(ref, out / "data", delete=True, dry_run=dry_run)
+    assert (home / "precious").read_text() == "keep me"
+    local_store.restore(ref, home, delete=True)  # the real folder, named as it is
+    assert not (home / "precious").exists()

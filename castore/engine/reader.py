@@ -26,7 +26,13 @@ are coalesced up to this."""
 MAX_GAP = 256 * 1024
 """Unneeded bytes between two chunks of one pack that are cheaper to read than skip."""
 READ_AHEAD = 64 * 1024 * 1024
-"""Bytes fetched ahead of the consumer, counted as the larger of stored and decoded."""
+"""Bytes fetched ahead of the consumer, counted as each range's `cost`."""
+CHUNK_OVERHEAD = 256
+"""Bytes a chunk costs in flight besides its data (its entry, its bytes object, its
+place in lists): what keeps a store of one-byte chunks from costing nothing to read."""
+MIN_RANGE_COST = 64 * 1024
+"""What any range counts for in the read-ahead: at most READ_AHEAD / MIN_RANGE_COST
+requests are ever in flight or waiting."""
 
 
 @dataclass
@@ -40,24 +46,31 @@ class _Range:
     compressed (128 KiB of stored zeros decode to gigabytes)."""
 
     def add(self, entry: PackEntry) -> None:
-        """Extend the range to `entry`, which follows it in the pack."""
-        self.end = entry.offset + entry.stored_len
+        """Extend the range to `entry`, which follows it in the pack or lies in it."""
+        self.end = max(self.end, entry.offset + entry.stored_len)
         self.entries.append(entry)
         self.raw += entry.raw_len
 
     @property
+    def weight(self) -> int:
+        """What its chunks hold once decoded, with their overhead."""
+        return self.raw + CHUNK_OVERHEAD * len(self.entries)
+
+    @property
     def cost(self) -> int:
-        """Memory the range holds while it is in flight."""
-        return max(self.end - self.start, self.raw)
+        """Memory the range holds while it is in flight (at least MIN_RANGE_COST)."""
+        return max(self.end - self.start, self.weight, MIN_RANGE_COST)
 
 
 class PackMissingError(IntegrityError):
     """A pack the index lists is gone: damage, or a gc moved its chunks since we looked."""
 
 
-def _plan(descriptor: StreamDescriptor, index: Index, start: int = 0) -> list[_Range]:
-    """Group the stream's chunks, from chunk number `start` on, into ranged reads."""
-    ranges: list[_Range] = []
+def _plan(descriptor: StreamDescriptor, index: Index, start: int = 0) -> Iterator[_Range]:
+    """Group the stream's chunks, from chunk number `start` on, into ranged reads, each
+    yielded once complete: a plan costs memory for the ranges in flight, not for the
+    whole stream. A chunk repeated in a row joins the range already holding it."""
+    last: _Range | None = None
     refreshed = False
     for chunk_id, size in itertools.islice(descriptor.chunks(), start, None):
         location = index.lookup(chunk_id)
@@ -77,19 +90,22 @@ def _plan(descriptor: StreamDescriptor, index: Index, start: int = 0) -> list[_R
                 f"chunk {chunk_id.hex()} is {size} bytes in the stream but {entry.raw_len} in "
                 f"pack {location.pack_id.hex()}"
             )
-        last = ranges[-1] if ranges else None
         if (
             last is not None
             and last.pack_id == location.pack_id
-            and last.end <= entry.offset <= last.end + MAX_GAP
-            and entry.offset + entry.stored_len - last.start <= MAX_RANGE
-            and last.raw + entry.raw_len <= MAX_RANGE
+            and last.start <= entry.offset <= last.end + MAX_GAP
+            and max(last.end, entry.offset + entry.stored_len) - last.start <= MAX_RANGE
+            and last.weight + entry.raw_len + CHUNK_OVERHEAD <= MAX_RANGE
+            and (entry.offset >= last.end or entry == last.entries[-1])
         ):
             last.add(entry)
         else:
-            ranges.append(_Range(location.pack_id, entry.offset, entry.offset))
-            ranges[-1].add(entry)
-    return ranges
+            if last is not None:
+                yield last
+            last = _Range(location.pack_id, entry.offset, entry.offset)
+            last.add(entry)
+    if last is not None:
+        yield last
 
 
 def _fetch(backend: Backend, piece: _Range, cache: LocalCache | None) -> list[bytes | memoryview]:
@@ -122,8 +138,11 @@ def _read_range(backend: Backend, piece: _Range) -> list[bytes | memoryview]:
             f"{pack} is truncated: chunk {piece.entries[-1].chunk_id.hex()} is cut off"
         )
     view = memoryview(data)
-    chunks = []
-    for entry in piece.entries:
+    chunks: list[bytes | memoryview] = []
+    for number, entry in enumerate(piece.entries):
+        if number and entry == piece.entries[number - 1]:
+            chunks.append(chunks[-1])  # a chunk repeated in a row is decoded once
+            continue
         where = f"chunk {entry.chunk_id.hex()} in {pack}"
         stored = view[entry.offset - piece.start : entry.offset - piece.start + entry.stored_len]
         raw = decode_chunk(entry.codec, stored, entry.raw_len, where)
@@ -155,17 +174,18 @@ def iter_stream(
     if first and not authenticated:
         raise ValueError("only an authenticated chunk list can be read from the middle")
     whole = None if authenticated else hashlib.sha256()
-    ranges = deque(_plan(descriptor, index, start=first))
+    ranges = _plan(descriptor, index, start=first)
+    waiting = next(ranges, None)
     in_flight: deque[tuple[Future[list[bytes | memoryview]], int]] = deque()
     in_flight_bytes = 0
     yielded = 0
     reloaded = False
     try:
-        while ranges or in_flight:
-            while ranges and (not in_flight or in_flight_bytes < READ_AHEAD):
-                piece = ranges.popleft()
-                in_flight.append((pool.submit(_fetch, backend, piece, cache), piece.cost))
-                in_flight_bytes += piece.cost
+        while waiting is not None or in_flight:
+            while waiting is not None and (not in_flight or in_flight_bytes < READ_AHEAD):
+                in_flight.append((pool.submit(_fetch, backend, waiting, cache), waiting.cost))
+                in_flight_bytes += waiting.cost
+                waiting = next(ranges, None)
             future, length = in_flight.popleft()
             in_flight_bytes -= length
             try:
@@ -179,7 +199,8 @@ def iter_stream(
                 in_flight.clear()
                 in_flight_bytes = 0
                 index.reload()
-                ranges = deque(_plan(descriptor, index, start=first + yielded))
+                ranges = _plan(descriptor, index, start=first + yielded)
+                waiting = next(ranges, None)
                 continue
             for chunk in chunks:
                 if whole is not None:

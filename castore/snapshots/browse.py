@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from castore.errors import InvalidInputError, NotFoundError
@@ -20,6 +20,7 @@ from castore.format.tree import (
     SKIPPED,
     SYMLINK,
     TREE_KIND,
+    TREE_SERIALIZER,
     Entry,
     is_within,
     normalize_path,
@@ -113,7 +114,14 @@ class PathMatches:
     version: Version
     """The snapshot."""
     entries: list[Entry]
-    """The matching entries, in path order."""
+    """The matching entries, in path order, without their chunk lists (open a file with
+    Store.open_snapshot_file)."""
+
+
+def _listed(entry: Entry) -> Entry:
+    """The entry without its chunk list, which a listing does not need (a file of many
+    chunks would otherwise hold ~40 bytes per chunk in every match)."""
+    return replace(entry, chunk_ids=b"", chunk_sizes=()) if entry.chunk_ids else entry
 
 
 def path_matcher(patterns: list[str]) -> Callable[[Entry], bool]:
@@ -148,10 +156,11 @@ def find_paths(
     for name in catalog.names(repo) if names is None else names:
         for number in catalog.versions(repo, name):
             manifest, digest = catalog.resolve(repo, f"{name}:{number}")
-            if manifest.kind != TREE_KIND:
+            if manifest.kind != TREE_KIND or manifest.serializer != TREE_SERIALIZER:
                 continue
+            check_tree_manifest(manifest, f"{name}:{number}")  # damaged or newer: stop
             with tree_entries(repo, manifest) as entries:
-                found = [entry for entry in entries if matches(entry)]
+                found = [_listed(entry) for entry in entries if matches(entry)]
             if found:
                 yield PathMatches(Version.of(manifest, digest), found)
 

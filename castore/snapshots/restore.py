@@ -20,7 +20,6 @@ import errno
 import hashlib
 import os
 import secrets
-import shutil
 import stat
 import threading
 import time
@@ -48,9 +47,14 @@ RESTORE_THREADS_LOCAL = 4
 RESTORE_THREADS_REMOTE = 8
 """Files restored at once (each reads ahead up to castore.engine.reader.READ_AHEAD bytes)."""
 MAX_PENDING_RESTORES = 256
+MAX_PENDING_CHUNKS = 1 << 20
+"""Chunk references held by queued work (~40 bytes each in its entries), whatever the
+files' sizes: a snapshot of files made of many tiny chunks cannot fill memory."""
 RESTORE_BATCH_BYTES = 8 * 1024 * 1024
 RESTORE_BATCH_FILES = 128
-"""Files restored by one task, whose chunks are fetched as one stream (few ranged reads)."""
+RESTORE_BATCH_CHUNKS = 1 << 16
+"""Files restored by one task, whose chunks are fetched as one stream (few ranged reads):
+up to so many bytes, files or chunks."""
 TEMPORARY_PREFIX = b".castore-"
 SETID_BITS = stat.S_ISUID | stat.S_ISGID
 OVERWRITE = ("always", "if-changed", "never")
@@ -160,9 +164,37 @@ def _set_owner_and_mode(fd: int, entry: Entry, owners: Ownership) -> None:
 def _remove(dir_fd: int, name: bytes, st: os.stat_result) -> None:
     """Remove what is at `name` (a whole directory tree, without following symlinks)."""
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)
+        _remove_tree(dir_fd, name)
     else:
         os.unlink(name, dir_fd=dir_fd)
+
+
+def _remove_tree(dir_fd: int, name: bytes) -> None:
+    """Remove directory `name` and all in it through descriptors, never following a
+    symlink, one level at a time: a tree deeper than Python's recursion limit (which
+    shutil.rmtree recurses by) is removed like any other."""
+    # Each level: its parent's descriptor, its name, its own descriptor, what is left in it.
+    levels: list[tuple[int, bytes, int, list[bytes]]] = []
+    try:
+        fd = _open_dir(dir_fd, name)
+        levels.append((dir_fd, name, fd, sorted(map(os.fsencode, os.listdir(fd)))))
+        while levels:
+            parent, here, fd, names = levels[-1]
+            if not names:
+                levels.pop()
+                os.close(fd)
+                os.rmdir(here, dir_fd=parent)
+                continue
+            child = names.pop()
+            found = _lstat(fd, child)
+            if found is not None and stat.S_ISDIR(found.st_mode):
+                inner = _open_dir(fd, child)
+                levels.append((fd, child, inner, sorted(map(os.fsencode, os.listdir(inner)))))
+            elif found is not None:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        for _, _, fd, _ in levels:
+            os.close(fd)
 
 
 def _replace(
@@ -173,7 +205,7 @@ def _replace(
     try:
         create(temporary)
         if current is not None and stat.S_ISDIR(current.st_mode):
-            shutil.rmtree(name, dir_fd=dir_fd)
+            _remove_tree(dir_fd, name)
         os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with suppress(OSError):
@@ -542,6 +574,11 @@ class _Job:
     link: bool = False
     """Whether the task makes a hard link rather than writing a file."""
 
+    @property
+    def chunks(self) -> int:
+        """Chunk references its entries hold."""
+        return sum(len(entry.chunk_sizes) for entry in self.entries)
+
 
 class _Restorer:
     """Restores entries in tree order: worker threads create directories and symlinks and
@@ -582,10 +619,12 @@ class _Restorer:
         self.dirs = [_OpenDir(b"", None, _done(root_fd))]
         self.batch: list[tuple[_OpenDir, Entry]] = []
         self.batch_bytes = 0
+        self.batch_chunks = 0
         self.link_roots: dict[bytes, Future[Any] | None] = {}
         """Files restored in this run that later entries may link to: their tasks (None
         while in the batch not yet submitted)."""
         self.pending: deque[_Job] = deque()
+        self.pending_chunks = 0
         threads = RESTORE_THREADS_REMOTE if repo.backend.is_remote else RESTORE_THREADS_LOCAL
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="castore-restore")
 
@@ -600,12 +639,12 @@ class _Restorer:
         if entry.type == DIR:
             opened = pool.submit(lambda: _prepare_dir(parent.fd(), entry, overwrite))
             self.dirs.append(_OpenDir(entry.path, entry, opened))
-            self.pending.append(_Job([entry], opened))
+            self._queue(_Job([entry], opened))
         elif entry.type == SYMLINK:
             linked = pool.submit(
                 lambda: _restore_symlink(parent.fd(), name, entry, owners, overwrite)
             )
-            self.pending.append(_Job([entry], linked))
+            self._queue(_Job([entry], linked))
         elif entry.type == FILE and entry.hardlink in self.link_roots:
             self._flush_batch()  # the first name may be in the batch: its task must exist
             first = self.link_roots[entry.hardlink]
@@ -614,7 +653,7 @@ class _Restorer:
             job = pool.submit(
                 lambda: _restore_hardlink(root_fd, entry, first, parent.fd(), overwrite)
             )
-            self.pending.append(_Job([entry], job, link=True))
+            self._queue(_Job([entry], job, link=True))
         elif entry.type == FILE:
             self._batch_file(parent, entry)
         else:
@@ -643,16 +682,21 @@ class _Restorer:
         run is restored as a file of its own)."""
         self.batch.append((parent, entry))
         self.batch_bytes += entry.size
+        self.batch_chunks += len(entry.chunk_sizes)
         if entry.nlink > 1 and not entry.hardlink:
             self.link_roots[entry.path] = None
-        if self.batch_bytes >= RESTORE_BATCH_BYTES or len(self.batch) >= RESTORE_BATCH_FILES:
+        if (
+            self.batch_bytes >= RESTORE_BATCH_BYTES
+            or len(self.batch) >= RESTORE_BATCH_FILES
+            or self.batch_chunks >= RESTORE_BATCH_CHUNKS
+        ):
             self._flush_batch()
 
     def _flush_batch(self) -> None:
         if self.batch:
-            files, self.batch, self.batch_bytes = self.batch, [], 0
+            files, self.batch, self.batch_bytes, self.batch_chunks = self.batch, [], 0, 0
             job = self.pool.submit(_restore_files, self.repo, files, self.plan, self._wrote)
-            self.pending.append(_Job([entry for _, entry in files], job))
+            self._queue(_Job([entry for _, entry in files], job))
             for _, entry in files:
                 if entry.path in self.link_roots:
                     self.link_roots[entry.path] = job
@@ -664,15 +708,22 @@ class _Restorer:
         while len(self.dirs) > 1 and self.dirs[-1].path != parent:
             directory = self.dirs.pop()
             assert directory.entry is not None
-            self.pending.append(_Job([directory.entry], None, directory))
+            self._queue(_Job([directory.entry], None, directory))
+
+    def _queue(self, job: _Job) -> None:
+        self.pending.append(job)
+        self.pending_chunks += job.chunks
 
     def _drain(self, limit: int) -> None:
-        """Account for finished tasks in order; wait while too many are in flight."""
+        """Account for finished tasks in order; wait while too many are in flight, or
+        while they hold more than MAX_PENDING_CHUNKS chunk references."""
         while self.pending:
             job = self.pending[0]
-            if len(self.pending) <= limit and job.future is not None and not job.future.done():
+            few = len(self.pending) <= limit and self.pending_chunks <= MAX_PENDING_CHUNKS
+            if few and job.future is not None and not job.future.done():
                 return
             self.pending.popleft()
+            self.pending_chunks -= job.chunks
             try:
                 if job.directory is not None:
                     # Every task before it, so everything inside it, is done.
@@ -919,6 +970,12 @@ def restore(
     written; with `dry_run`, nothing is: not even `target` is created, and `removed`
     counts what `delete` would remove.
     """
+    if delete and os.path.realpath(target) != os.path.abspath(target):
+        raise InvalidInputError(
+            f"restore with delete removes what {os.fspath(target)!r} holds, and that path "
+            f"leads through a symlink to {os.path.realpath(target)!r} (a symlink an earlier "
+            "restore left could point anywhere): name the real folder itself"
+        )
     plan = plan_restore(
         repo, ref, paths, owners=owners, setid=setid, overwrite=overwrite, delete=delete
     )
