@@ -54,12 +54,18 @@ def build_tree(root: Path) -> None:
     os.chmod(root / "secret", 0)
 
 
-def test_dump_writes_a_file_verified_and_refuses_a_folder(
-    local_store: castore.Store, tmp_path: Path
-) -> None:
+@pytest.fixture
+def home(local_store: castore.Store, tmp_path: Path) -> tuple[Path, castore.Snapshot]:
+    """The tree of build_tree, and its snapshot backups/home."""
     src = tmp_path / "src"
     build_tree(src)
-    snap = local_store.backup(src, "backups/home")
+    return src, local_store.backup(src, "backups/home")
+
+
+def test_dump_writes_a_file_verified_and_refuses_a_folder(
+    local_store: castore.Store, home: tuple[Path, castore.Snapshot]
+) -> None:
+    src, snap = home
     for path in ("a/data.bin", "/b/deep/again.bin", "holes", "b/run.sh"):
         out = io.BytesIO()
         size = local_store.dump(snap.reference, path, out)
@@ -85,11 +91,9 @@ def _members(data: bytes) -> dict[str, tarfile.TarInfo]:
 
 
 def test_dump_archive_is_a_tar_that_tar_extracts_as_the_backed_up_tree(
-    local_store: castore.Store, tmp_path: Path
+    local_store: castore.Store, home: tuple[Path, castore.Snapshot], tmp_path: Path
 ) -> None:
-    src = tmp_path / "src"
-    build_tree(src)
-    snap = local_store.backup(src, "backups/home")
+    src, snap = home
     done = cli(local_store, "dump", snap.reference, "/", "--archive", "tar")
     assert done.returncode == 0, done.stderr
     members = _members(done.stdout)
@@ -115,11 +119,9 @@ def test_dump_archive_is_a_tar_that_tar_extracts_as_the_backed_up_tree(
 
 
 def test_dump_archive_of_a_folder_links_only_to_names_inside_it(
-    local_store: castore.Store, tmp_path: Path
+    local_store: castore.Store, home: tuple[Path, castore.Snapshot]
 ) -> None:
-    src = tmp_path / "src"
-    build_tree(src)
-    snap = local_store.backup(src, "backups/home")
+    src, snap = home
     out = io.BytesIO()
     count = local_store.dump(snap.reference, "b", out, archive="tar")
     members = _members(out.getvalue())

@@ -31,6 +31,13 @@ def make_source(root: Path) -> None:
     (root / "b" / "link").symlink_to("one")
 
 
+def precious_folder(path: Path) -> Path:
+    """A folder outside every restore target, holding a file named precious."""
+    path.mkdir()
+    (path / "precious").write_text("keep me")
+    return path
+
+
 def listing(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
@@ -83,9 +90,7 @@ def test_delete_removes_what_the_snapshot_lacks_and_nothing_outside(
     local_store: castore.Store, restored: tuple[str, Path, Path], tmp_path: Path
 ) -> None:
     ref, _src, out = restored
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "precious").write_text("keep me")
+    outside = precious_folder(tmp_path / "outside")
     (out / "stray.txt").write_text("x")
     (out / "b" / "old").mkdir()
     (out / "b" / "old" / "nested").write_text("y")
@@ -169,9 +174,7 @@ def test_delete_refuses_a_target_reached_through_a_symlink(
     local_store: castore.Store, restored: tuple[str, Path, Path], tmp_path: Path
 ) -> None:
     ref, _src, out = restored
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "precious").write_text("keep me")
+    home = precious_folder(tmp_path / "home")
     (out / "data").symlink_to(home)  # as an earlier restore of a planted snapshot leaves
     for dry_run in (True, False):
         with pytest.raises(castore.InvalidInputError, match="leads through a symlink"):
