@@ -49,7 +49,7 @@ from castore.format.compression import (
     encode_zstd,
 )
 from castore.format.config import ChunkerParams, CompressionParams, StoreConfig
-from castore.format.index import decode_index_object, encode_index_object
+from castore.format.index import decode_index_tables, encode_index_object
 from castore.format.manifest import Manifest
 from castore.format.names import parse_reference
 from castore.format.packs import (
@@ -414,7 +414,7 @@ def test_chunk_decoder(case: tuple[Codec, bytes], raw_len: int) -> None:
 @FUZZ
 @given(untrusted(INDEX_OBJECTS))
 def test_index_object_decoder(data: bytes) -> None:
-    survive("index.decode_index_object", lambda: decode_index_object(data, "fuzz"), len(data))
+    survive("index.decode_index_tables", lambda: decode_index_tables(data, "fuzz"), len(data))
 
 
 @FUZZ

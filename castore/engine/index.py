@@ -4,31 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 from castore.backend import Backend
 from castore.engine.cache import IndexObjectCache
+from castore.engine.chunktable import ChunkLocation, ChunkTable, PackEntries
 from castore.errors import CastoreError, IntegrityError, ObjectNotFoundError
 from castore.format import layout
-from castore.format.index import PackListing, decode_index_object, encode_index_object
-from castore.format.packs import PackEntry
+from castore.format.index import PackListing, PackTable, decode_index_tables, encode_index_tables
+from castore.format.packs import encode_entries
 
-
-@dataclass(frozen=True, slots=True)
-class ChunkLocation:
-    """Where a chunk's stored bytes are."""
-
-    pack_id: bytes
-    entry: PackEntry
+__all__ = ["ChunkLocation", "Index"]
 
 
 class Index:
     """The merged view of every index object in a store, loaded lazily and refreshed on miss.
 
     With a `cache`, each index object is read from the backend once: later loads take the
-    verified local copy, so that an open lists index/ and reads only what is new.
+    verified local copy, so that an open lists index/ and reads only what is new. Chunks
+    are held in a ChunkTable (about 55 B a chunk); lookups take no lock.
     """
 
     def __init__(
@@ -37,39 +32,45 @@ class Index:
         self._backend = backend
         self._pool = pool
         self._cache = cache
-        self._locations: dict[bytes, ChunkLocation] = {}
+        self._table = ChunkTable()
         self._loaded: set[str] = set()
         self.damaged: dict[str, str] = {}
         """Index objects that could not be used, with the reason."""
         self.objects: dict[str, list[bytes]] = {}
         """Every usable index object loaded, with the packs it lists."""
-        self.packs: dict[bytes, list[PackEntry]] = {}
-        """Every indexed pack with all its entries."""
         self._lock = threading.Lock()
 
     def __contains__(self, chunk_id: bytes) -> bool:
-        return chunk_id in self._locations
+        return chunk_id in self._table
 
     def __len__(self) -> int:
-        return len(self._locations)
+        return len(self._table)
+
+    @property
+    def packs(self) -> PackEntries:
+        """Every indexed pack with all its entries (each copy of a chunk in several packs)."""
+        return self._table.packs()
 
     def unindexed_packs(self) -> list[bytes]:
         """Packs in storage that no loaded index object lists (crashed writes, lost index)."""
         found = []
         for path in self._backend.list(layout.PACKS):
             pack_id = layout.name_of(path)
-            if pack_id is not None and pack_id not in self.packs:
+            if pack_id is not None and not self._table.has_pack(pack_id):
                 found.append(pack_id)
         return found
 
-    def locations(self) -> dict[bytes, ChunkLocation]:
-        """A snapshot of every known chunk and where it is."""
-        with self._lock:
-            return dict(self._locations)
-
     def lookup(self, chunk_id: bytes) -> ChunkLocation | None:
         """The chunk's location, or None if no loaded index object lists it."""
-        return self._locations.get(chunk_id)
+        return self._table.lookup_many([chunk_id])[0]
+
+    def lookup_many(self, chunk_ids: Sequence[bytes]) -> list[ChunkLocation | None]:
+        """The location of each chunk, or None: one batched search."""
+        return self._table.lookup_many(chunk_ids)
+
+    def contains_many(self, chunk_ids: Sequence[bytes]) -> list[bool]:
+        """Whether each chunk is indexed: one batched search (a write group's dedup check)."""
+        return self._table.contains_many(chunk_ids)
 
     def reload(self, *, from_store: bool = False) -> None:
         """Forget everything and load the index objects that exist now (after a gc).
@@ -79,8 +80,7 @@ class Index:
         where an earlier copy is intact.
         """
         with self._lock:
-            self._locations, self._loaded, self.damaged = {}, set(), {}
-            self.objects, self.packs = {}, {}
+            self._forget()
         self.refresh(from_store=from_store)
 
     def refresh(self, *, from_store: bool = False) -> None:
@@ -93,8 +93,7 @@ class Index:
         with self._lock:
             listed = self._backend.list(layout.INDEX)
             if not self._loaded.issubset(listed):
-                self._locations, self._loaded, self.damaged = {}, set(), {}
-                self.objects, self.packs = {}, {}
+                self._forget()
             if self._cache is not None:
                 self._cache.keep_only({n for p in listed if (n := layout.name_of(p)) is not None})
             paths = [p for p in listed if p not in self._loaded]
@@ -105,11 +104,15 @@ class Index:
                     self.damaged[path] = str(outcome)
                 else:
                     self.objects[path] = [pack_id for pack_id, _ in outcome]
-                    self._merge(outcome)
+                    self._table.add(outcome)
 
-    def _load_object(self, path: str, from_store: bool) -> list[PackListing] | CastoreError:
+    def _forget(self) -> None:
+        """Drop everything loaded (under the lock); readers keep the table they hold."""
+        self._table, self._loaded, self.damaged, self.objects = ChunkTable(), set(), {}, {}
+
+    def _load_object(self, path: str, from_store: bool) -> list[PackTable] | CastoreError:
         try:
-            return decode_index_object(self._fetch(path, from_store), f"index object {path}")
+            return decode_index_tables(self._fetch(path, from_store), f"index object {path}")
         except ObjectNotFoundError:
             return []  # removed since the listing (by gc): nothing to merge
         except CastoreError as exc:  # damaged, or written by a newer castore: reported on use
@@ -133,15 +136,10 @@ class Index:
             self._cache.add(name, data)
         return data
 
-    def _merge(self, packs: Iterable[PackListing]) -> None:
-        for pack_id, entries in packs:
-            self.packs[pack_id] = entries
-            for entry in entries:
-                self._locations.setdefault(entry.chunk_id, ChunkLocation(pack_id, entry))
-
     def commit(self, packs: list[PackListing]) -> str:
         """Write an index object for packs already stored, then make them visible here."""
-        data = encode_index_object(packs)
+        tables = [(pack_id, encode_entries(entries)) for pack_id, entries in packs]
+        data = encode_index_tables(tables)
         name = hashlib.sha256(data).digest()
         path = layout.index_path(name)
         self._backend.write(path, data)
@@ -150,7 +148,7 @@ class Index:
         with self._lock:
             self._loaded.add(path)
             self.objects[path] = [pack_id for pack_id, _ in packs]
-            self._merge(packs)
+            self._table.add(tables)
         return path
 
     def consolidate(self, before_publish: Callable[[], None]) -> list[str]:

@@ -58,7 +58,7 @@ def stats(repo: Repository) -> StoreStats:
     """Count and size everything; one walk of the roots plus one listing of the packs."""
     repo.index.reload()
     reach = walk(repo)
-    locations = repo.index.locations()
+    locations = repo.index.lookup_many(list(reach.chunks))
     stored = sum(repo.backend.size(p) for p in repo.backend.list(layout.PACKS))
     return StoreStats(
         names=reach.names,
@@ -67,12 +67,12 @@ def stats(repo: Repository) -> StoreStats:
         put_streams=reach.streams,
         manifests=len(repo.backend.list(layout.MANIFESTS)),
         packs=len(repo.index.packs),
-        chunks=len(locations),
+        chunks=len(repo.index),
         referenced_chunks=len(reach.chunks),
         logical_bytes=reach.logical_bytes,
         unique_bytes=sum(reach.chunks.values()),
         referenced_stored_bytes=sum(
-            locations[c].entry.stored_len for c in reach.chunks if c in locations
+            location.entry.stored_len for location in locations if location is not None
         ),
         stored_bytes=stored,
         overhead_bytes=sum(
