@@ -44,15 +44,16 @@ class WriteStats:
 
 
 def encode_group(
-    group: list[memoryview], known: Callable[[bytes], bool], config: StoreConfig
+    group: list[memoryview], known: Callable[[list[bytes]], list[bool]], config: StoreConfig
 ) -> list[EncodedChunk]:
     """Hash every chunk of a group and encode those the store does not have yet, with the
     codecs the store's format version and compression parameters allow."""
     encoder = ChunkEncoder(config)
     encoded: list[EncodedChunk] = []
-    for data in group:
-        chunk_id = hashlib.sha256(data).digest()
-        if known(chunk_id):
+    chunk_ids = [hashlib.sha256(data).digest() for data in group]
+    # One batched index search for the whole group.
+    for data, chunk_id, have in zip(group, chunk_ids, known(chunk_ids), strict=True):
+        if have:
             encoded.append((chunk_id, len(data), Codec.RAW, None))
         else:
             codec, payload = encoder.encode(data)
@@ -142,12 +143,13 @@ class WriteSession:
         if kind is not None:
             self.abort()
 
-    def known(self, chunk_id: bytes) -> bool:
-        """Whether the store or this session already holds the chunk.
+    def known(self, chunk_ids: list[bytes]) -> list[bool]:
+        """Whether the store or this session already holds each chunk (one batched search).
 
         A rewriting session (gc's repacking) stores chunks even if the index lists them.
         """
-        return chunk_id in self.added or (not self._rewrite and chunk_id in self.index)
+        indexed = [False] * len(chunk_ids) if self._rewrite else self.index.contains_many(chunk_ids)
+        return [have or c in self.added for c, have in zip(chunk_ids, indexed, strict=True)]
 
     def stream(self, observe: Callable[[memoryview], object] | None = None) -> StreamWriter:
         """A new writable stream in this session; `observe` sees its bytes as they come."""
@@ -158,7 +160,7 @@ class WriteSession:
     def store_chunk(self, encoded: EncodedChunk) -> None:
         """Put a new chunk into the current pack (chunks the store has are skipped)."""
         chunk_id, raw_len, codec, payload = encoded
-        if payload is None or self.known(chunk_id):
+        if payload is None or self.known([chunk_id])[0]:
             return
         self.added.add(chunk_id)
         self.uploader.add(chunk_id, codec, payload, raw_len)

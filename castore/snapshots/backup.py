@@ -133,7 +133,7 @@ def _read_small_file(
     abspath: str,
     listed: os.stat_result,
     config: StoreConfig,
-    known: Callable[[bytes], bool],
+    known: Callable[[list[bytes]], list[bool]],
 ) -> _FileRead | str:
     """Read, cut, hash and compress one small file in a worker; a str says why not."""
     try:
