@@ -189,7 +189,8 @@ class ChunkTable:
     `add` is for one thread at a time (the Index's lock); lookups run in any thread.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, min_recent: int = MIN_RECENT) -> None:
+        self._min_recent = min_recent  # recent records merged at the least (tests: small)
         self._state = _State(b"", array("I", [0, 0]), 32, {}, [], 0)
         self._pack_ids: list[bytes] = []
         self._numbers: dict[bytes, int] = {}
@@ -233,7 +234,7 @@ class ChunkTable:
                     self._distinct += 1
                 state.first[chunk_id] = record
             state.recent.append(record)
-        if len(state.recent) > max(MIN_RECENT, len(state.records) // _W // RECENT_SHARE):
+        if len(state.recent) > max(self._min_recent, len(state.records) // _W // RECENT_SHARE):
             records, directory, shift = _merge(state)
             state = _State(records, directory, shift, {}, [], len(self._pack_ids))
         else:

@@ -79,9 +79,7 @@ class Index:
         copy: verify, gc and repair judge the objects in the store, which may be damaged
         where an earlier copy is intact.
         """
-        with self._lock:
-            self._forget()
-        self.refresh(from_store=from_store)
+        self._load(from_store, start_over=True)
 
     def refresh(self, *, from_store: bool = False) -> None:
         """Load index objects written since the last refresh (by anyone).
@@ -90,25 +88,34 @@ class Index:
         deleted packs: everything is reloaded, so that no stale location survives. New
         objects are taken from the cache where it has them, unless `from_store`.
         """
+        self._load(from_store, start_over=False)
+
+    def _load(self, from_store: bool, start_over: bool) -> None:
         with self._lock:
             listed = self._backend.list(layout.INDEX)
-            if not self._loaded.issubset(listed):
-                self._forget()
+            if start_over or not self._loaded.issubset(listed):
+                # Built aside and swapped in whole: readers search the old table meanwhile
+                # (a stale location there fails its pack read, and the reader refreshes).
+                table, loaded, damaged, objects = ChunkTable(), set(), {}, {}
+            else:
+                table, loaded, damaged, objects = (
+                    self._table,
+                    self._loaded,
+                    self.damaged,
+                    self.objects,
+                )
             if self._cache is not None:
                 self._cache.keep_only({n for p in listed if (n := layout.name_of(p)) is not None})
-            paths = [p for p in listed if p not in self._loaded]
+            paths = [p for p in listed if p not in loaded]
             outcomes = self._pool.map(lambda path: self._load_object(path, from_store), paths)
             for path, outcome in zip(paths, outcomes, strict=True):
-                self._loaded.add(path)
+                loaded.add(path)
                 if isinstance(outcome, CastoreError):
-                    self.damaged[path] = str(outcome)
+                    damaged[path] = str(outcome)
                 else:
-                    self.objects[path] = [pack_id for pack_id, _ in outcome]
-                    self._table.add(outcome)
-
-    def _forget(self) -> None:
-        """Drop everything loaded (under the lock); readers keep the table they hold."""
-        self._table, self._loaded, self.damaged, self.objects = ChunkTable(), set(), {}, {}
+                    objects[path] = [pack_id for pack_id, _ in outcome]
+                    table.add(outcome)
+            self._table, self._loaded, self.damaged, self.objects = table, loaded, damaged, objects
 
     def _load_object(self, path: str, from_store: bool) -> list[PackTable] | CastoreError:
         try:
