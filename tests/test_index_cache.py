@@ -86,8 +86,9 @@ def test_a_tampered_cached_copy_is_dropped_and_read_again(
     location = new_location()
     _populate(location)
     with _open(location, tmp_path / "cache") as store:
-        folder = store.repository.cache.index_objects(store.config.store_id, store.url).folder
-    copies = sorted(folder.iterdir())
+        cache = store.repository.cache.index_objects(store.config.store_id, store.url)
+    cache.table.unlink()  # with the saved table, an open reads no copy at all
+    copies = sorted(cache.folder.iterdir())
     assert len(copies) == SAVES
     victim = copies[0]
     original = victim.read_bytes()
@@ -144,3 +145,62 @@ def test_maintenance_judges_the_index_objects_in_the_store_not_their_copies(
         report = store.gc()
         assert any("castore repair" in problem for problem in report.problems)
         assert store.repository.backend.list(layout.PACKS) == packs
+
+
+@pytest.mark.parametrize("new_location", ["s3-moto"], indirect=True)
+def test_a_warm_open_takes_the_saved_table_and_reads_no_copy(
+    new_location: Callable[[], Location], tmp_path: Path
+) -> None:
+    location = new_location()
+    _populate(location)
+    with _open(location, tmp_path / "cache") as store:
+        cache = store.repository.cache.index_objects(store.config.store_id, store.url)
+        chunks = len(store.repository.index)
+    assert cache.table.is_file()
+    for copy in cache.folder.iterdir():
+        copy.unlink()
+    with _open(location, tmp_path / "cache") as store:
+        assert store.requests() == OPEN_WARM
+        assert len(store.repository.index) == chunks
+        assert len(store.repository.index.objects) == SAVES
+        assert store.load("model/a:4") == pattern(5_000, 3)
+        store.save(pattern(5_000, 100), "model/b", serializer="raw")
+    with _open(location, tmp_path / "cache") as store:
+        # The saved table lacks the new object: it comes from the copy the writer kept.
+        assert store.requests() == OPEN_WARM
+        assert len(store.repository.index) > chunks
+        assert store.load("model/b:1") == pattern(5_000, 100)
+
+
+@pytest.mark.parametrize("new_location", ["s3-moto"], indirect=True)
+def test_a_damaged_saved_table_is_ignored_and_saved_again(
+    new_location: Callable[[], Location], tmp_path: Path
+) -> None:
+    location = new_location()
+    _populate(location)
+    with _open(location, tmp_path / "cache") as store:
+        cache = store.repository.cache.index_objects(store.config.store_id, store.url)
+    saved = cache.table.read_bytes()
+    cache.table.write_bytes(bytes([saved[0] ^ 1]) + saved[1:])  # a flipped bit in a chunk id
+    with _open(location, tmp_path / "cache") as store:
+        assert store.requests() == OPEN_WARM  # from the verified copies
+        for number in range(SAVES):
+            assert store.load(f"model/a:{number + 1}") == pattern(5_000, number)
+    assert cache.table.read_bytes() == saved
+
+
+@pytest.mark.parametrize("new_location", ["s3-moto"], indirect=True)
+def test_a_saved_table_of_objects_gc_replaced_is_not_used(
+    new_location: Callable[[], Location], tmp_path: Path
+) -> None:
+    location = new_location()
+    _populate(location)
+    with _open(location, tmp_path / "cache") as store:
+        store.delete("model/a:1")
+        assert store.gc().index_objects_replaced == SAVES
+    with _open(location, tmp_path / "other-cache") as other:
+        expected = len(other.repository.index)
+    with _open(location, tmp_path / "cache") as store:
+        assert len(store.repository.index) == expected
+        assert store.load("model/a:5") == pattern(5_000, 4)
+        assert store.verify(read_data=True).ok

@@ -129,7 +129,8 @@ class LocalCache:
         chunks, streams = _tally(self._files(("chunks",))), _tally(self._files(("streams",)))
         index = self.root / "index"
         stores = [p for p in index.iterdir() if p.is_dir()] if index.is_dir() else []
-        _, index_bytes = _tally(f for store in stores for f in store.iterdir())
+        tables = [p for p in index.iterdir() if p.suffix == ".table"] if index.is_dir() else []
+        _, index_bytes = _tally([*tables, *(f for store in stores for f in store.iterdir())])
         return CacheUsage(
             str(self.root), self.max_bytes, *chunks, *streams, len(stores), index_bytes
         )
@@ -256,6 +257,8 @@ class IndexObjectCache:
     def __init__(self, folder: Path, make_folder: Callable[[Path], None]) -> None:
         self.folder = folder
         """Where the copies are: one file per index object, named by its hex digest."""
+        self.table = folder.with_name(folder.name + ".table")
+        """The merged chunk table built from them, saved by the Index (engine/tablefile.py)."""
         self._make_folder = make_folder
 
     def get(self, name: bytes) -> bytes | None:

@@ -15,6 +15,7 @@ replaces whole (its recent part only ever grows in place).
 
 from __future__ import annotations
 
+import mmap
 import struct
 import sys
 import threading
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from itertools import accumulate, groupby, repeat
 from operator import add, mod, mul, or_, rshift
 
+from castore.engine.tablefile import TableFile
 from castore.format.index import PackTable
 from castore.format.packs import ENTRY, PackEntry
 
@@ -59,11 +61,15 @@ class ChunkLocation:
     entry: PackEntry
 
 
+Records = bytes | mmap.mmap
+"""The sorted part: in memory, or mapped from the local cache (engine/tablefile.py)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _State:
     """One generation of the table: what a reader searches."""
 
-    records: bytes
+    records: Records
     directory: array[int]
     """directory[b]: how many sorted records have an id whose top bits are below b."""
     shift: int
@@ -76,7 +82,7 @@ class _State:
     """How many packs (the first of the pack table) these records are of."""
 
 
-def _column(records: bytes, at: int, size: int = _W) -> array[int]:
+def _column(records: Records | bytes, at: int, size: int = _W) -> array[int]:
     """The big-endian 4-byte unsigned field at `at` of every `size`-byte record."""
     column = bytearray(4 * (len(records) // size))
     for byte in range(4):
@@ -91,7 +97,7 @@ def _shift_for(count: int) -> int:
     return 32 - min(32, (count // BUCKET_RECORDS).bit_length())
 
 
-def _directory(records: bytes, shift: int) -> array[int]:
+def _directory(records: Records, shift: int) -> array[int]:
     """The directory of sorted records, counted in one pass (at each doubling only)."""
     counts = Counter(map(rshift, _column(records, 0), repeat(shift)))
     directory = array("I", [0])
@@ -112,14 +118,14 @@ def _shifted(directory: array[int], buckets: list[int]) -> array[int]:
     return shifted
 
 
-def _find(records: bytes, directory: array[int], shift: int, chunk_id: bytes) -> int:
+def _find(records: Records, directory: array[int], shift: int, chunk_id: bytes) -> int:
     """Where the first record of `chunk_id` (32 bytes) starts in `records`, or -1."""
     bucket = int.from_bytes(chunk_id[:4], "big") >> shift
     end = directory[bucket + 1] * _W
     return _aligned(records, chunk_id, records.find(chunk_id, directory[bucket] * _W, end), end)
 
 
-def _aligned(records: bytes, chunk_id: bytes, at: int, end: int) -> int:
+def _aligned(records: Records, chunk_id: bytes, at: int, end: int) -> int:
     """The first match at a record's start from `at` on (others are bytes of other fields)."""
     while at > 0 and at % _W:
         at = records.find(chunk_id, at + 1, end)
@@ -247,6 +253,35 @@ class ChunkTable:
                 len(self._pack_ids),
             )
         self._state = state
+
+    @classmethod
+    def restore(cls, saved: TableFile) -> ChunkTable:
+        """A table whose sorted part is a saved one (its records may stay memory-mapped)."""
+        table = cls()
+        table._pack_ids = list(saved.pack_ids)
+        table._numbers = {pack_id: number for number, pack_id in enumerate(saved.pack_ids)}
+        table._distinct = saved.distinct
+        table._state = _State(
+            saved.records, saved.directory, saved.shift, {}, [], len(saved.pack_ids)
+        )
+        return table
+
+    def saved(self, objects: dict[str, list[bytes]]) -> TableFile:
+        """The table with its recent records merged in, as tablefile saves it."""
+        state = self._state
+        if state.recent:
+            records, directory, shift = _merge(state)
+            state = _State(records, directory, shift, {}, [], state.packs)
+            self._state = state
+        numbers = self._numbers
+        return TableFile(
+            state.records,
+            state.directory,
+            state.shift,
+            self._distinct,
+            self._pack_ids[: state.packs],
+            {path: [numbers[p] for p in pack_ids] for path, pack_ids in objects.items()},
+        )
 
     def lookup_many(self, chunk_ids: Sequence[bytes]) -> list[ChunkLocation | None]:
         """The first-loaded location of each chunk, or None."""

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 
 from castore.backend import Backend
+from castore.engine import tablefile
 from castore.engine.cache import IndexObjectCache
 from castore.engine.chunktable import ChunkLocation, ChunkTable, PackEntries
 from castore.errors import CastoreError, IntegrityError, ObjectNotFoundError
@@ -16,6 +17,9 @@ from castore.format.index import PackListing, PackTable, decode_index_tables, en
 from castore.format.packs import encode_entries
 
 __all__ = ["ChunkLocation", "Index"]
+
+SAVE_SHARE = 16
+"""A load that adds more than 1/SAVE_SHARE of the records saves the table (local cache)."""
 
 
 class Index:
@@ -93,10 +97,12 @@ class Index:
     def _load(self, from_store: bool, start_over: bool) -> None:
         with self._lock:
             listed = self._backend.list(layout.INDEX)
-            if start_over or not self._loaded.issubset(listed):
+            fresh = start_over or not self._loaded or not self._loaded.issubset(listed)
+            if fresh:
                 # Built aside and swapped in whole: readers search the old table meanwhile
                 # (a stale location there fails its pack read, and the reader refreshes).
-                table, loaded, damaged, objects = ChunkTable(), set(), {}, {}
+                table, objects = self._saved_table(set(listed), from_store)
+                loaded, damaged = set(objects), {}
             else:
                 table, loaded, damaged, objects = (
                     self._table,
@@ -107,6 +113,7 @@ class Index:
             if self._cache is not None:
                 self._cache.keep_only({n for p in listed if (n := layout.name_of(p)) is not None})
             paths = [p for p in listed if p not in loaded]
+            before = table.record_count()
             outcomes = self._pool.map(lambda path: self._load_object(path, from_store), paths)
             for path, outcome in zip(paths, outcomes, strict=True):
                 loaded.add(path)
@@ -116,6 +123,31 @@ class Index:
                     objects[path] = [pack_id for pack_id, _ in outcome]
                     table.add(outcome)
             self._table, self._loaded, self.damaged, self.objects = table, loaded, damaged, objects
+            if table.record_count() - before > table.record_count() // SAVE_SHARE:
+                self._save_table()
+
+    def _saved_table(
+        self, listed: set[str], from_store: bool
+    ) -> tuple[ChunkTable, dict[str, list[bytes]]]:
+        """The table saved in the local cache, if it was built from objects still listed.
+
+        Index objects never change (they are named by their digest), so such a table is
+        what loading those objects again would give: only newer objects remain to load.
+        """
+        saved = None if self._cache is None or from_store else tablefile.load(self._cache.table)
+        if saved is None or not listed.issuperset(saved.objects):
+            return ChunkTable(), {}
+        packs = saved.pack_ids
+        objects = {path: [packs[n] for n in numbers] for path, numbers in saved.objects.items()}
+        return ChunkTable.restore(saved), objects
+
+    def _save_table(self) -> None:
+        """Save the merged table for the next open (under the lock), if it can be trusted.
+
+        With damaged objects it is not saved: a newer castore may read them differently.
+        """
+        if self._cache is not None and not self.damaged and self._table.record_count():
+            tablefile.save(self._cache.table, self._table.saved(self.objects))
 
     def _load_object(self, path: str, from_store: bool) -> list[PackTable] | CastoreError:
         try:
@@ -169,7 +201,7 @@ class Index:
         commit meanwhile are in no listing read here, so they stay. `before_publish` (the
         lease check) runs before the merged object is written and before the deletions.
         """
-        view = Index(self._backend, self._pool, self._cache)
+        view = Index(self._backend, self._pool)  # no cache: its objects are about to go
         view.refresh(from_store=True)
         replaced = sorted(view.objects)
         if len(replaced) < 2:
@@ -186,4 +218,6 @@ class Index:
             self._loaded.difference_update(deleted)
             for path in deleted:
                 self.objects.pop(path, None)
+            # The same packs, listed by fewer objects: a saved table would not match them.
+            self._save_table()
         return deleted
