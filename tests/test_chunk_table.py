@@ -88,6 +88,8 @@ def test_the_table_answers_as_a_dict_of_first_loaded_locations(
         table.add((pack_id, encode_entries(entries)) for pack_id, entries in built)
         model.add(built)
         _check(table, model, absent)
+    # A fresh load builds the same table from every object at once.
+    _check(ChunkTable.build((p, encode_entries(e)) for p, e in seen), model, absent)
 
 
 def test_a_chunk_in_several_packs_keeps_every_copy() -> None:

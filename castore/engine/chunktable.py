@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, groupby, repeat
-from operator import add, mod, mul, or_, rshift
+from operator import add, eq, mod, mul, or_, rshift
 
 from castore.engine.tablefile import TableFile
 from castore.format.index import PackTable
@@ -34,6 +34,9 @@ RECORD = struct.Struct(">32sIQIIB")
 BUCKET_RECORDS = 4
 """The directory has a bucket per BUCKET_RECORDS / 2 to BUCKET_RECORDS sorted records."""
 MIN_RECENT = 1 << 14
+BATCH_PACKS = 256
+"""Packs turned into records at a time (a few MiB of entries)."""
+DISTINCT_BLOCK = 1 << 20
 RECENT_SHARE = 16
 """Recent records are merged once they exceed 1/RECENT_SHARE of the sorted ones."""
 
@@ -176,6 +179,22 @@ def _merge(state: _State) -> tuple[bytes, array[int], int]:
     return merged, _shifted(directory, buckets), shift
 
 
+def _distinct(records: Records) -> int:
+    """How many distinct ids sorted records hold: adjacent equal ids are compared in C."""
+    count = len(records) // _W
+    repeated = 0
+    for start in range(0, count, DISTINCT_BLOCK):
+        stop = min(start + DISTINCT_BLOCK + 1, count)  # one past: each adjacent pair once
+        ids = list(_slices(records, range(start * _W, stop * _W, _W), 32))
+        repeated += sum(map(eq, ids, ids[1:]))
+    return count - repeated
+
+
+def _slices(data: Records | bytes, starts: range, size: int) -> Iterator[bytes]:
+    """data[start : start + size] for each start, as one pipeline of C calls."""
+    return map(data.__getitem__, map(slice, starts, map(add, starts, repeat(size))))
+
+
 def _records_of(tables: Sequence[tuple[int, bytes]]) -> list[bytes]:
     """The records of some packs' entry tables, in load order, made by a few C-level copies."""
     entries = b"".join(table for _, table in tables)
@@ -186,7 +205,7 @@ def _records_of(tables: Sequence[tuple[int, bytes]]) -> list[bytes]:
         out[32 + byte :: _W] = numbers[byte::4]
     for record_at, entry_at in _BYTE_SOURCES:
         out[record_at::_W] = entries[entry_at :: ENTRY.size]
-    return [bytes(out[at : at + _W]) for at in range(0, len(out), _W)]
+    return list(_slices(bytes(out), range(0, len(out), _W), _W))
 
 
 class ChunkTable:
@@ -220,20 +239,47 @@ class ChunkTable:
         """Whether the pack was added."""
         return pack_id in self._numbers
 
-    def add(self, tables: Iterable[PackTable]) -> None:
-        """Add packs (id and validated entry table); a pack added before is skipped.
+    @classmethod
+    def build(cls, tables: Iterable[PackTable]) -> ChunkTable:
+        """A table of many packs at once (a fresh load): one sort, no merges.
+
+        Its records are sorted as a list of bytes (about 100 B a record until they are
+        joined), which is several times faster than merging them in object by object.
+        """
+        table = cls()
+        records = [record for batch in table._numbered(tables) for record in _records_of(batch)]
+        records.sort()
+        joined = b"".join(records)
+        del records
+        shift = _shift_for(len(joined) // _W)
+        table._distinct = _distinct(joined)
+        table._state = _State(
+            joined, _directory(joined, shift), shift, {}, [], len(table._pack_ids)
+        )
+        return table
+
+    def _numbered(self, tables: Iterable[PackTable]) -> Iterator[list[tuple[int, bytes]]]:
+        """Number the packs not added before, a batch of tables at a time.
 
         A pack id is the SHA-256 of its entry table, so a pack listed again by another
         index object brings nothing new.
         """
-        numbered = []
+        batch: list[tuple[int, bytes]] = []
         for pack_id, table in tables:
             if pack_id not in self._numbers:
                 self._numbers[pack_id] = len(self._pack_ids)
                 self._pack_ids.append(pack_id)
-                numbered.append((self._numbers[pack_id], table))
+                batch.append((self._numbers[pack_id], table))
+                if len(batch) == BATCH_PACKS:
+                    yield batch
+                    batch = []
+        yield batch
+
+    def add(self, tables: Iterable[PackTable]) -> None:
+        """Add packs (id and validated entry table); a pack added before is skipped."""
         state = self._state
-        for record in _records_of(numbered):
+        new = [record for batch in self._numbered(tables) for record in _records_of(batch)]
+        for record in new:
             chunk_id = record[:32]
             if chunk_id not in state.first:
                 if _find(state.records, state.directory, state.shift, chunk_id) < 0:

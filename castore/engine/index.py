@@ -114,6 +114,8 @@ class Index:
                 self._cache.keep_only({n for p in listed if (n := layout.name_of(p)) is not None})
             paths = [p for p in listed if p not in loaded]
             before = table.record_count()
+            # A new empty table is seen by no reader yet: it is built in one go, at the end.
+            pending: list[PackTable] | None = [] if fresh and not before else None
             outcomes = self._pool.map(lambda path: self._load_object(path, from_store), paths)
             for path, outcome in zip(paths, outcomes, strict=True):
                 loaded.add(path)
@@ -121,7 +123,12 @@ class Index:
                     damaged[path] = str(outcome)
                 else:
                     objects[path] = [pack_id for pack_id, _ in outcome]
-                    table.add(outcome)
+                    if pending is None:
+                        table.add(outcome)
+                    else:
+                        pending += outcome
+            if pending is not None:
+                table = ChunkTable.build(pending)
             self._table, self._loaded, self.damaged, self.objects = table, loaded, damaged, objects
             if table.record_count() - before > table.record_count() // SAVE_SHARE:
                 self._save_table()
