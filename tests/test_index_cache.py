@@ -10,7 +10,7 @@ import pytest
 
 import castore
 from castore.backend.counting import Requests
-from castore.engine.cache import LocalCache
+from castore.engine.cache import IndexObjectCache, LocalCache
 from castore.format import layout
 from tests.conftest import Location
 from tests.helpers import pattern
@@ -29,6 +29,14 @@ def _populate(location: Location, saves: int = SAVES) -> None:
     with location.init() as store:
         for number in range(saves):
             store.save(pattern(5_000, number), "model/a", serializer="raw")
+
+
+def _warmed(new_location: Callable[[], Location], cache: Path) -> tuple[Location, IndexObjectCache]:
+    """A populated store opened once through `cache`: what that open left in the cache."""
+    location = new_location()
+    _populate(location)
+    with _open(location, cache) as store:
+        return location, store.repository.cache.index_objects(store.config.store_id, store.url)
 
 
 def _cached_names(store: castore.Store) -> set[str]:
@@ -83,10 +91,7 @@ def test_a_writer_caches_the_index_objects_it_writes(
 def test_a_tampered_cached_copy_is_dropped_and_read_again(
     new_location: Callable[[], Location], tmp_path: Path
 ) -> None:
-    location = new_location()
-    _populate(location)
-    with _open(location, tmp_path / "cache") as store:
-        cache = store.repository.cache.index_objects(store.config.store_id, store.url)
+    location, cache = _warmed(new_location, tmp_path / "cache")
     cache.table.unlink()  # with the saved table, an open reads no copy at all
     copies = sorted(cache.folder.iterdir())
     assert len(copies) == SAVES
@@ -151,10 +156,8 @@ def test_maintenance_judges_the_index_objects_in_the_store_not_their_copies(
 def test_a_warm_open_takes_the_saved_table_and_reads_no_copy(
     new_location: Callable[[], Location], tmp_path: Path
 ) -> None:
-    location = new_location()
-    _populate(location)
-    with _open(location, tmp_path / "cache") as store:
-        cache = store.repository.cache.index_objects(store.config.store_id, store.url)
+    location, cache = _warmed(new_location, tmp_path / "cache")
+    with _open(location, tmp_path / "cold") as store:
         chunks = len(store.repository.index)
     assert cache.table.is_file()
     for copy in cache.folder.iterdir():
@@ -176,10 +179,7 @@ def test_a_warm_open_takes_the_saved_table_and_reads_no_copy(
 def test_a_damaged_saved_table_is_ignored_and_saved_again(
     new_location: Callable[[], Location], tmp_path: Path
 ) -> None:
-    location = new_location()
-    _populate(location)
-    with _open(location, tmp_path / "cache") as store:
-        cache = store.repository.cache.index_objects(store.config.store_id, store.url)
+    location, cache = _warmed(new_location, tmp_path / "cache")
     saved = cache.table.read_bytes()
     cache.table.write_bytes(bytes([saved[0] ^ 1]) + saved[1:])  # a flipped bit in a chunk id
     with _open(location, tmp_path / "cache") as store:
