@@ -36,7 +36,7 @@ BUCKET_RECORDS = 4
 MIN_RECENT = 1 << 14
 BATCH_PACKS = 256
 """Packs turned into records at a time (a few MiB of entries)."""
-DISTINCT_BLOCK = 1 << 20
+DISTINCT_BLOCK = 1 << 16
 RECENT_SHARE = 32
 """Recent records are merged once they exceed 1/RECENT_SHARE of the sorted ones."""
 

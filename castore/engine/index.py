@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 
 from castore.backend import Backend
@@ -114,21 +115,25 @@ class Index:
                 self._cache.keep_only({n for p in listed if (n := layout.name_of(p)) is not None})
             paths = [p for p in listed if p not in loaded]
             before = table.record_count()
-            # A new empty table is seen by no reader yet: it is built in one go, at the end.
-            pending: list[PackTable] | None = [] if fresh and not before else None
             outcomes = self._pool.map(lambda path: self._load_object(path, from_store), paths)
-            for path, outcome in zip(paths, outcomes, strict=True):
-                loaded.add(path)
-                if isinstance(outcome, CastoreError):
-                    damaged[path] = str(outcome)
-                else:
-                    objects[path] = [pack_id for pack_id, _ in outcome]
-                    if pending is None:
-                        table.add(outcome)
+
+            def usable() -> Iterator[list[PackTable]]:
+                """The tables of each usable object in load order; the others are noted."""
+                for path, outcome in zip(paths, outcomes, strict=True):
+                    loaded.add(path)
+                    if isinstance(outcome, CastoreError):
+                        damaged[path] = str(outcome)
                     else:
-                        pending += outcome
-            if pending is not None:
-                table = ChunkTable.build(pending)
+                        objects[path] = [pack_id for pack_id, _ in outcome]
+                        yield outcome
+
+            if fresh and not before:
+                # A new empty table is seen by no reader yet: it is built in one go, each
+                # object's tables dropped once they are records.
+                table = ChunkTable.build(itertools.chain.from_iterable(usable()))
+            else:
+                for tables in usable():
+                    table.add(tables)
             self._table, self._loaded, self.damaged, self.objects = table, loaded, damaged, objects
             if table.record_count() - before > table.record_count() // SAVE_SHARE:
                 self._save_table()
