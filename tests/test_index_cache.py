@@ -193,8 +193,8 @@ def test_a_damaged_saved_table_is_ignored_and_saved_again(
 def test_a_saved_table_of_objects_gc_replaced_is_not_used(
     new_location: Callable[[], Location], tmp_path: Path
 ) -> None:
-    location = new_location()
-    _populate(location)
+    location, cache = _warmed(new_location, tmp_path / "cache")
+    assert cache.table.is_file()
     with _open(location, tmp_path / "cache") as store:
         store.delete("model/a:1")
         assert store.gc().index_objects_replaced == SAVES

@@ -5,11 +5,11 @@ load order), offset, stored length, raw length, codec. Big-endian, so that the o
 the record bytes is the order of (chunk id, pack number, offset): the first record of a
 chunk id is its first-loaded copy, and sorting needs no key function.
 
-The sorted records live in one immutable `bytes`. A directory maps the top bits of an id
-to the records that start with them (about 4 to 8 records a bucket, under 1 B a chunk),
-so a lookup is one `bytes.find` over a few hundred bytes, in C. New records go to a
-small recent part (a dict) and are merged into the sorted part when it has grown by
-1/RECENT_SHARE. Readers take no lock: each search reads one `_State`, which `add`
+The sorted records live in one immutable `bytes` (or a memory-mapped saved table). A
+directory maps the top bits of an id to the records that start with them (2 to 4 records
+a bucket, 1 to 2 B a chunk), so a lookup is one `bytes.find` over a few records, in C.
+New records go to a small recent part (a dict) and are merged into the sorted part when
+it has grown by 1/RECENT_SHARE. Readers take no lock: each search reads one `_State`, which `add`
 replaces whole (its recent part only ever grows in place).
 """
 
@@ -34,9 +34,11 @@ RECORD = struct.Struct(">32sIQIIB")
 BUCKET_RECORDS = 4
 """The directory has a bucket per BUCKET_RECORDS / 2 to BUCKET_RECORDS sorted records."""
 MIN_RECENT = 1 << 14
+"""Recent records are never merged while fewer than this (a small table merges rarely)."""
 BATCH_PACKS = 256
 """Packs turned into records at a time (a few MiB of entries)."""
 DISTINCT_BLOCK = 1 << 16
+"""Records whose ids are compared at a time when distinct ids are counted."""
 RECENT_SHARE = 32
 """Recent records are merged once they exceed 1/RECENT_SHARE of the sorted ones."""
 
