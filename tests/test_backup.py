@@ -31,8 +31,11 @@ import castore
 import castore.format.manifest
 from castore.engine.progress import Progress
 from castore.format.tree import (
+    BLOCKDEV,
+    CHARDEV,
     DIR,
     EMPTY_SHA256,
+    FIFO,
     FILE,
     SKIPPED,
     SYMLINK,
@@ -749,6 +752,19 @@ component = st.binary(min_size=1, max_size=6).filter(
 )
 
 
+xattr_names = st.one_of(
+    st.sampled_from([b"system.posix_acl_access", b"system.posix_acl_default"]),
+    st.tuples(
+        st.sampled_from([b"user.", b"security.", b"trusted."]),
+        st.binary(min_size=1, max_size=8).filter(lambda n: b"\0" not in n),
+    ).map(b"".join),
+)
+xattr_sets = st.dictionaries(xattr_names, st.binary(max_size=40), max_size=3).map(
+    lambda pairs: tuple(sorted(pairs.items()))
+)
+"""Extended attributes as entries hold them: (name, value) pairs in order of name."""
+
+
 @st.composite
 def trees(draw: st.DrawFn) -> list[Entry]:
     """Valid trees: every parent a directory entry, entries in tree order."""
@@ -762,12 +778,18 @@ def trees(draw: st.DrawFn) -> list[Entry]:
             "mtime_ns": draw(st.integers(-(2**63), 2**63 - 1)),
             "ino": draw(st.integers(0, 2**64 - 1)),
         }
+        metadata["xattrs"] = draw(xattr_sets)
         if path in dirs:
             entries.append(Entry(path, DIR, **metadata))
             continue
-        kind = draw(st.sampled_from([FILE, SYMLINK, SKIPPED]))
+        kind = draw(st.sampled_from([FILE, SYMLINK, SKIPPED, FIFO, CHARDEV, BLOCKDEV]))
         if kind == SKIPPED:
             entries.append(Entry.skipped(path, draw(st.text(max_size=20))))
+        elif kind in (CHARDEV, BLOCKDEV):
+            numbers = {"major": draw(st.integers(0, 2**32 - 1)), "minor": draw(st.integers(0, 4))}
+            entries.append(Entry(path, kind, **numbers, **metadata))
+        elif kind == FIFO:
+            entries.append(Entry(path, kind, **metadata))
         elif kind == SYMLINK:
             target = draw(st.binary(min_size=1, max_size=20).filter(lambda t: b"\0" not in t))
             entries.append(Entry(path, SYMLINK, size=len(target), target=target, **metadata))
@@ -814,7 +836,7 @@ def test_damaged_tree_streams_fail_only_with_integrity_errors(
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ({"path": b"a", "type": "fifo"}, "unknown type"),
+        ({"path": b"a", "type": "socket"}, "unknown type"),
         ({"path": "a", "type": FILE}, "should be bytes"),
         (raw_meta(b"a", DIR, size=4096), "size 0"),
         (raw_meta(b"a", DIR, mode=0o10000), "outside"),
@@ -825,12 +847,45 @@ def test_damaged_tree_streams_fail_only_with_integrity_errors(
         (raw_meta(b"a", FILE, size=1, sha256=b"\0" * 32, chunks=b"", sizes=[1]), "sizes"),
         (raw_meta(b"a" * 256, DIR), "longer than 255"),
         ([b"a"], "not a msgpack map"),
+        (raw_meta(b"a", DIR, xattrs={b"user.a": b"1"}), "should be list"),
+        (raw_meta(b"a", DIR, xattrs=[]), "0 or more than"),
+        (raw_meta(b"a", DIR, xattrs=[[b"user.a", "text"]]), "pair of bin"),
+        (raw_meta(b"a", DIR, xattrs=[[b"user.a", b"1", b"2"]]), "pair of bin"),
+        (raw_meta(b"a", DIR, xattrs=[[b"other.a", b"1"]]), "not in the user"),
+        (raw_meta(b"a", DIR, xattrs=[[b"user.", b"1"]]), "only a namespace"),
+        (raw_meta(b"a", DIR, xattrs=[[b"user.\0", b"1"]]), "without NUL"),
+        (raw_meta(b"a", DIR, xattrs=[[b"user.b", b""], [b"user.a", b""]]), "ascending"),
+        (raw_meta(b"a", DIR, xattrs=[[b"user.a", b""], [b"user.a", b""]]), "ascending"),
+        (raw_meta(b"a", DIR, xattrs=[[b"user.a", b"x" * 65537]]), "over 65536 bytes"),
+        (
+            raw_meta(b"a", DIR, xattrs=[[b"user.%04d" % n, b""] for n in range(1025)]),
+            "more than 1024",
+        ),
+        (
+            raw_meta(b"a", DIR, xattrs=[[b"user.%02d" % n, b"x" * 65536] for n in range(17)]),
+            "over 1048576 bytes in all",
+        ),
+        (raw_meta(b"a", FIFO, size=1), "size 0"),
+        (raw_meta(b"a", CHARDEV, major=1), "lacks the field 'minor'"),
+        (raw_meta(b"a", BLOCKDEV, major=-1, minor=3), "outside"),
     ],
 )
 def test_malformed_entries_are_rejected(value: object, message: str) -> None:
     data = msgpack.packb(value, use_bin_type=True)
     with pytest.raises(castore.IntegrityError, match=message):
         list(read_tree(io.BytesIO(data), len(data), "test tree"))
+
+
+def test_older_tree_versions_know_no_version_3_key_or_type() -> None:
+    """A version 1 or 2 reader ignores `xattrs` (as any unknown key) and has no FIFOs."""
+    entry = raw_meta(b"a", DIR, xattrs=[[b"user.a", b"1"]])
+    data = msgpack.packb(entry, use_bin_type=True)
+    for version in (1, 2):
+        (read,) = read_tree(io.BytesIO(data), len(data), "test tree", version)
+        assert read.xattrs == () and read.format_version == 1
+    fifo = msgpack.packb(raw_meta(b"p", FIFO), use_bin_type=True)
+    with pytest.raises(castore.IntegrityError, match="unknown type 'fifo'"):
+        list(read_tree(io.BytesIO(fifo), len(fifo), "test tree", 2))
 
 
 def test_tree_writer_refuses_disorder() -> None:

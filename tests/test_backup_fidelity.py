@@ -120,7 +120,7 @@ def test_snapshots_without_new_features_stay_version_1(
     (src / "plain.link").hardlink_to(src / "plain")
     linked = local_store.backup(src, "backups/plain")
     assert serializer_version(local_store, linked.reference) == "2"
-    newer = commit_tree(local_store, "backups/newer", [], "3")
+    newer = commit_tree(local_store, "backups/newer", [], "4")
     with pytest.raises(castore.UnsupportedFormatError, match="upgrade castore"):
         local_store.restore(newer, tmp_path / "never")
     assert not (tmp_path / "never").exists()

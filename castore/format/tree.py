@@ -21,16 +21,20 @@ from typing import Any, BinaryIO
 import msgpack
 
 from castore.errors import CastoreError, IntegrityError, InvalidInputError
-from castore.format import wire
+from castore.format import wire, xattrs
 from castore.format.streams import DIGEST_SIZE, StreamDescriptor
+from castore.format.xattrs import Xattrs
 
-TREE_FORMAT_VERSION = 2
+TREE_FORMAT_VERSION = 3
 """Newest tree stream format this castore reads and writes; the manifest's serializer
-version is its str. A snapshot records version 2 only if an entry uses a key of version
-2 (`nlink`, `hardlink`, `extents`); otherwise it is a version 1 tree, which older
-castores read (docs/FORMAT.md, 20.1 and 20.3)."""
+version is its str. A snapshot records the lowest version its entries need: 3 if one has
+extended attributes or is a FIFO or device, else 2 if one uses a key of version 2
+(`nlink`, `hardlink`, `extents`), else 1, which every castore reads (docs/FORMAT.md,
+20.1 and 20.3)."""
 BASE_TREE_FORMAT_VERSION = 1
 """The version of a tree that uses no key newer than version 1."""
+LINKS_TREE_FORMAT_VERSION = 2
+"""The version that added hard links and sparse files."""
 TREE_KIND = "tree"
 """The manifest kind of a snapshot."""
 TREE_SERIALIZER = "tree"
@@ -40,8 +44,15 @@ FILE = "file"
 DIR = "dir"
 SYMLINK = "symlink"
 SKIPPED = "skipped"
-ENTRY_TYPES = (FILE, DIR, SYMLINK, SKIPPED)
-"""Entry types: a regular file, a directory, a symbolic link, or something not backed up."""
+FIFO = "fifo"
+CHARDEV = "chardev"
+BLOCKDEV = "blockdev"
+DEVICES = (CHARDEV, BLOCKDEV)
+SPECIAL_TYPES = (FIFO, *DEVICES)
+"""Entry types of version 3: a named pipe, a character device, a block device."""
+ENTRY_TYPES = (FILE, DIR, SYMLINK, SKIPPED, *SPECIAL_TYPES)
+"""Entry types: a regular file, a directory, a symbolic link, something not backed up,
+and (from version 3) FIFOs and device nodes."""
 
 MAX_PATH_BYTES = 4096
 """Longest entry path (Linux's PATH_MAX)."""
@@ -55,7 +66,9 @@ MAX_FILE_CHUNKS = 2**21
 """Most chunks one file entry may list (about 128 GiB at the default chunk size)."""
 MAX_EXTENTS = 2**16
 """Most data extents one sparse file entry may list (more: the file is read whole)."""
-MAX_ENTRY_BYTES = MAX_FILE_CHUNKS * (DIGEST_SIZE + 5) + 64 * 1024 + MAX_EXTENTS * 20
+MAX_ENTRY_BYTES = (
+    MAX_FILE_CHUNKS * (DIGEST_SIZE + 5) + 64 * 1024 + MAX_EXTENTS * 20 + xattrs.MAX_XATTRS_ENCODED
+)
 """Largest encoded entry a reader accepts: bounds the memory one entry can take."""
 EMPTY_SHA256 = hashlib.sha256(b"").digest()
 
@@ -100,6 +113,11 @@ class Entry:
     extents: tuple[tuple[int, int], ...] | None = None
     """File: (offset, length) of the ranges holding data, the rest being holes; None for
     a file whose whole length is data. The chunks hold the extents' bytes, in order."""
+    major: int = 0
+    minor: int = 0
+    """Device node: the device's major and minor numbers (of its st_rdev)."""
+    xattrs: Xattrs = ()
+    """Extended attributes (version 3): (name, value) pairs, ascending by name."""
 
     @property
     def path_str(self) -> str:
@@ -126,8 +144,11 @@ class Entry:
     @property
     def format_version(self) -> int:
         """The lowest tree format version that can record this entry."""
-        new = self.nlink > 1 or self.hardlink or self.extents is not None
-        return TREE_FORMAT_VERSION if new else BASE_TREE_FORMAT_VERSION
+        if self.xattrs or self.type in SPECIAL_TYPES:
+            return TREE_FORMAT_VERSION
+        if self.nlink > 1 or self.hardlink or self.extents is not None:
+            return LINKS_TREE_FORMAT_VERSION
+        return BASE_TREE_FORMAT_VERSION
 
     def descriptor(self) -> StreamDescriptor:
         """A file entry's stored content (its data extents, if sparse) as a stream
@@ -208,6 +229,10 @@ class Entry:
                 fields["extents"] = [list(extent) for extent in self.extents]
         elif self.type == SYMLINK:
             fields["target"] = self.target
+        elif self.type in DEVICES:
+            fields.update(major=self.major, minor=self.minor)
+        if self.xattrs:
+            fields["xattrs"] = xattrs.to_wire(self.xattrs)
         return fields
 
     @classmethod
@@ -224,9 +249,11 @@ class Entry:
         kind = wire.field(raw, "type", str, what)
         if kind == SKIPPED:
             return cls.skipped(path, wire.field(raw, "reason", str, what))
-        if kind not in ENTRY_TYPES:
+        if kind not in ENTRY_TYPES or (kind in SPECIAL_TYPES and version < TREE_FORMAT_VERSION):
             raise IntegrityError(f"{what} has unknown type {kind!r}")
         common = _common_fields(raw, what)
+        if version >= TREE_FORMAT_VERSION and "xattrs" in raw:
+            common["xattrs"] = xattrs.decode(raw, what)
         if kind == FILE:
             extra = _version2_fields(raw, path, common["size"], what) if version >= 2 else {}
             stored = common["size"]
@@ -236,7 +263,10 @@ class Entry:
         if kind == SYMLINK:
             return cls(path=path, type=kind, **common, target=_target_field(raw, common, what))
         if common["size"] != 0:
-            raise IntegrityError(f"{what}: a directory has size 0, not {common['size']}")
+            raise IntegrityError(f"{what}: a {kind} has size 0, not {common['size']}")
+        if kind in DEVICES:
+            common["major"] = wire.bounded_int(raw, "major", *_UINT32, what)
+            common["minor"] = wire.bounded_int(raw, "minor", *_UINT32, what)
         return cls(path=path, type=kind, **common)
 
 
