@@ -413,6 +413,7 @@ class Store:
         one_file_system: bool = False,
         exclude_caches: bool = False,
         skip_if_unchanged: bool = False,
+        xattrs: bool = True,
     ) -> backups.Snapshot:
         """Snapshot a directory as the next version of `name`, deduplicated against
         everything in the store; files unchanged since the last snapshot are not read.
@@ -420,7 +421,9 @@ class Store:
         `one_file_system` does not enter mount points, `exclude_caches` directories
         tagged with CACHEDIR.TAG (both are recorded, empty, and reported as skipped).
         `skip_if_unchanged` adds no snapshot when nothing changed since the latest one
-        (restic's --skip-if-unchanged): that one is returned, with `stats.unchanged`."""
+        (restic's --skip-if-unchanged): that one is returned, with `stats.unchanged`.
+        FIFOs and device nodes are recorded, and extended attributes unless `xattrs` is
+        False (``user.*``; as root also ``security.*``, ``trusted.*`` and POSIX ACLs)."""
         repo = self.repository
         with repo.writing():
             return backups.backup(
@@ -433,6 +436,7 @@ class Store:
                 one_file_system=one_file_system,
                 exclude_caches=exclude_caches,
                 skip_if_unchanged=skip_if_unchanged,
+                xattrs=xattrs,
             )
 
     def restore(
@@ -448,6 +452,8 @@ class Store:
         dry_run: bool = False,
         progress: ProgressCallback | None = None,
         on_plan: Callable[[RestorePlan], None] | None = None,
+        xattrs: bool = True,
+        devices: bool = False,
     ) -> RestoreStats:
         """Restore a snapshot (or some of its `paths`) under `target`, verified, never
         writing outside it; files already identical are left alone.
@@ -460,7 +466,9 @@ class Store:
         `delete` removes what the target holds and the snapshot does not, inside the
         restored `paths` only (restic's --delete). `on_plan` gets the plan (files and bytes
         to write) before anything is written; with `dry_run` nothing is written at all
-        (`removed_paths` then lists what `delete` would remove)."""
+        (`removed_paths` then lists what `delete` would remove). Extended attributes are
+        restored unless `xattrs` is False (security.* and trusted.* only with `setid`);
+        FIFOs are made, device nodes only as root with `devices`."""
         return restore_snapshot(
             self.repository,
             ref,
@@ -473,6 +481,8 @@ class Store:
             dry_run=dry_run,
             progress=progress,
             on_plan=on_plan,
+            xattrs=xattrs,
+            devices=devices,
         )
 
     def planned_entries(self, plan: RestorePlan) -> Iterator[Entry]:

@@ -321,20 +321,21 @@ def test_special_and_vanished_files_are_skipped_and_recorded(
         monkeypatch.setattr(scan, "open_regular", remove_first)
         snap = store.backup(src, "backups/sk")
     expected = {
-        "fifo": "unsupported file type: fifo",
         "gone-big": "No such file or directory",
         "gone.txt": "No such file or directory",
         "sock": "unsupported file type: socket",
     }
     assert dict(snap.stats.skipped_paths) == expected
-    assert snap.metadata["skipped"] == 4 and snap.stats.files == 1
+    assert snap.metadata["skipped"] == 3 and snap.stats.files == 1
+    assert snap.metadata["specials"] == snap.stats.specials == 1  # the FIFO
     recorded = {
         e.path_str: e.reason for e in store.snapshot_entries("backups/sk") if e.type == SKIPPED
     }
     assert recorded == expected
     stats = store.restore("backups/sk", tmp_path / "out")
-    assert (stats.files_written, stats.skipped) == (1, 4)
-    assert sorted(os.listdir(tmp_path / "out")) == ["ok.txt"]
+    assert (stats.files_written, stats.skipped, stats.specials) == (1, 3, 1)
+    assert sorted(os.listdir(tmp_path / "out")) == ["fifo", "ok.txt"]
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "out" / "fifo").st_mode)
 
 
 UNREADABLE_SCRIPT = """

@@ -380,3 +380,109 @@ def test_the_command_exits_3_when_a_file_changed_while_read(
         capture_output=True,
     )  # fmt: skip
     assert quiet.returncode == 0, quiet.stderr
+
+
+# -- extended attributes, FIFOs and device nodes (tree format version 3) ---------------------
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")
+"""A security.capability value (VFS_CAP_REVISION_2) granting cap_net_bind_service."""
+NO_ID = 2**32 - 1
+ACL_ENTRIES = [(1, 6, NO_ID), (2, 4, 4242), (4, 4, NO_ID), (0x10, 4, NO_ID), (0x20, 0, NO_ID)]
+ACL = (2).to_bytes(4, "little") + b"".join(
+    tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + ident.to_bytes(4, "little")
+    for tag, perm, ident in ACL_ENTRIES
+)
+"""A POSIX access ACL in the kernel's form: owner rw, user 4242 r, group r, mask r, other."""
+
+
+def xattrs_of(path: Path) -> dict[str, bytes]:
+    """The extended attributes of `path` itself (never following a symlink)."""
+    names = os.listxattr(path, follow_symlinks=False)
+    return {name: os.getxattr(path, name, follow_symlinks=False) for name in names}
+
+
+def build_special_tree(root: Path) -> dict[str, dict[str, bytes]]:
+    """Files, a folder, a FIFO (and, as root, a character device) with attributes; the
+    attributes each path gets."""
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"with attributes")
+    os.mkfifo(root / "pipe", 0o640)
+    wanted = {"d": {"user.folder": b"x"}, "d/f": {"user.note": b"hello", "user.empty": b""}}
+    if os.geteuid() == 0:
+        os.mknod(root / "null", stat.S_IFCHR | 0o640, os.makedev(1, 3))  # as /dev/null
+        wanted["d/f"] |= {"trusted.t": b"2", "security.capability": CAPABILITY}
+        wanted["d/f"]["system.posix_acl_access"] = ACL
+        wanted["pipe"] = {"trusted.pipe": b"p"}
+    for rel, pairs in wanted.items():
+        for name, value in pairs.items():
+            os.setxattr(root / rel, name, value)
+    for path in (root / "d" / "f", root / "pipe", root / "d"):
+        os.utime(path, ns=(MTIME, MTIME), follow_symlinks=False)
+    return wanted
+
+
+def test_xattrs_and_fifos_round_trip(local_store: castore.Store, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    wanted = build_special_tree(src)
+    snap = local_store.backup(src, "backups/special")
+    assert serializer_version(local_store, snap.reference) == "3"
+    assert snap.stats.xattrs == len(wanted)
+    assert snap.stats.specials == 1 + (os.geteuid() == 0)
+    out = tmp_path / "out"
+    stats = local_store.restore(snap.reference, out, setid=True, devices=True)
+    for rel, pairs in wanted.items():
+        assert xattrs_of(out / rel) == pairs, rel
+    pipe = os.lstat(out / "pipe")
+    assert stat.S_ISFIFO(pipe.st_mode) and stat.S_IMODE(pipe.st_mode) == 0o640
+    assert pipe.st_mtime_ns == os.lstat(out / "d").st_mtime_ns == MTIME
+    assert stats.specials == snap.stats.specials and stats.xattrs_unsupported == 0
+    again = local_store.restore(snap.reference, out, setid=True, devices=True)
+    assert again.specials == stats.specials and os.lstat(out / "pipe").st_ino == pipe.st_ino
+
+    bare = tmp_path / "bare"
+    local_store.restore(snap.reference, bare, xattrs=False)
+    assert all(xattrs_of(bare / rel) == {} for rel in wanted)
+    plain = local_store.backup(src, "backups/plain", xattrs=False)
+    assert all(not entry.xattrs for entry in local_store.snapshot_entries(plain.reference))
+    (src / "pipe").unlink()
+    (src / "null").unlink(missing_ok=True)
+    assert serializer_version(local_store, local_store.backup(src, "b/x").reference) == "3"
+    without = local_store.backup(src, "backups/without", xattrs=False)
+    assert serializer_version(local_store, without.reference) == "1"
+
+
+@requires_root
+def test_as_root_device_nodes_round_trip_with_the_opt_in(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    build_special_tree(src)
+    snap = local_store.backup(src, "backups/devices")
+    (entry,) = [e for e in local_store.snapshot_entries(snap.reference) if e.path == b"null"]
+    assert (entry.type, entry.major, entry.minor) == ("chardev", 1, 3)
+    out = tmp_path / "out"
+    stats = local_store.restore(snap.reference, out, devices=True)
+    node = os.lstat(out / "null")
+    assert stat.S_ISCHR(node.st_mode) and node.st_rdev == os.makedev(1, 3)
+    assert stat.S_IMODE(node.st_mode) == 0o640 and stats.plan.devices_refused == 0
+    default = local_store.restore(snap.reference, tmp_path / "default")
+    assert not (tmp_path / "default" / "null").exists()
+    assert default.plan.devices_refused == 1 and default.specials == 1  # the FIFO
+    assert default.plan.xattrs_stripped == 3  # trusted.t, security.capability, trusted.pipe
+    assert xattrs_of(tmp_path / "default" / "d" / "f") == {
+        "user.note": b"hello",
+        "user.empty": b"",
+        "system.posix_acl_access": ACL,
+    }
+
+
+def test_an_attribute_the_file_system_refuses_is_counted(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    """Linux takes no user.* attribute on a symlink: the restore counts it and goes on."""
+    link = raw_entry(b"link", "symlink", size=1, target=b"x", xattrs=[[b"user.a", b"1"]])
+    ref = commit_tree(local_store, "backups/refused", [link], "3")
+    stats = local_store.restore(ref, tmp_path / "out")
+    assert stats.symlinks == 1 and stats.xattrs_unsupported == 1
+    assert os.readlink(tmp_path / "out" / "link") == "x"

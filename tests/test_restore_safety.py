@@ -303,3 +303,99 @@ def test_a_dry_run_lists_what_it_would_write_and_writes_nothing(
     planned = json.loads(cli(local_store.url, "--json", "restore", "--dry-run", ref, str(target)))
     assert planned["dry_run"] and planned["plan"]["files"] == 3
     assert {e["path"]: e["size"] for e in planned["entries"]}["sgid"] == len(b"#!/bin/sh\nid\n")
+
+
+# -- planted device nodes and extended attributes ----------------------------------------------
+
+CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")
+"""security.capability granting cap_net_bind_service: what an attacker would make cap_sys_admin."""
+
+
+def planted_specials(store: castore.Store) -> list[object]:
+    """A tree of version 3 with a world-writable block device for the first disk, a FIFO
+    and a program carrying a file capability and a trusted attribute."""
+    content = store.repository.write_stream(b"#!/bin/sh\nid\n")
+    privileged = [[b"security.capability", CAPABILITY], [b"trusted.overlay.redirect", b"/etc"]]
+    return [
+        raw_meta(b"disk", "blockdev", mode=0o666, major=8, minor=0),
+        raw_meta(b"pipe", "fifo", mode=0o600),
+        raw_file(b"prog", content, mode=0o755, xattrs=[*privileged, [b"user.ok", b"1"]]),
+    ]
+
+
+def test_a_planted_device_node_or_file_capability_needs_its_opt_in(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    ref = commit_raw_tree(local_store, "evil/specials", planted_specials(local_store), version="3")
+    target = tmp_path / "out"
+    stats = local_store.restore(ref, target)
+    assert sorted(path.name for path in target.iterdir()) == ["pipe", "prog"]
+    assert stats.plan.devices_refused == 1 and stats.specials == 1
+    assert os.listxattr(target / "prog") == ["user.ok"]
+    assert stats.plan.xattrs_stripped == 2
+    summary = json.loads(cli(local_store.url, "--json", "restore", ref, str(tmp_path / "cli")))
+    assert summary["plan"]["devices_refused"] == 1 and not summary["plan"]["devices_restored"]
+    assert not (tmp_path / "cli" / "disk").exists()
+
+
+@requires_root
+def test_as_root_the_opt_ins_restore_what_they_name(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    planted = planted_specials(local_store)
+    planted[0] = raw_meta(b"disk", "chardev", mode=0o600, major=1, minor=3)  # /dev/null
+    ref = commit_raw_tree(local_store, "evil/opted", planted, version="3")
+    target = tmp_path / "out"
+    stats = local_store.restore(ref, target, setid=True, devices=True)
+    assert os.lstat(target / "disk").st_rdev == os.makedev(1, 3)
+    assert os.getxattr(target / "prog", "security.capability") == CAPABILITY
+    assert stats.plan.xattrs_stripped == stats.plan.devices_refused == 0
+
+
+def test_not_as_root_no_device_node_is_made_even_when_asked(shared_dir: Path) -> None:
+    prefix = unprivileged()
+    with castore.init(shared_dir / "store") as store:
+        ref = commit_raw_tree(store, "evil/specials", planted_specials(store), version="3")
+    if prefix:
+        for folder, _, files in os.walk(shared_dir):
+            for name in [folder, *(os.path.join(folder, file) for file in files)]:
+                os.chown(name, NOBODY, NOBODY)
+    target = shared_dir / "out"
+    summary = json.loads(
+        cli(
+            str(shared_dir / "store"),
+            "--json",
+            "restore",
+            "--devices",
+            "--keep-setid",
+            ref,
+            str(target),
+            prefix=prefix,
+            CASTORE_CACHE_DIR=str(shared_dir / "cache"),
+        )
+    )
+    assert sorted(path.name for path in target.iterdir()) == ["pipe", "prog"]
+    assert summary["plan"]["devices_refused"] == 1 and summary["plan"]["xattrs_stripped"] == 2
+    assert os.listxattr(target / "prog") == ["user.ok"]
+
+
+@pytest.mark.parametrize(
+    "xattrs",
+    [
+        [[b"user.big", b"x" * 65537]],
+        [[b"user.%04d" % n, b""] for n in range(1025)],
+        [[b"user.%02d" % n, b"x" * 65536] for n in range(17)],
+        [[b"system.sockprotoname", b"x"]],
+        [[b"user.b", b""], [b"user.a", b""]],
+    ],
+    ids=["value too long", "too many", "too large in all", "other namespace", "unsorted"],
+)
+def test_malformed_planted_xattrs_are_damage_and_nothing_is_written(
+    local_store: castore.Store, tmp_path: Path, xattrs: list[list[bytes]]
+) -> None:
+    content = local_store.repository.write_stream(b"data")
+    values = [raw_meta(b"d", DIR), raw_file(b"d/f", content, xattrs=xattrs)]
+    ref = commit_raw_tree(local_store, "evil/xattrs", values, version="3")
+    with pytest.raises(castore.IntegrityError, match="extended attribute"):
+        local_store.restore(ref, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -678,6 +678,7 @@ def cmd_backup(command: Command) -> int:
             one_file_system=args.one_file_system,
             exclude_caches=args.exclude_caches,
             skip_if_unchanged=args.skip_if_unchanged,
+            xattrs=not args.no_xattrs,
         )
     stats = snapshot.stats
     command.emit(
@@ -709,8 +710,11 @@ def _restore_json(stats: castore.RestoreStats) -> dict[str, Any]:
         "bytes",
         "dirs",
         "symlinks",
+        "specials",
         "skipped",
         "setid_stripped",
+        "devices_refused",
+        "xattrs_stripped",
         "overwrite",
         "delete",
     )
@@ -719,6 +723,8 @@ def _restore_json(stats: castore.RestoreStats) -> dict[str, Any]:
         "plan": {
             "owners_restored": plan.ownership.owners,
             "setid_restored": plan.ownership.setid,
+            "xattrs_restored": plan.ownership.xattrs.enabled,
+            "devices_restored": plan.ownership.devices,
             **{key: getattr(plan, key) for key in totals},
         },
     }
@@ -736,6 +742,8 @@ def _restore_dry_run(command: Command) -> int:
         overwrite=args.overwrite,
         delete=args.delete,
         dry_run=True,
+        xattrs=not args.no_xattrs,
+        devices=args.devices,
     )
     plan = stats.plan
     entries = [
@@ -775,6 +783,8 @@ def cmd_restore(command: Command) -> int:
             delete=args.delete,
             progress=display.callback,
             on_plan=announce,
+            xattrs=not args.no_xattrs,
+            devices=args.devices,
         )
     stripped = stats.plan.setid_stripped
     command.emit(
@@ -784,7 +794,23 @@ def cmd_restore(command: Command) -> int:
         f"{stats.symlinks} symlinks into {args.target}"
         + (f"; {stats.existing_kept} left as they were" if stats.existing_kept else "")
         + (f"; {stats.removed} deleted" if args.delete else "")
-        + (f"; setuid/setgid stripped from {stripped}" if stripped else ""),
+        + (f"; setuid/setgid stripped from {stripped}" if stripped else "")
+        + (f"; {stats.specials} FIFOs and devices" if stats.specials else "")
+        + (
+            f"; {refused} device nodes not created"
+            if (refused := stats.plan.devices_refused)
+            else ""
+        )
+        + (
+            f"; {stats.plan.xattrs_stripped} security/trusted attributes left out"
+            if stats.plan.xattrs_stripped
+            else ""
+        )
+        + (
+            f"; {stats.xattrs_unsupported} attributes refused by the file system"
+            if stats.xattrs_unsupported
+            else ""
+        ),
     )
     return 0
 
@@ -1305,6 +1331,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add no snapshot when nothing changed since the latest one",
     )
+    backup.add_argument(
+        "--no-xattrs",
+        action="store_true",
+        help="do not record extended attributes (user.*; as root also security.*, "
+        "trusted.* and POSIX ACLs)",
+    )
     restore = add(
         "restore",
         cmd_restore,
@@ -1336,6 +1368,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--delete",
         action="store_true",
         help="remove what TARGET holds and the snapshot does not (inside PATHs only)",
+    )
+    restore.add_argument(
+        "--no-xattrs", action="store_true", help="do not restore extended attributes"
+    )
+    restore.add_argument(
+        "--devices",
+        action="store_true",
+        help="as root, create the device nodes the snapshot records (only for snapshots "
+        "you trust: a planted block device gives raw disk access)",
     )
     restore.add_argument(
         "--dry-run", action="store_true", help="list what would be written; write nothing"

@@ -37,11 +37,15 @@ from castore.format.manifest import Manifest
 from castore.format.names import check_name, check_tag
 from castore.format.streams import StreamDescriptor
 from castore.format.tree import (
+    BLOCKDEV,
+    CHARDEV,
     DIR,
+    FIFO,
     FILE,
     MAX_EXTENTS,
     MAX_FILE_CHUNKS,
     SKIPPED,
+    SPECIAL_TYPES,
     SYMLINK,
     TREE_KIND,
     TREE_SERIALIZER,
@@ -50,6 +54,7 @@ from castore.format.tree import (
     path_problem,
     sort_key,
 )
+from castore.format.xattrs import Xattrs
 from castore.snapshots import scan
 from castore.snapshots.ignore import IgnoreRules
 from castore.versions import catalog
@@ -82,6 +87,10 @@ class BackupStats:
     """Files recorded with holes."""
     dirs: int = 0
     symlinks: int = 0
+    specials: int = 0
+    """FIFOs and device nodes recorded."""
+    xattrs: int = 0
+    """Entries recorded with extended attributes."""
     skipped: int = 0
     changed: int = 0
     """Files whose size or mtime moved while they were read: recorded as read, which may
@@ -106,6 +115,9 @@ class BackupStats:
     """(path, reason) of everything skipped, also recorded in the tree stream."""
     changed_paths: list[str] = field(default_factory=list)
     """The files counted in `changed`."""
+    xattrs_unread: list[tuple[str, str]] = field(default_factory=list)
+    """(path, reason) of the paths recorded without their extended attributes, which
+    could not be read or exceed the bounds of one entry."""
     unchanged: bool = False
     """With skip_if_unchanged: the tree equals the parent's, so no snapshot was added and
     the parent is what the backup returned."""
@@ -186,8 +198,9 @@ class _HardLink:
 
 
 _Item = Entry | Future[_FileRead | str] | _HardLink
-_Pending = tuple[bytes, _Item, int]
-"""(path, the entry, the future read of a small file or a hard link, bytes in flight)."""
+_Pending = tuple[bytes, _Item, int, Xattrs]
+"""(path, the entry, the future read of a small file or a hard link, bytes in flight,
+the path's extended attributes)."""
 
 
 class _Backup:
@@ -228,12 +241,14 @@ class _Backup:
         self.scan_pool.shutdown(wait=True, cancel_futures=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def run(self, root: str, rules: IgnoreRules, bounds: scan.Boundaries) -> None:
+    def run(
+        self, root: str, rules: IgnoreRules, bounds: scan.Boundaries, reading: scan.Reading
+    ) -> None:
         """Back up everything below `root` into the tree, not entering what `bounds`
         excludes. With a progress callback, a second walk counts the totals meanwhile."""
         if self.progress is not None:
             self.count = scan.TreeCount(root, rules, bounds)
-        for found in scan.walk(root, rules, self.scan_pool, bounds):
+        for found in scan.walk(root, rules, self.scan_pool, bounds, reading):
             self._add(found)
             self._drain(MAX_PENDING_FILES, MAX_PENDING_BYTES)
         self._drain(0, 0)
@@ -252,39 +267,50 @@ class _Backup:
         st = found.stat
         if found.error is not None or st is None:
             self._push(path, Entry.skipped(path, found.error or "unknown error"))
-        elif stat.S_ISDIR(st.st_mode):
-            self._push(path, Entry.from_stat(path, DIR, st))
+            return
+        if found.xattr_error is not None:
+            self.stats.xattrs_unread.append((found.rel, found.xattr_error))
+        pairs = found.xattrs
+        if stat.S_ISDIR(st.st_mode):
+            self._push(path, Entry.from_stat(path, DIR, st), xattrs=pairs)
             if found.not_entered:
                 self._skip(found.rel, found.not_entered)
         elif stat.S_ISLNK(st.st_mode):
             target = found.target or b""
-            self._push(path, Entry.from_stat(path, SYMLINK, st, size=len(target), target=target))
+            link = Entry.from_stat(path, SYMLINK, st, size=len(target), target=target)
+            self._push(path, link, xattrs=pairs)
         elif stat.S_ISREG(st.st_mode):
-            self._file(path, found.abspath, st)
-        else:
+            self._file(path, found.abspath, st, pairs)
+        elif stat.S_ISFIFO(st.st_mode):
+            self._push(path, Entry.from_stat(path, FIFO, st), xattrs=pairs)
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            kind = CHARDEV if stat.S_ISCHR(st.st_mode) else BLOCKDEV
+            numbers = {"major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev)}
+            self._push(path, Entry.from_stat(path, kind, st, **numbers), xattrs=pairs)
+        else:  # a socket: nothing could restore it
             kind = scan.file_kind(st.st_mode)
             self._push(path, Entry.skipped(path, f"unsupported file type: {kind}"))
 
-    def _file(self, path: bytes, abspath: str, st: os.stat_result) -> None:
+    def _file(self, path: bytes, abspath: str, st: os.stat_result, pairs: Xattrs) -> None:
         if st.st_nlink > 1:
             first = self.inodes.setdefault((st.st_dev, st.st_ino), path)
             if first != path:
-                self._push(path, _HardLink(first))
+                self._push(path, _HardLink(first), xattrs=pairs)
                 return
         reused = self.parent.reusable(path, st) if self.parent else None
         if reused is not None:
             self.stats.files_reused += 1
             self.stats.bytes_reused += reused.size
             entry = Entry.file(path, st, reused.descriptor(), extents=reused.extents)
-            self._push(path, entry)
+            self._push(path, entry, xattrs=pairs)
             self._advance(1, reused.size, path)
         elif st.st_size <= SMALL_FILE_BYTES and st.st_blocks * 512 >= st.st_size:
             future = self.pool.submit(
                 _read_small_file, abspath, st, self.session.config, self.session.known
             )
-            self._push(path, future, st.st_size)
+            self._push(path, future, st.st_size, pairs)
         else:
-            self._push(path, self._read_large_file(path, abspath, st))
+            self._push(path, self._read_large_file(path, abspath, st), xattrs=pairs)
 
     def _read_large_file(self, path: bytes, abspath: str, listed: os.stat_result) -> Entry:
         """Stream a large or sparse file into the session here; its chunks are encoded in
@@ -321,20 +347,20 @@ class _Backup:
         self.stats.sparse += extents is not None
         return Entry.file(path, st, descriptor, extents=extents)
 
-    def _push(self, path: bytes, item: _Item, size: int = 0) -> None:
-        self.pending.append((path, item, size))
+    def _push(self, path: bytes, item: _Item, size: int = 0, xattrs: Xattrs = ()) -> None:
+        self.pending.append((path, item, size, xattrs))
         self.pending_bytes += size
 
     def _drain(self, max_files: int, max_bytes: int) -> None:
         """Record finished entries in order; wait while too much is in flight."""
         while self.pending:
-            _, item, _ = self.pending[0]
+            _, item, _, _ = self.pending[0]
             over = len(self.pending) > max_files or self.pending_bytes > max_bytes
             if not over and isinstance(item, Future) and not item.done():
                 return
             self._record(*self.pending.popleft())
 
-    def _record(self, path: bytes, item: _Item, size: int) -> None:
+    def _record(self, path: bytes, item: _Item, size: int, xattrs: Xattrs) -> None:
         self.pending_bytes -= size
         if isinstance(item, Future):
             entry = self._stored(path, item.result())
@@ -342,6 +368,8 @@ class _Backup:
             entry = self._linked(path, item.first)
         else:
             entry = item
+        if xattrs and entry.type != SKIPPED:
+            entry = dataclasses.replace(entry, xattrs=xattrs)
         self.tree.add(entry)
         if entry.type == FILE and entry.nlink > 1 and not entry.hardlink:
             self.link_roots[path] = entry
@@ -376,6 +404,10 @@ class _Backup:
 
     def _count(self, entry: Entry) -> None:
         stats = self.stats
+        stats.xattrs += bool(entry.xattrs)
+        if entry.type in SPECIAL_TYPES:
+            stats.specials += 1
+            return
         if entry.type == DIR:
             stats.dirs += 1
             return
@@ -448,12 +480,16 @@ def backup(
     one_file_system: bool = False,
     exclude_caches: bool = False,
     skip_if_unchanged: bool = False,
+    xattrs: bool = True,
 ) -> Snapshot:
     """Snapshot the directory `path` as the next version of `name`.
 
     With `one_file_system`, directories on another file system than `path` (mount
     points) are recorded but not entered; with `exclude_caches`, neither are directories
-    tagged as caches by a CACHEDIR.TAG file. Both are reported as skipped.
+    tagged as caches by a CACHEDIR.TAG file. Both are reported as skipped. FIFOs and
+    device nodes are recorded (sockets are skipped); so are extended attributes unless
+    `xattrs` is False: ``user.*`` always, as root also ``security.*``, ``trusted.*`` and
+    the POSIX ACLs.
 
     `exclude` holds gitignore-style patterns (castore.snapshots.ignore). Files unchanged
     since the latest snapshot of `name` are not read. Unreadable files and special files
@@ -470,6 +506,7 @@ def backup(
     rules = IgnoreRules(exclude)
     device = os.stat(root).st_dev if one_file_system else None
     bounds = scan.Boundaries(device, exclude_caches)
+    reading = scan.Reading(xattrs=xattrs, privileged=os.geteuid() == 0)
     parent = _parent_snapshot(repo, name)
     with ExitStack() as stack:
         cursor = None
@@ -479,7 +516,7 @@ def backup(
         tree_stream = session.stream()
         run = _Backup(repo, session, TreeWriter(tree_stream.write), cursor, progress)
         stack.callback(run.close)
-        run.run(root, rules, bounds)
+        run.run(root, rules, bounds, reading)
         descriptor = tree_stream.finish()
         session.commit()
     stats = run.stats
@@ -511,6 +548,7 @@ def _snapshot_metadata(root: str, rules: IgnoreRules, stats: BackupStats) -> dic
         "files": stats.files,
         "dirs": stats.dirs,
         "symlinks": stats.symlinks,
+        **({"specials": stats.specials} if stats.specials else {}),
         "skipped": stats.skipped,
         **({"changed": stats.changed} if stats.changed else {}),
         "bytes": stats.bytes,

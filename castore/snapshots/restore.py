@@ -35,9 +35,20 @@ from castore.engine.progress import Progress, ProgressCallback
 from castore.errors import CastoreError, IntegrityError, InvalidInputError, NotFoundError
 from castore.format.manifest import Manifest
 from castore.format.streams import StreamDescriptor
-from castore.format.tree import DIR, FILE, SYMLINK, Entry, is_within, normalize_path
+from castore.format.tree import (
+    DEVICES,
+    DIR,
+    FIFO,
+    FILE,
+    SPECIAL_TYPES,
+    SYMLINK,
+    Entry,
+    is_within,
+    normalize_path,
+)
 from castore.snapshots.browse import snapshot_manifest
 from castore.snapshots.scan import os_reason
+from castore.snapshots.xattr_restore import XattrWriter, proc_path
 from castore.versions.contents import tree_entries
 
 if TYPE_CHECKING:
@@ -74,7 +85,14 @@ class Ownership:
     """Recorded uid and gid, by number: only as root, and unless turned off."""
     setid: bool
     """Setuid and setgid bits: only with the owners, and only when asked for, since an
-    unsigned snapshot could otherwise plant a set-id program owned by root."""
+    unsigned snapshot could otherwise plant a set-id program owned by root. The same
+    opt-in restores the security.* and trusted.* extended attributes (a file capability
+    is worth a setuid bit)."""
+    xattrs: XattrWriter = field(compare=False, repr=False)
+    """Whether and which extended attributes are restored; counts those refused."""
+    devices: bool = False
+    """Device nodes: created only as root, and only when asked for (a planted block
+    device node gives whoever can open it the raw disk)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +111,14 @@ class RestorePlan:
     dirs: int = 0
     symlinks: int = 0
     skipped: int = 0
+    specials: int = 0
+    """FIFOs and device nodes (those not created included: `devices_refused`)."""
     setid_stripped: int = 0
     """Files and directories restored without the setuid or setgid bits they record."""
+    devices_refused: int = 0
+    """Device nodes not created: not root, or not asked for (`devices`)."""
+    xattrs_stripped: int = 0
+    """security.* and trusted.* extended attributes not restored (no `setid` opt-in)."""
     overwrite: str = "if-changed"
     """What is done with what is in the way (OVERWRITE)."""
     delete: bool = False
@@ -120,6 +144,8 @@ class RestoreStats:
     """Files left alone: same size, mtime and SHA-256 as in the snapshot."""
     dirs: int = 0
     symlinks: int = 0
+    specials: int = 0
+    """FIFOs and device nodes created or found in place."""
     skipped: int = 0
     """Entries the snapshot records as skipped at backup time (nothing to restore)."""
     bytes_written: int = 0
@@ -133,6 +159,9 @@ class RestoreStats:
     counts once): with the plan's `delete`; a dry run counts what it would remove."""
     removed_paths: list[str] = field(default_factory=list)
     """Those paths, relative to the target."""
+    xattrs_unsupported: int = 0
+    """Extended attributes the target file system would not take (none there, or none
+    of that namespace on that kind of file): left out, not an error."""
     elapsed: float = 0.0
 
 
@@ -148,7 +177,8 @@ def _mode(entry: Entry, ownership: Ownership) -> int:
 
 
 def _set_owner_and_mode(fd: int, entry: Entry, owners: Ownership) -> None:
-    """Give the open file or directory the entry's owner (when restored), then its mode.
+    """Give the open file or directory the entry's owner (when restored), its mode, then
+    its extended attributes (those restored).
 
     The owner comes first: on Linux, chown clears setuid and setgid.
     """
@@ -159,6 +189,7 @@ def _set_owner_and_mode(fd: int, entry: Entry, owners: Ownership) -> None:
     mode = _mode(entry, owners)
     if stat.S_IMODE(current.st_mode) != mode:
         os.fchmod(fd, mode)
+    owners.xattrs.apply(fd, entry.xattrs)  # after chown, which clears security.capability
 
 
 def _remove(dir_fd: int, name: bytes, st: os.stat_result) -> None:
@@ -269,6 +300,7 @@ def _set_link_attributes(dir_fd: int, name: bytes, entry: Entry, owners: Ownersh
     """The owner (when restored) and mtime of the symlink `name` itself, never followed."""
     if owners.owners:
         os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
+    owners.xattrs.apply(proc_path(dir_fd, name), entry.xattrs, follow_symlinks=False)
     times = (entry.mtime_ns, entry.mtime_ns)
     os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
 
@@ -300,6 +332,58 @@ def _restore_symlink(
         _set_link_attributes(dir_fd, name, entry, owners)
         return UNCHANGED
     _replace(dir_fd, name, current, partial(_new_symlink, dir_fd, entry, owners))
+    return WRITTEN
+
+
+_NODE_TYPES = {FIFO: stat.S_IFIFO, DEVICES[0]: stat.S_IFCHR, DEVICES[1]: stat.S_IFBLK}
+"""The file type bits each special entry type is created with."""
+
+
+def _same_node(st: os.stat_result, entry: Entry) -> bool:
+    """Whether `st` is the entry's FIFO or device node, with a single name."""
+    rdev = os.makedev(entry.major, entry.minor) if entry.type in DEVICES else st.st_rdev
+    kind = _NODE_TYPES[entry.type]
+    return stat.S_IFMT(st.st_mode) == kind and st.st_rdev == rdev and st.st_nlink == 1
+
+
+def _set_node_attributes(dir_fd: int, name: bytes, entry: Entry, owners: Ownership) -> None:
+    """Owner, mode, attributes and mtime of the FIFO or device node `name`.
+
+    It is opened with O_PATH, which opens no device and blocks on no FIFO, without
+    following a symlink, and checked to be the entry's node; every change goes through
+    that descriptor.
+    """
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        if not _same_node(os.fstat(fd), entry):
+            raise IntegrityError(f"{entry.path_str!r} is not the node this restore made")
+        node = proc_path(fd)
+        if owners.owners:
+            os.chown(node, entry.uid, entry.gid)
+        os.chmod(node, _mode(entry, owners))
+        owners.xattrs.apply(node, entry.xattrs)
+        os.utime(node, ns=(entry.mtime_ns, entry.mtime_ns))
+    finally:
+        os.close(fd)
+
+
+def _new_node(dir_fd: int, entry: Entry, owners: Ownership, name: bytes) -> None:
+    rdev = os.makedev(entry.major, entry.minor) if entry.type in DEVICES else 0
+    os.mknod(name, _NODE_TYPES[entry.type] | 0o600, rdev, dir_fd=dir_fd)
+    _set_node_attributes(dir_fd, name, entry, owners)
+
+
+def _restore_node(dir_fd: int, name: bytes, entry: Entry, owners: Ownership, overwrite: str) -> str:
+    """Create or fix a FIFO or device node (the caller checked that devices may be made);
+    say what became of it. One in place is kept only if it is the same node with a
+    single name."""
+    current = _lstat(dir_fd, name)
+    if current is not None and overwrite == "never":
+        return KEPT
+    if overwrite == "if-changed" and current is not None and _same_node(current, entry):
+        _set_node_attributes(dir_fd, name, entry, owners)
+        return UNCHANGED
+    _replace(dir_fd, name, current, partial(_new_node, dir_fd, entry, owners))
     return WRITTEN
 
 
@@ -645,6 +729,11 @@ class _Restorer:
                 lambda: _restore_symlink(parent.fd(), name, entry, owners, overwrite)
             )
             self._queue(_Job([entry], linked))
+        elif entry.type == FIFO or (entry.type in DEVICES and owners.devices):
+            made = pool.submit(lambda: _restore_node(parent.fd(), name, entry, owners, overwrite))
+            self._queue(_Job([entry], made))
+        elif entry.type in DEVICES:
+            pass  # not created: counted in the plan's devices_refused
         elif entry.type == FILE and entry.hardlink in self.link_roots:
             self._flush_batch()  # the first name may be in the batch: its task must exist
             first = self.link_roots[entry.hardlink]
@@ -666,6 +755,7 @@ class _Restorer:
         self._flush_batch()
         self._drain(0)
         self._delete_stale(self.dirs[0])
+        self.stats.xattrs_unsupported = self.owners.xattrs.refused
         self.stats.elapsed = time.monotonic() - self.started
 
     def close(self) -> None:
@@ -758,8 +848,9 @@ class _Restorer:
         kind = entries[0].type
         if kind == DIR:
             stats.dirs += 1
-        elif kind == SYMLINK:
-            stats.symlinks += 1
+        elif kind == SYMLINK or kind in SPECIAL_TYPES:
+            stats.symlinks += kind == SYMLINK
+            stats.specials += kind in SPECIAL_TYPES
             stats.existing_kept += result == KEPT
         else:
             assert isinstance(result, list)
@@ -835,15 +926,37 @@ def _selection(paths: Iterable[str | bytes]) -> tuple[bytes, ...]:
     return () if b"" in selection else selection
 
 
+_TOTALS = (
+    "files",
+    "bytes",
+    "dirs",
+    "symlinks",
+    "specials",
+    "skipped",
+    "setid_stripped",
+    "devices_refused",
+    "xattrs_stripped",
+)
+"""The counts a plan makes of the entries it restores."""
+
+
 def _tally(entries: Iterable[Entry], ownership: Ownership) -> dict[str, int]:
-    """The totals of a plan: entries by type, bytes of files, set-id bits stripped."""
-    counts = dict.fromkeys(("files", "bytes", "dirs", "symlinks", "skipped", "setid_stripped"), 0)
-    kinds = {FILE: "files", DIR: "dirs", SYMLINK: "symlinks"}
+    """The totals of a plan: entries by type, bytes of files, set-id bits, device nodes
+    and privileged extended attributes left out."""
+    counts = dict.fromkeys(_TOTALS, 0)
+    kinds = {
+        FILE: "files",
+        DIR: "dirs",
+        SYMLINK: "symlinks",
+        **dict.fromkeys(SPECIAL_TYPES, "specials"),
+    }
     for entry in entries:
         counts[kinds.get(entry.type, "skipped")] += 1
         counts["bytes"] += entry.size if entry.type == FILE else 0
         stripped = entry.type in (FILE, DIR) and _mode(entry, ownership) != entry.mode
         counts["setid_stripped"] += stripped
+        counts["devices_refused"] += entry.type in DEVICES and not ownership.devices
+        counts["xattrs_stripped"] += ownership.xattrs.stripped(entry.xattrs)
     return counts
 
 
@@ -867,19 +980,29 @@ def plan_restore(
     setid: bool = False,
     overwrite: str = "if-changed",
     delete: bool = False,
+    xattrs: bool = True,
+    devices: bool = False,
 ) -> RestorePlan:
     """What restoring snapshot `ref` (or only `paths` in it) will write, from one pass
     over its tree; NotFoundError if a path is not in the snapshot.
 
     Owners are restored if `owners` and the process runs as root (euid 0); setuid and
-    setgid bits only with the owners, and only if `setid`.
+    setgid bits, and security.* and trusted.* extended attributes, only with the owners,
+    and only if `setid`. Extended attributes are restored unless `xattrs` is False;
+    device nodes are created only as root and only if `devices`.
     """
     if overwrite not in OVERWRITE:
         raise InvalidInputError(f"overwrite must be one of {OVERWRITE}, not {overwrite!r}")
     manifest = snapshot_manifest(repo, ref)
     selection = _selection(paths)
     restored = owners and os.geteuid() == 0
-    ownership = Ownership(owners=restored, setid=restored and setid)
+    privileged = restored and setid
+    ownership = Ownership(
+        owners=restored,
+        setid=privileged,
+        xattrs=XattrWriter(xattrs, privileged),
+        devices=devices and os.geteuid() == 0,
+    )
     found: set[bytes] = set()
     with tree_entries(repo, manifest) as entries:
         counts = _tally(_selected_entries(entries, selection, found), ownership)
@@ -952,23 +1075,28 @@ def restore(
     dry_run: bool = False,
     progress: ProgressCallback | None = None,
     on_plan: Callable[[RestorePlan], None] | None = None,
+    xattrs: bool = True,
+    devices: bool = False,
 ) -> RestoreStats:
     """Restore snapshot `ref` (or only `paths` in it) into the directory `target`.
 
-    Every chunk and every file's SHA-256 is verified before the file appears (written to
-    a temporary name, then renamed). Modes, mtimes and symlinks are restored; owners too,
-    by number, when running as root unless `owners` is False. Setuid and setgid bits
-    are kept only with the owners and with `setid` (off by default: a store writer
-    could plant a set-id program owned by root). Files already in place with the same
-    size, mtime and SHA-256 are kept (unless they are hard links); `overwrite` "always"
-    rewrites them too, "never" leaves whatever is in an entry's place. What `target`
-    holds and the snapshot lacks is left alone, or with `delete` removed (inside the
-    chosen `paths` only). Nothing is ever created or changed outside `target`, whatever
-    the snapshot holds.
+    Every chunk and every file's SHA-256 is verified before the file appears (written to a
+    temporary name, then renamed). Modes, mtimes and symlinks are restored; owners too, by
+    number, when running as root unless `owners` is False. Setuid and setgid bits are kept
+    only with the owners and with `setid` (off by default: a store writer could plant a
+    set-id program owned by root); so are security.* and trusted.* extended attributes (a
+    file capability is as good as a setuid bit). Other extended attributes (user.*, POSIX
+    ACLs) are restored unless `xattrs` is False; those the target file system refuses are
+    counted. FIFOs are made; device nodes only as root with `devices` (a planted block
+    device would give raw disk access). Files already in place with the same size, mtime and
+    SHA-256 are kept (unless they are hard links); `overwrite` "always" rewrites them too,
+    "never" leaves whatever is in an entry's place. What `target` holds and the snapshot
+    lacks is left alone, or with `delete` removed (inside the chosen `paths` only). Nothing
+    is ever created or changed outside `target`, whatever the snapshot holds.
 
-    The plan (plan_restore) is made first and given to `on_plan` before anything is
-    written; with `dry_run`, nothing is: not even `target` is created, and `removed`
-    counts what `delete` would remove.
+    The plan (plan_restore) is made first and given to `on_plan` before anything is written;
+    with `dry_run`, nothing is: not even `target` is created, and `removed` counts what
+    `delete` would remove.
     """
     if delete and os.path.realpath(target) != os.path.abspath(target):
         raise InvalidInputError(
@@ -977,7 +1105,15 @@ def restore(
             "restore left could point anywhere): name the real folder itself"
         )
     plan = plan_restore(
-        repo, ref, paths, owners=owners, setid=setid, overwrite=overwrite, delete=delete
+        repo,
+        ref,
+        paths,
+        owners=owners,
+        setid=setid,
+        overwrite=overwrite,
+        delete=delete,
+        xattrs=xattrs,
+        devices=devices,
     )
     if on_plan is not None:
         on_plan(plan)

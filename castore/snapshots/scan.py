@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from castore.errors import CastoreError, InvalidInputError
+from castore.format.xattrs import Xattrs
+from castore.snapshots.attributes import read_xattrs
 from castore.snapshots.ignore import IgnoreRules
 
 READ_BYTES = 1024 * 1024
@@ -38,6 +40,10 @@ class Found:
     """A symlink's target, read along with the listing."""
     not_entered: str | None = None
     """A directory recorded but not descended: why (another file system, a cache)."""
+    xattrs: Xattrs = ()
+    """Its extended attributes, when the walk reads them."""
+    xattr_error: str | None = None
+    """Why its extended attributes could not be read."""
 
 
 def os_reason(exc: OSError) -> str:
@@ -45,17 +51,33 @@ def os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _inspect(item: os.DirEntry[str], rel: str) -> Found:
-    """lstat one directory entry (and read it if it is a symlink)."""
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What the walk reads of each path besides its lstat."""
+
+    xattrs: bool = False
+    """Whether extended attributes are read."""
+    privileged: bool = False
+    """Whether those of the security and trusted namespaces and the ACLs are too (root)."""
+
+
+def _inspect(item: os.DirEntry[str], rel: str, reading: Reading) -> Found:
+    """lstat one directory entry (and read it if it is a symlink, and its attributes)."""
     try:
         st = item.stat(follow_symlinks=False)
         target = os.readlink(os.fsencode(item.path)) if stat.S_ISLNK(st.st_mode) else None
     except OSError as exc:
         return Found(rel, item.path, None, os_reason(exc))
-    return Found(rel, item.path, st, target=target)
+    if not reading.xattrs:
+        return Found(rel, item.path, st, target=target)
+    try:
+        pairs = read_xattrs(item.path, reading.privileged)
+    except OSError as exc:
+        return Found(rel, item.path, st, target=target, xattr_error=os_reason(exc))
+    return Found(rel, item.path, st, target=target, xattrs=pairs)
 
 
-def _scan(path: str, rel: str) -> list[Found]:
+def _scan(path: str, rel: str, reading: Reading) -> list[Found]:
     """A directory's entries in the order of their names' bytes, each lstat-ed.
 
     Scans run in worker threads: the thread that records entries then makes no system
@@ -63,7 +85,7 @@ def _scan(path: str, rel: str) -> list[Found]:
     """
     with os.scandir(path) as scan:
         items = sorted(scan, key=lambda item: os.fsencode(item.name))
-    return [_inspect(item, f"{rel}/{item.name}" if rel else item.name) for item in items]
+    return [_inspect(item, f"{rel}/{item.name}" if rel else item.name, reading) for item in items]
 
 
 def _is_dir(found: Found) -> bool:
@@ -119,12 +141,18 @@ class _Listing:
     PREFETCH = 8
 
     def __init__(
-        self, entries: list[Found], rules: IgnoreRules, pool: Executor, bounds: Boundaries
+        self,
+        entries: list[Found],
+        rules: IgnoreRules,
+        pool: Executor,
+        bounds: Boundaries,
+        reading: Reading,
     ) -> None:
         kept = [e for e in entries if not rules.excluded(e.rel, _is_dir(e))]
         self.entries = [_bounded(e, bounds) for e in kept]
         self.position = 0
         self._pool = pool
+        self._reading = reading
         self._cursor = 0
         self._scans: dict[int, Future[list[Found]]] = {}
 
@@ -144,7 +172,9 @@ class _Listing:
         while len(self._scans) < self.PREFETCH and self._cursor < len(self.entries):
             entry = self.entries[self._cursor]
             if self._cursor >= self.position - 1 and _is_dir(entry) and not entry.not_entered:
-                self._scans[self._cursor] = self._pool.submit(_scan, entry.abspath, entry.rel)
+                self._scans[self._cursor] = self._pool.submit(
+                    _scan, entry.abspath, entry.rel, self._reading
+                )
             self._cursor += 1
 
     def cancel(self) -> None:
@@ -162,19 +192,25 @@ def _bounded(found: Found, bounds: Boundaries) -> Found:
 
 
 def walk(
-    root: str, rules: IgnoreRules, pool: Executor, bounds: Boundaries | None = None
+    root: str,
+    rules: IgnoreRules,
+    pool: Executor,
+    bounds: Boundaries | None = None,
+    reading: Reading | None = None,
 ) -> Iterator[Found]:
-    """Every path below `root` not excluded by `rules`, in tree order (depth first).
+    """Every path below `root` not excluded by `rules`, in tree order (depth first),
+    with what `reading` asks for besides its lstat.
 
     A directory that cannot be listed is reported with its error instead of descended;
     one beyond `bounds` is yielded with `not_entered` set, and not descended.
     """
     bounds = bounds or Boundaries()
+    reading = reading or Reading()
     try:
-        top = _scan(root, "")
+        top = _scan(root, "", reading)
     except OSError as exc:
         raise InvalidInputError(f"cannot read the directory {root!r}: {os_reason(exc)}") from exc
-    stack = [_Listing(top, rules, pool, bounds)]
+    stack = [_Listing(top, rules, pool, bounds, reading)]
     try:
         while stack:
             found = stack[-1].next()
@@ -190,7 +226,7 @@ def walk(
                     yield Found(found.rel, found.abspath, found.stat, reason)
                     continue
                 yield found
-                stack.append(_Listing(entries, rules, pool, bounds))
+                stack.append(_Listing(entries, rules, pool, bounds, reading))
     finally:
         for listing in stack:
             listing.cancel()
@@ -314,11 +350,5 @@ def extent_pieces(file: BinaryIO, extents: tuple[tuple[int, int], ...]) -> Itera
 
 
 def file_kind(mode: int) -> str:
-    """What kind of special file `mode` is, for the reason it is skipped."""
-    kinds = {
-        stat.S_ISFIFO: "fifo",
-        stat.S_ISSOCK: "socket",
-        stat.S_ISCHR: "character device",
-        stat.S_ISBLK: "block device",
-    }
-    return next((name for test, name in kinds.items() if test(mode)), f"mode {mode:o}")
+    """What kind of file the backup cannot record `mode` is, for the reason it is skipped."""
+    return "socket" if stat.S_ISSOCK(mode) else f"mode {mode:o}"
