@@ -463,10 +463,15 @@ def raw_file(path: bytes, descriptor: Any, **extra: object) -> dict[str, object]
 
 
 def commit_raw_tree(
-    store: castore.Store, name: str, values: list[object], extra: bytes = b"", version: str = "1"
+    store: castore.Store,
+    name: str,
+    values: list[object],
+    extra: bytes = b"",
+    version: str = "1",
+    metadata: dict[str, object] | None = None,
 ) -> str:
     """Commit a hand-crafted (possibly malicious) tree stream as a snapshot of tree format
-    `version`."""
+    `version`, with the manifest `metadata` given."""
     data = b"".join(msgpack.packb(value, use_bin_type=True) for value in values) + extra
     committed = commit_version(
         store.repository,
@@ -475,7 +480,7 @@ def commit_raw_tree(
         kind="tree",
         serializer="tree",
         serializer_version=version,
-        metadata={},
+        metadata=metadata or {},
         tags=(),
         force=True,
     )

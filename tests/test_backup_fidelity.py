@@ -486,3 +486,49 @@ def test_an_attribute_the_file_system_refuses_is_counted(
     stats = local_store.restore(ref, tmp_path / "out")
     assert stats.symlinks == 1 and stats.xattrs_unsupported == 1
     assert os.readlink(tmp_path / "out" / "link") == "x"
+
+
+# -- the backed-up folder's own metadata --------------------------------------------------------
+
+
+def test_a_full_restore_gives_the_target_the_folders_mode_mtime_and_owner(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"f")
+    src.chmod(0o750)
+    owner = (4242, 4343) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    os.chown(src, *owner)
+    os.utime(src, ns=(MTIME, MTIME))
+    snap = local_store.backup(src, "backups/top")
+    assert serializer_version(local_store, snap.reference) == "1"  # the manifest holds it
+    assert snap.metadata["root"] == {
+        "mode": 0o750,
+        "mtime_ns": MTIME,
+        "uid": owner[0],
+        "gid": owner[1],
+    }
+    out = tmp_path / "out"
+    out.mkdir(mode=0o700)
+    local_store.restore(snap.reference, out)
+    top = os.lstat(out)
+    assert (stat.S_IMODE(top.st_mode), top.st_mtime_ns) == (0o750, MTIME)
+    assert (top.st_uid, top.st_gid) == owner
+    part = tmp_path / "part"
+    part.mkdir(mode=0o700)
+    before = os.lstat(part)
+    local_store.restore(snap.reference, part, ["f"])
+    after = os.lstat(part)
+    assert (stat.S_IMODE(after.st_mode), after.st_uid) == (0o700, before.st_uid)
+    assert after.st_mtime_ns != MTIME
+
+
+def test_snapshots_without_the_folders_metadata_leave_the_target_alone(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    ref = commit_tree(local_store, "backups/older", [raw_entry(b"d", DIR, mode=0o755)], "1")
+    out = tmp_path / "out"
+    out.mkdir(mode=0o711)
+    local_store.restore(ref, out)
+    assert stat.S_IMODE(os.lstat(out).st_mode) == 0o711

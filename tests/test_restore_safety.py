@@ -399,3 +399,35 @@ def test_malformed_planted_xattrs_are_damage_and_nothing_is_written(
     with pytest.raises(castore.IntegrityError, match="extended attribute"):
         local_store.restore(ref, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# -- the target folder's own metadata -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("root", "message"),
+    [
+        ({"mode": 0o10000, "mtime_ns": 0, "uid": 0, "gid": 0}, "outside"),
+        ({"mode": 0o755, "mtime_ns": 0, "uid": 0}, "exactly"),
+        ({"mode": 0o755, "mtime_ns": 0, "uid": 0, "gid": 0, "path": b"/etc"}, "exactly"),
+        ({"mode": "0755", "mtime_ns": 0, "uid": 0, "gid": 0}, "should be int"),
+        ([0o755], "should be dict"),
+    ],
+)
+def test_malformed_root_metadata_is_damage_and_nothing_is_written(
+    local_store: castore.Store, tmp_path: Path, root: object, message: str
+) -> None:
+    ref = commit_raw_tree(local_store, "evil/root", [raw_meta(b"d", DIR)], metadata={"root": root})
+    with pytest.raises(castore.IntegrityError, match=message):
+        local_store.restore(ref, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_targets_setid_bits_need_the_opt_in_too(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    root = {"mode": 0o6777, "mtime_ns": 0, "uid": os.getuid(), "gid": os.getgid()}
+    ref = commit_raw_tree(local_store, "evil/root", [raw_meta(b"d", DIR)], metadata={"root": root})
+    stats = local_store.restore(ref, tmp_path / "out")
+    assert stat.S_IMODE(os.lstat(tmp_path / "out").st_mode) == 0o777
+    assert stats.plan.setid_stripped == 1

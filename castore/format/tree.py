@@ -270,6 +270,40 @@ class Entry:
         return cls(path=path, type=kind, **common)
 
 
+TOP_KEYS = ("mode", "mtime_ns", "uid", "gid")
+"""The keys of a snapshot's `root` metadata: the backed-up directory's own metadata."""
+
+
+def top_metadata(st: os.stat_result) -> dict[str, int]:
+    """The backed-up directory's own mode, mtime and owner, as the snapshot's manifest
+    records them under metadata `root` (docs/FORMAT.md 20.1)."""
+    return {
+        "mode": stat.S_IMODE(st.st_mode),
+        "mtime_ns": st.st_mtime_ns,
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+    }
+
+
+def top_entry(metadata: dict[str, Any], what: str) -> Entry | None:
+    """A snapshot's `root` metadata, validated, as a directory entry with the empty path
+    (what a full restore gives the target); None for a snapshot that records none."""
+    if "root" not in metadata:
+        return None
+    raw = wire.field(metadata, "root", dict, what)
+    what = f"{what}, metadata 'root'"
+    if set(raw) != set(TOP_KEYS):
+        raise IntegrityError(f"{what} does not hold exactly {', '.join(TOP_KEYS)}")
+    return Entry(
+        path=b"",
+        type=DIR,
+        mode=wire.bounded_int(raw, "mode", 0, 0o7777, what),
+        mtime_ns=wire.bounded_int(raw, "mtime_ns", *_INT64, what),
+        uid=wire.bounded_int(raw, "uid", *_UINT32, what),
+        gid=wire.bounded_int(raw, "gid", *_UINT32, what),
+    )
+
+
 def _common_fields(raw: dict[str, Any], what: str) -> dict[str, Any]:
     """The metadata fields every file, directory and symlink entry has, bounds checked."""
     return {

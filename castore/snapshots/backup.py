@@ -53,6 +53,7 @@ from castore.format.tree import (
     TreeWriter,
     path_problem,
     sort_key,
+    top_metadata,
 )
 from castore.format.xattrs import Xattrs
 from castore.snapshots import scan
@@ -507,6 +508,7 @@ def backup(
     device = os.stat(root).st_dev if one_file_system else None
     bounds = scan.Boundaries(device, exclude_caches)
     reading = scan.Reading(xattrs=xattrs, privileged=os.geteuid() == 0)
+    top = top_metadata(os.stat(root))  # before the walk: as the folder was when it began
     parent = _parent_snapshot(repo, name)
     with ExitStack() as stack:
         cursor = None
@@ -532,7 +534,7 @@ def backup(
         kind=TREE_KIND,
         serializer=TREE_SERIALIZER,
         serializer_version=str(run.tree.version),
-        metadata=_snapshot_metadata(root, rules, stats),
+        metadata={**_snapshot_metadata(root, rules, stats), "root": top},
         tags=tags,
         force=not skip_if_unchanged,
     )

@@ -45,6 +45,7 @@ from castore.format.tree import (
     Entry,
     is_within,
     normalize_path,
+    top_entry,
 )
 from castore.snapshots.browse import snapshot_manifest
 from castore.snapshots.scan import os_reason
@@ -119,6 +120,10 @@ class RestorePlan:
     """Device nodes not created: not root, or not asked for (`devices`)."""
     xattrs_stripped: int = 0
     """security.* and trusted.* extended attributes not restored (no `setid` opt-in)."""
+    top: Entry | None = None
+    """The backed-up folder's own mode, mtime and owner, given to the target after
+    everything in it: only in a full restore (no paths chosen) of a snapshot that records
+    them (metadata `root`)."""
     overwrite: str = "if-changed"
     """What is done with what is in the way (OVERWRITE)."""
     delete: bool = False
@@ -755,6 +760,10 @@ class _Restorer:
         self._flush_batch()
         self._drain(0)
         self._delete_stale(self.dirs[0])
+        top = self.plan.top
+        if top is not None:
+            _set_owner_and_mode(self.dirs[0].fd(), top, self.owners)
+            os.utime(self.dirs[0].fd(), ns=(top.mtime_ns, top.mtime_ns))
         self.stats.xattrs_unsupported = self.owners.xattrs.refused
         self.stats.elapsed = time.monotonic() - self.started
 
@@ -1004,12 +1013,16 @@ def plan_restore(
         devices=devices and os.geteuid() == 0,
     )
     found: set[bytes] = set()
+    top = None if selection else top_entry(manifest.metadata, f"{manifest.name}:{manifest.number}")
     with tree_entries(repo, manifest) as entries:
         counts = _tally(_selected_entries(entries, selection, found), ownership)
+    counts["setid_stripped"] += top is not None and _mode(top, ownership) != top.mode
     if missing := set(selection) - found:
         listed = ", ".join(sorted(repr(os.fsdecode(path)) for path in missing))
         raise NotFoundError(f"{ref} has no {listed}")
-    return RestorePlan(manifest, selection, ownership, **counts, overwrite=overwrite, delete=delete)
+    return RestorePlan(
+        manifest, selection, ownership, **counts, top=top, overwrite=overwrite, delete=delete
+    )
 
 
 @contextmanager
