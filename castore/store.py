@@ -503,18 +503,26 @@ class Store:
         it: every chunk is verified before its bytes are returned."""
         return browse.open_file(self.repository, ref, path)
 
-    def dump(self, ref: str, path: str, out: BinaryIO, *, archive: str | None = None) -> int:
+    def dump(
+        self,
+        ref: str,
+        path: str,
+        out: BinaryIO,
+        *,
+        archive: str | None = None,
+        devices: bool = False,
+    ) -> int:
         """Write file `path` of snapshot `ref` to the binary file `out` (return its size),
         or with ``archive="tar"`` a folder and all below it ("" for the whole snapshot) as
-        a pax tar stream (return the number of members). Every byte is verified before it
-        is written; nothing is restored."""
+        a pax tar stream (return the number of members; device nodes only with
+        `devices`). Every byte is verified before it is written; nothing is restored."""
         if archive is None:
             return snapshot_dump.dump_file(self.repository, ref, path, out)
         if archive not in snapshot_dump.ARCHIVES:
             raise InvalidInputError(
                 f"archive must be one of {snapshot_dump.ARCHIVES}, not {archive!r}"
             )
-        return snapshot_dump.dump_tar(self.repository, ref, path, out)
+        return snapshot_dump.dump_tar(self.repository, ref, path, out, devices=devices)
 
     def find_paths(
         self, patterns: Iterable[str], names: Iterable[str] | None = None

@@ -3,10 +3,13 @@ directories; tree format version 2 beside version 1 snapshots, and hostile link 
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import stat
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from castore.format.tree import DIR, FILE
 from castore.versions import catalog
 from tests.helpers import pattern
 from tests.test_backup import commit_raw_tree
+from tests.test_restore_safety import cli
 
 MTIME = 1_600_000_000_123_456_789
 ROOT = Path(__file__).resolve().parents[1]
@@ -532,3 +536,48 @@ def test_snapshots_without_the_folders_metadata_leave_the_target_alone(
     out.mkdir(mode=0o711)
     local_store.restore(ref, out)
     assert stat.S_IMODE(os.lstat(out).st_mode) == 0o711
+
+
+# -- listing, comparing and dumping the new entries ----------------------------------------------
+
+
+def special_snapshot(store: castore.Store, name: str, note: bytes, minor: int) -> str:
+    """A version 3 snapshot of a FIFO, a character device and a file with attributes."""
+    content = store.repository.write_stream(b"noted")
+    pairs = [[b"security.capability", b"\1\0\0\2"], [b"user.note", note]]
+    values: list[object] = [
+        raw_entry(b"f", FILE, size=content.size, sha256=content.sha256, chunks=content.chunk_ids)
+        | {"sizes": list(content.chunk_sizes), "xattrs": pairs},
+        raw_entry(b"null", "chardev", major=1, minor=minor),
+        raw_entry(b"pipe", "fifo"),
+    ]
+    return commit_tree(store, name, values, "3")
+
+
+def test_ls_diff_and_dump_show_special_entries_and_attributes(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    a = special_snapshot(local_store, "backups/a", b"one", 3)
+    b = special_snapshot(local_store, "backups/b", b"two", 5)
+    listed = {e["path"]: e for e in json.loads(cli(local_store.url, "--json", "ls", a))}
+    assert (listed["null"]["major"], listed["null"]["minor"]) == (1, 3)
+    assert listed["f"]["xattrs"] == ["security.capability", "user.note"]
+    assert listed["pipe"]["type"] == "fifo" and "major" not in listed["pipe"]
+    text = cli(local_store.url, "ls", a).splitlines()
+    assert any(line.startswith("chardev") and " 1,3  null" in line for line in text)
+    changes = {c.path_str: c.what for c in local_store.snapshot_diff(a, b)}
+    assert changes == {"f": ("xattrs",), "null": ("device",)}
+
+    def members(devices: bool) -> dict[str, tarfile.TarInfo]:
+        out = io.BytesIO()
+        local_store.dump(a, "/", out, archive="tar", devices=devices)
+        out.seek(0)
+        with tarfile.open(fileobj=out) as archive:
+            return {member.name: member for member in archive}
+
+    safe = members(devices=False)
+    assert sorted(safe) == ["f", "pipe"] and safe["pipe"].isfifo()
+    xattrs = {k: v for k, v in safe["f"].pax_headers.items() if k.startswith("SCHILY.xattr.")}
+    assert xattrs == {"SCHILY.xattr.user.note": "one"}  # no capability
+    node = members(devices=True)["null"]
+    assert node.ischr() and (node.devmajor, node.devminor) == (1, 3)

@@ -331,14 +331,23 @@ def _entry_json(entry: Any) -> dict[str, Any]:
         "size": entry.size,
         "mtime_ns": entry.mtime_ns,
         **({"target": os.fsdecode(entry.target)} if entry.type == "symlink" else {}),
+        **(
+            {"major": entry.major, "minor": entry.minor}
+            if entry.type in ("chardev", "blockdev")
+            else {}
+        ),
+        **({"xattrs": [os.fsdecode(name) for name, _ in entry.xattrs]} if entry.xattrs else {}),
         **({"reason": entry.reason} if entry.reason else {}),
     }
 
 
 def _entry_line(e: dict[str, Any]) -> str:
+    # A device shows its numbers where its size would be, as ls -l does.
+    size = f"{e['major']},{e['minor']}" if "major" in e else _human_size(e["size"])
     return (
-        f"{e['type']:<8} {e['mode']:>7} {_human_size(e['size']):>10}  {shown(e['path'])}"
+        f"{e['type']:<8} {e['mode']:>7} {size:>10}  {shown(e['path'])}"
         + (f" -> {shown(e['target'])}" if "target" in e else "")
+        + (f"  [xattrs: {shown(', '.join(e['xattrs']))}]" if "xattrs" in e else "")
         + (f"  (skipped: {shown(e['reason'])})" if "reason" in e else "")
     )
 
@@ -641,7 +650,9 @@ def cmd_dump(command: Command) -> int:
     args = command.args
     if args.json:
         raise InvalidInputError("dump writes the snapshot's bytes to stdout: drop --json")
-    command.store.dump(args.ref, args.path, sys.stdout.buffer, archive=args.archive)
+    command.store.dump(
+        args.ref, args.path, sys.stdout.buffer, archive=args.archive, devices=args.devices
+    )
     sys.stdout.buffer.flush()
     return 0
 
@@ -1390,6 +1401,12 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("ref", help="NAME[:version] of a snapshot")
     dump.add_argument("path", help="a file, or with --archive a folder, inside the snapshot")
     dump.add_argument("--archive", choices=["tar"], help="write PATH as a tar stream")
+    dump.add_argument(
+        "--devices",
+        action="store_true",
+        help="with --archive, include device nodes (tar as root makes them: only for "
+        "snapshots you trust)",
+    )
     find = add("find", cmd_find, "list the snapshots that hold paths matching PATTERN")
     find.add_argument(
         "patterns",

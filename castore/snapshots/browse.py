@@ -45,7 +45,8 @@ class Change:
     before: Entry | None
     after: Entry | None
     what: tuple[str, ...] = ()
-    """For "changed": which of "type", "content", "target", "reason", "mode", "mtime"."""
+    """For "changed": which of "type", "content", "target", "device", "reason", "mode",
+    "mtime", "xattrs"."""
 
     @property
     def path_str(self) -> str:
@@ -227,8 +228,10 @@ def _differences(before: Entry, after: Entry) -> tuple[str, ...]:
     checks = {
         "content": before.type == FILE and before.sha256 != after.sha256,
         "target": before.type == SYMLINK and before.target != after.target,
+        "device": (before.major, before.minor) != (after.major, after.minor),
         "reason": before.type == SKIPPED and before.reason != after.reason,
         "mode": before.mode != after.mode,
         "mtime": before.type == FILE and before.mtime_ns != after.mtime_ns,
+        "xattrs": before.xattrs != after.xattrs,
     }
     return tuple(name for name, differs in checks.items() if differs)

@@ -11,15 +11,29 @@ from contextlib import closing
 from typing import TYPE_CHECKING, BinaryIO
 
 from castore.errors import IntegrityError, InvalidInputError, NotFoundError
-from castore.format.tree import DIR, FILE, SYMLINK, Entry, is_within, normalize_path
+from castore.format.tree import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FIFO,
+    FILE,
+    SYMLINK,
+    Entry,
+    is_within,
+    normalize_path,
+)
 from castore.snapshots.browse import entries_below, open_entry, snapshot_manifest
 from castore.snapshots.restore import SETID_BITS
+from castore.snapshots.xattr_restore import restorable
 
 if TYPE_CHECKING:
     from castore.engine.repository import Repository
 
 ARCHIVES = ("tar",)
 """Archive formats `dump` writes a folder as."""
+_NODE_MEMBERS = {FIFO: tarfile.FIFOTYPE, CHARDEV: tarfile.CHRTYPE, BLOCKDEV: tarfile.BLKTYPE}
+XATTR_PAX_PREFIX = "SCHILY.xattr."
+"""The pax header of an extended attribute, as GNU tar and star write and read it."""
 COPY_BLOCK = 1024 * 1024
 
 
@@ -69,7 +83,7 @@ def dump_file(repo: Repository, ref: str, path: str, out: BinaryIO) -> int:
     return entry.size
 
 
-def dump_tar(repo: Repository, ref: str, path: str, out: BinaryIO) -> int:
+def dump_tar(repo: Repository, ref: str, path: str, out: BinaryIO, *, devices: bool = False) -> int:
     """Write `path` of snapshot `ref` (a folder with everything below it, or one file;
     "" or "/" for the whole snapshot) to `out` as a POSIX (pax) tar stream; return the
     number of members.
@@ -77,7 +91,11 @@ def dump_tar(repo: Repository, ref: str, path: str, out: BinaryIO) -> int:
     Members are named by their paths in the snapshot and keep their modes (less setuid
     and setgid, which restore also drops unless asked), owners (by number) and mtimes; a
     second name of a hard-linked file is a hard link member when its first name is in
-    the archive. Entries the backup skipped have no member. Each file is checked against
+    the archive. FIFOs are members of their type; device nodes only with `devices` (tar
+    run as root makes them: a planted block device would be the raw disk). Extended
+    attributes are ``SCHILY.xattr.*`` pax headers, but not those of the security and
+    trusted namespaces, which restore also leaves out unless asked. Entries the backup
+    skipped have no member. Each file is checked against
     its SHA-256 before its member is written, so a damaged file ends the stream with
     IntegrityError before any of its bytes.
     """
@@ -89,7 +107,7 @@ def dump_tar(repo: Repository, ref: str, path: str, out: BinaryIO) -> int:
     ) as archive:
         for entry in entries_below(repo, manifest, top):
             info = _member(entry, linked=bool(entry.hardlink) and is_within(entry.hardlink, top))
-            if info is None:
+            if info is None or (info.isdev() and not info.isfifo() and not devices):
                 continue
             if info.type == tarfile.REGTYPE:
                 _check_content(repo, entry)
@@ -115,6 +133,19 @@ def _member(entry: Entry, *, linked: bool) -> tarfile.TarInfo | None:
         info.type, info.linkname = tarfile.LNKTYPE, os.fsdecode(entry.hardlink)
     elif entry.type == FILE:
         info.size = entry.size
+    elif entry.type in _NODE_MEMBERS:
+        info.type, info.devmajor, info.devminor = (
+            _NODE_MEMBERS[entry.type],
+            entry.major,
+            entry.minor,
+        )
     else:
         return None
+    # tarfile writes a value that is not UTF-8 as the same bytes, with hdrcharset BINARY.
+    info.pax_headers = {
+        XATTR_PAX_PREFIX + name.decode("utf-8", "surrogateescape"): value.decode(
+            "utf-8", "surrogateescape"
+        )
+        for name, value in restorable(entry.xattrs, privileged=False)
+    }
     return info
