@@ -36,7 +36,17 @@ from castore.format.index import encode_index_object
 from castore.format.manifest import Manifest
 from castore.format.packs import PackBuilder, PackEntry, encode_entries
 from castore.format.streams import StreamDescriptor, encode_stream_object
-from castore.format.tree import DIR, FILE, SYMLINK, Entry, TreeWriter
+from castore.format.tree import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    ENTRY_TYPES,
+    FIFO,
+    FILE,
+    SYMLINK,
+    Entry,
+    TreeWriter,
+)
 from castore.trust.signatures import PrivateKey, Signature, signing_message
 from tests.helpers import ROOT
 
@@ -485,3 +495,42 @@ def test_the_chunking_test_vector_is_what_castore_cuts() -> None:
     stated = f"give {len(small)} chunks, the first ten of lengths\n`{first_ten}`"
     if stated not in document():
         pytest.fail(f"FORMAT.md Appendix B: castore cuts {len(small)} chunks, {small[:10]}...")
+
+
+def _section(number: str) -> str:
+    """The text of FORMAT.md's section `number` (up to the next heading of its level)."""
+    text = document()
+    start = text.index(f"### {number} ")
+    return text[start : text.index("\n### ", start + 1)]
+
+
+def test_every_key_and_type_a_tree_entry_can_have_is_specified_in_20_3() -> None:
+    """Section 20.3 lists, with its type, every key the tree writer can put in an entry,
+    and every entry type (so a new key cannot be added without documenting it)."""
+    pairs = ((b"user.a", b"1"),)
+    fullest = [
+        Entry(
+            b"f",
+            FILE,
+            size=1,
+            sha256=hashlib.sha256(b"x").digest(),
+            chunk_ids=bytes(32),
+            chunk_sizes=(1,),
+            nlink=2,
+            hardlink=b"e",
+            extents=((0, 1),),
+            xattrs=pairs,
+        ),
+        Entry(b"l", SYMLINK, size=1, target=b"x", xattrs=pairs),
+        Entry(b"c", CHARDEV, major=1, minor=3, xattrs=pairs),
+        Entry(b"b", BLOCKDEV),
+        Entry(b"p", FIFO),
+        Entry(b"d", DIR),
+        Entry.skipped(b"s", "why"),
+    ]
+    section = _section("20.3")
+    for entry in fullest:
+        for key in entry.to_wire():
+            assert re.search(rf"^\| `{key}` \| [a-z]", section, re.M), f"20.3 lacks key {key!r}"
+        assert f'`"{entry.type}"`' in section, f"20.3 lacks the entry type {entry.type!r}"
+    assert set(ENTRY_TYPES) == {entry.type for entry in fullest}
