@@ -16,8 +16,9 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -162,26 +163,40 @@ def unprivileged() -> tuple[str, ...]:
     return (setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--")
 
 
-def test_not_as_root_setuid_and_setgid_are_stripped_and_counted(shared_dir: Path) -> None:
+def restore_unprivileged(
+    shared_dir: Path,
+    planted: Callable[[castore.Store], list[object]],
+    *options: str,
+    version: str = "1",
+) -> dict[str, Any]:
+    """Plant a tree of format `version` in a store in `shared_dir` and restore it into
+    `shared_dir / "out"` with the command line as nobody (when root; as the user
+    otherwise), with `options`; the restore's JSON summary."""
     prefix = unprivileged()
     with castore.init(shared_dir / "store") as store:
-        ref = commit_raw_tree(store, "evil/setid", hostile_tree(store))
+        ref = commit_raw_tree(store, "evil/planted", planted(store), version=version)
     if prefix:
         for folder, _, files in os.walk(shared_dir):
             for name in [folder, *(os.path.join(folder, file) for file in files)]:
                 os.chown(name, NOBODY, NOBODY)
-    target = shared_dir / "out"
-    summary = json.loads(
-        cli(
-            str(shared_dir / "store"),
-            "--json",
-            "restore",
-            ref,
-            str(target),
-            prefix=prefix,
-            CASTORE_CACHE_DIR=str(shared_dir / "cache"),
-        )
+    store_url, target = str(shared_dir / "store"), str(shared_dir / "out")
+    cache = str(shared_dir / "cache")
+    restored = cli(
+        store_url,
+        "--json",
+        "restore",
+        *options,
+        ref,
+        target,
+        prefix=prefix,
+        CASTORE_CACHE_DIR=cache,
     )
+    return cast(dict[str, Any], json.loads(restored))
+
+
+def test_not_as_root_setuid_and_setgid_are_stripped_and_counted(shared_dir: Path) -> None:
+    summary = restore_unprivileged(shared_dir, hostile_tree)
+    target = shared_dir / "out"
     assert not any(path.lstat().st_mode & SETID for path in target.rglob("*"))
     assert modes(target) == STRIPPED_MODES
     assert summary["plan"]["setid_stripped"] == 4 and not summary["plan"]["owners_restored"]
@@ -353,27 +368,9 @@ def test_as_root_the_opt_ins_restore_what_they_name(
 
 
 def test_not_as_root_no_device_node_is_made_even_when_asked(shared_dir: Path) -> None:
-    prefix = unprivileged()
-    with castore.init(shared_dir / "store") as store:
-        ref = commit_raw_tree(store, "evil/specials", planted_specials(store), version="3")
-    if prefix:
-        for folder, _, files in os.walk(shared_dir):
-            for name in [folder, *(os.path.join(folder, file) for file in files)]:
-                os.chown(name, NOBODY, NOBODY)
+    options = ("--devices", "--keep-setid")
+    summary = restore_unprivileged(shared_dir, planted_specials, *options, version="3")
     target = shared_dir / "out"
-    summary = json.loads(
-        cli(
-            str(shared_dir / "store"),
-            "--json",
-            "restore",
-            "--devices",
-            "--keep-setid",
-            ref,
-            str(target),
-            prefix=prefix,
-            CASTORE_CACHE_DIR=str(shared_dir / "cache"),
-        )
-    )
     assert sorted(path.name for path in target.iterdir()) == ["pipe", "prog"]
     assert summary["plan"]["devices_refused"] == 1 and summary["plan"]["xattrs_stripped"] == 2
     assert os.listxattr(target / "prog") == ["user.ok"]

@@ -8,6 +8,7 @@ finds will not load; 2 invalid input or usage; 3 not found; 4 storage backend fa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -716,19 +717,12 @@ def _plan_text(plan: castore.RestorePlan, target: str, verb: str) -> str:
 
 def _restore_json(stats: castore.RestoreStats) -> dict[str, Any]:
     plan = stats.plan
-    totals = (
-        "files",
-        "bytes",
-        "dirs",
-        "symlinks",
-        "specials",
-        "skipped",
-        "setid_stripped",
-        "devices_refused",
-        "xattrs_stripped",
-        "overwrite",
-        "delete",
-    )
+    # Every count and setting of the plan; not the manifest and paths it was made from.
+    totals = [
+        item.name
+        for item in dataclasses.fields(plan)
+        if item.name not in ("manifest", "selection", "ownership", "top")
+    ]
     return {
         **{key: value for key, value in vars(stats).items() if key != "plan"},
         "plan": {
