@@ -351,6 +351,9 @@ def test_a_planted_device_node_or_file_capability_needs_its_opt_in(
     summary = json.loads(cli(local_store.url, "--json", "restore", ref, str(tmp_path / "cli")))
     assert summary["plan"]["devices_refused"] == 1 and not summary["plan"]["devices_restored"]
     assert not (tmp_path / "cli" / "disk").exists()
+    text = cli(local_store.url, "restore", ref, str(tmp_path / "text")).splitlines()[-1]
+    assert "; 1 FIFOs and devices; 1 device nodes not created (--devices)" in text
+    assert "; 2 security/trusted attributes left out (--keep-setid)" in text
 
 
 @requires_root

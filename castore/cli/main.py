@@ -791,33 +791,31 @@ def cmd_restore(command: Command) -> int:
             xattrs=not args.no_xattrs,
             devices=args.devices,
         )
-    stripped = stats.plan.setid_stripped
     command.emit(
         _restore_json(stats),
         f"restored {stats.files_written} files ({_human_size(stats.bytes_written)}), "
         f"{stats.files_unchanged} already up to date, {stats.dirs} directories, "
-        f"{stats.symlinks} symlinks into {args.target}"
-        + (f"; {stats.existing_kept} left as they were" if stats.existing_kept else "")
-        + (f"; {stats.removed} deleted" if args.delete else "")
-        + (f"; setuid/setgid stripped from {stripped}" if stripped else "")
-        + (f"; {stats.specials} FIFOs and devices" if stats.specials else "")
-        + (
-            f"; {refused} device nodes not created"
-            if (refused := stats.plan.devices_refused)
-            else ""
-        )
-        + (
-            f"; {stats.plan.xattrs_stripped} security/trusted attributes left out"
-            if stats.plan.xattrs_stripped
-            else ""
-        )
-        + (
-            f"; {stats.xattrs_unsupported} attributes refused by the file system"
-            if stats.xattrs_unsupported
-            else ""
-        ),
+        f"{stats.symlinks} symlinks into {args.target}" + _restore_notes(stats, args.delete),
     )
     return 0
+
+
+def _restore_notes(stats: castore.RestoreStats, delete: bool) -> str:
+    """The clauses of restore's summary that are there only when they say something."""
+    plan = stats.plan
+    notes = [
+        (stats.existing_kept, f"{stats.existing_kept} left as they were"),
+        (delete, f"{stats.removed} deleted"),
+        (plan.setid_stripped, f"setuid/setgid stripped from {plan.setid_stripped}"),
+        (stats.specials, f"{stats.specials} FIFOs and devices"),
+        (plan.devices_refused, f"{plan.devices_refused} device nodes not created (--devices)"),
+        (
+            plan.xattrs_stripped,
+            f"{plan.xattrs_stripped} security/trusted attributes left out (--keep-setid)",
+        ),
+        (stats.xattrs_unsupported, f"{stats.xattrs_unsupported} attributes refused by the target"),
+    ]
+    return "".join(f"; {text}" for present, text in notes if present)
 
 
 def cmd_forget(command: Command) -> int:
