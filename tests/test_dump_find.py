@@ -279,3 +279,21 @@ def test_find_stops_at_a_damaged_snapshot_and_passes_over_what_is_not_one(
         list(local_store.find_paths(["*.csv"], names=["newer"]))
     found = next(iter(local_store.find_paths(["*.csv"], names=["good"])))
     assert found.entries[0].chunk_ids == b""  # listings do not carry chunk lists
+
+
+def test_dump_archive_leaves_out_attribute_names_pax_cannot_carry(
+    local_store: castore.Store,
+) -> None:
+    """Found by the attack on tree format 3: a user.\\xff name (any user may set one) made
+    tarfile raise UnicodeEncodeError; a name with '=' would be split by tar."""
+    content = local_store.repository.write_stream(b"x")
+    pairs = [[b"user.a=security.capability", b"1"], [b"user.ok", b"kept"], [b"user.\xff", b"2"]]
+    ref = commit_raw_tree(
+        local_store, "attrs", [raw_file(b"f", content, xattrs=pairs)], version="3"
+    )
+    out = io.BytesIO()
+    local_store.dump(ref, "/", out, archive="tar")
+    headers = _members(out.getvalue())["f"].pax_headers
+    assert {k: v for k, v in headers.items() if k.startswith("SCHILY")} == {
+        "SCHILY.xattr.user.ok": "kept"
+    }

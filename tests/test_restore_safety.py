@@ -431,3 +431,33 @@ def test_the_targets_setid_bits_need_the_opt_in_too(
     stats = local_store.restore(ref, tmp_path / "out")
     assert stat.S_IMODE(os.lstat(tmp_path / "out").st_mode) == 0o777
     assert stats.plan.setid_stripped == 1
+
+
+def test_the_targets_own_metadata_is_not_set_through_a_symlink(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    """Found by the attack on tree format 3: a first restore leaves T/sub -> OUTSIDE; a
+    second into T/sub must not chmod or chown OUTSIDE itself."""
+    outside = tmp_path / "etc"
+    outside.mkdir(mode=0o755)
+    first = commit_raw_tree(local_store, "evil/one", [raw_link(b"sub", os.fsencode(outside))])
+    root = {"mode": 0o777, "mtime_ns": 0, "uid": 65534, "gid": 65534}
+    second = commit_raw_tree(
+        local_store, "evil/two", [raw_meta(b"d", DIR)], metadata={"root": root}
+    )
+    local_store.restore(first, tmp_path / "T")
+    local_store.restore(second, tmp_path / "T" / "sub")
+    after = os.stat(outside)
+    assert (stat.S_IMODE(after.st_mode), after.st_uid) == (0o755, os.getuid())
+    local_store.restore(second, tmp_path / "real")  # named as it is: the metadata applies
+    assert stat.S_IMODE(os.stat(tmp_path / "real").st_mode) == 0o777
+
+
+def test_planted_device_numbers_past_linux_bounds_are_damage(
+    local_store: castore.Store, tmp_path: Path
+) -> None:
+    for major, minor in ((2**12, 0), (0, 2**20), (2**32 - 1, 0)):
+        node = raw_meta(b"dev", "chardev", major=major, minor=minor)
+        ref = commit_raw_tree(local_store, "evil/dev", [node], version="3")
+        with pytest.raises(castore.IntegrityError, match=r"major|minor"):
+            local_store.restore(ref, tmp_path / "out", devices=True)

@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,24 @@ class Command:
             print(json.dumps(data, indent=2, default=str))
         else:
             print(guarded(text() if callable(text) else text))
+
+    def emit_rows(self, rows: Iterator[Any], line: Callable[[Any], str]) -> None:
+        """Print rows as they come (a JSON array with --json, else a line each), so that
+        a listing holds one row at a time, however long it is."""
+        if not self.args.json:
+            printed = False
+            for row in rows:
+                print(guarded(line(row)))
+                printed = True
+            if not printed:
+                print()
+            return
+        opened = False
+        for row in rows:
+            print("[" if not opened else ",")
+            print("  " + json.dumps(row, indent=2, default=str).replace("\n", "\n  "), end="")
+            opened = True
+        print("\n]" if opened else "[]")
 
     def progress(self, *, counts_files: bool = True) -> ProgressDisplay:
         """The command's progress on stderr: a bar on a terminal, JSON lines with --json."""
@@ -354,8 +372,7 @@ def _entry_line(e: dict[str, Any]) -> str:
 
 
 def _list_snapshot(command: Command, ref: str, path: str | None) -> int:
-    entries = [_entry_json(e) for e in command.store.snapshot_entries(ref, path)]
-    command.emit(entries, lambda: "\n".join(map(_entry_line, entries)))
+    command.emit_rows(map(_entry_json, command.store.snapshot_entries(ref, path)), _entry_line)
     return 0
 
 

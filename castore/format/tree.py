@@ -72,6 +72,10 @@ MAX_ENTRY_BYTES = (
 """Largest encoded entry a reader accepts: bounds the memory one entry can take."""
 EMPTY_SHA256 = hashlib.sha256(b"").digest()
 
+MAX_DEVICE_MAJOR = 2**12 - 1
+MAX_DEVICE_MINOR = 2**20 - 1
+"""Linux's device numbers: 12 bits of major, 20 of minor (what os.makedev and a tar
+header's device fields hold)."""
 _INT64 = (-(2**63), 2**63 - 1)
 _UINT32 = (0, 2**32 - 1)
 _UINT64 = (0, 2**64 - 1)
@@ -265,8 +269,8 @@ class Entry:
         if common["size"] != 0:
             raise IntegrityError(f"{what}: a {kind} has size 0, not {common['size']}")
         if kind in DEVICES:
-            common["major"] = wire.bounded_int(raw, "major", *_UINT32, what)
-            common["minor"] = wire.bounded_int(raw, "minor", *_UINT32, what)
+            common["major"] = wire.bounded_int(raw, "major", 0, MAX_DEVICE_MAJOR, what)
+            common["minor"] = wire.bounded_int(raw, "minor", 0, MAX_DEVICE_MINOR, what)
         return cls(path=path, type=kind, **common)
 
 

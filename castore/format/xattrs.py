@@ -48,8 +48,10 @@ def name_problem(name: bytes) -> str | None:
 
 
 def is_privileged(name: bytes) -> bool:
-    """Whether the attribute is in a namespace only root may set (security, trusted)."""
-    return name.startswith(PRIVILEGED_PREFIXES)
+    """Whether the attribute grants what mode bits cannot: security and trusted (only
+    root may set them), and the POSIX ACLs (named users and groups, and defaults that
+    every file later made in a folder inherits)."""
+    return name.startswith(PRIVILEGED_PREFIXES) or name in ACL_NAMES
 
 
 def bounds_problem(xattrs: Xattrs) -> str | None:

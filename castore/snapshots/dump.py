@@ -141,11 +141,20 @@ def _member(entry: Entry, *, linked: bool) -> tarfile.TarInfo | None:
         )
     else:
         return None
-    # tarfile writes a value that is not UTF-8 as the same bytes, with hdrcharset BINARY.
+    # tarfile writes a value that is not UTF-8 as the same bytes, with hdrcharset BINARY;
+    # a pax keyword must be UTF-8 and cannot hold "=", so such names have no header.
     info.pax_headers = {
-        XATTR_PAX_PREFIX + name.decode("utf-8", "surrogateescape"): value.decode(
-            "utf-8", "surrogateescape"
-        )
+        XATTR_PAX_PREFIX + keyword: value.decode("utf-8", "surrogateescape")
         for name, value in restorable(entry.xattrs, privileged=False)
+        if (keyword := _pax_keyword(name)) is not None
     }
     return info
+
+
+def _pax_keyword(name: bytes) -> str | None:
+    """An attribute name as a pax keyword, or None if pax cannot carry it."""
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if "=" in text else text

@@ -761,9 +761,15 @@ class _Restorer:
         self._drain(0)
         self._delete_stale(self.dirs[0])
         top = self.plan.top
-        if top is not None:
-            _set_owner_and_mode(self.dirs[0].fd(), top, self.owners)
-            os.utime(self.dirs[0].fd(), ns=(top.mtime_ns, top.mtime_ns))
+        if top is not None and _may_set_target(self.dirs[0].fd(), self.target):
+            try:
+                _set_owner_and_mode(self.dirs[0].fd(), top, self.owners)
+                os.utime(self.dirs[0].fd(), ns=(top.mtime_ns, top.mtime_ns))
+            except OSError as exc:
+                raise InvalidInputError(
+                    f"cannot give {self.target!r} the backed-up folder's mode and time: "
+                    f"{os_reason(exc)}"
+                ) from exc
         self.stats.xattrs_unsupported = self.owners.xattrs.refused
         self.stats.elapsed = time.monotonic() - self.started
 
@@ -910,6 +916,15 @@ class _Restorer:
         return InvalidInputError(
             f"cannot restore {entry.path_str!r} into {self.target!r}: {os_reason(exc)}"
         )
+
+
+def _may_set_target(root_fd: int, target: str) -> bool:
+    """Whether a full restore gives the target folder the snapshot's own mode, time and
+    owner: only a folder named without symlinks (a link an earlier restore left could
+    point anywhere) that the user owns (or as root)."""
+    if os.path.realpath(target) != os.path.abspath(target):
+        return False
+    return os.geteuid() == 0 or os.fstat(root_fd).st_uid == os.geteuid()
 
 
 def _open_target(target: str | os.PathLike[str]) -> int:

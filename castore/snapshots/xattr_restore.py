@@ -1,11 +1,12 @@
 """Restoring extended attributes: which a restore may set, and setting them safely.
 
-``user.*`` attributes and POSIX ACLs (which grant no more than mode bits do) are set
-by default; ``security.*`` and ``trusted.*`` only with the opt-in that keeps setuid and
-setgid bits (as root, owners restored), since a planted ``security.capability`` grants a
-program root's powers as surely as a setuid bit. Attributes are set on an open
-descriptor, or on a path that resolves through an open directory descriptor without
-following the last component: never through a symlink.
+``user.*`` attributes are set by default; ``security.*``, ``trusted.*`` and the POSIX
+ACLs only with the opt-in that keeps setuid and setgid bits (as root, owners restored):
+a planted ``security.capability`` grants a program root's powers as surely as a setuid
+bit, and an ACL grants named users access that the mode bits do not, to the restored
+files and (a default ACL) to every file later made in a restored folder. Attributes are
+set on an open descriptor, or on a path that resolves through an open directory
+descriptor without following the last component: never through a symlink.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ this kind of file (Linux refuses ``user.*`` on symlinks and special files with E
 
 def restorable(pairs: Xattrs, privileged: bool) -> Xattrs:
     """The attributes a restore sets: all, or with `privileged` False none of the
-    security and trusted namespaces."""
+    security and trusted namespaces and no ACL."""
     return pairs if privileged else tuple(p for p in pairs if not xattrs.is_privileged(p[0]))
 
 
@@ -43,7 +44,7 @@ class XattrWriter:
         self.enabled = enabled
         """Whether attributes are restored at all."""
         self.privileged = privileged
-        """Whether security.* and trusted.* are."""
+        """Whether security.*, trusted.* and ACLs are."""
         self._lock = threading.Lock()
         self.refused = 0
         """Attributes the target file system would not take (counted, not fatal)."""
