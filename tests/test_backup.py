@@ -37,6 +37,8 @@ from castore.format.tree import (
     EMPTY_SHA256,
     FIFO,
     FILE,
+    MAX_DEVICE_MAJOR,
+    MAX_DEVICE_MINOR,
     SKIPPED,
     SYMLINK,
     Entry,
@@ -792,7 +794,10 @@ def trees(draw: st.DrawFn) -> list[Entry]:
         if kind == SKIPPED:
             entries.append(Entry.skipped(path, draw(st.text(max_size=20))))
         elif kind in (CHARDEV, BLOCKDEV):
-            numbers = {"major": draw(st.integers(0, 2**32 - 1)), "minor": draw(st.integers(0, 4))}
+            numbers = {
+                "major": draw(st.integers(0, MAX_DEVICE_MAJOR)),
+                "minor": draw(st.integers(0, MAX_DEVICE_MINOR)),
+            }
             entries.append(Entry(path, kind, **numbers, **metadata))
         elif kind == FIFO:
             entries.append(Entry(path, kind, **metadata))
