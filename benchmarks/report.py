@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from benchmarks import backup_tree, maintenance, sequence_report
+from benchmarks import backup_tree, fidelity, maintenance, sequence_report
 from benchmarks.local_disk import LocalResults
 from benchmarks.markdown import Target, mib, table, verdict
 from benchmarks.measure import Measurement, Series
@@ -34,6 +34,7 @@ class Run:
     maintenance: list[maintenance.MaintenanceFigures] | None
     maintenance_bytes: int
     backup: backup_tree.BackupResults | None
+    fidelity: fidelity.FidelityResults | None
     elapsed_seconds: float
     notes: tuple[str, ...]
 
@@ -251,6 +252,8 @@ def render(run: Run) -> str:
         lines += sequence_report.render(run.sequence)
     if run.backup is not None:
         lines += backup_tree.render(run.backup)
+    if run.fidelity is not None:
+        lines += [*fidelity.render(run.fidelity), ""]
     if run.memory is not None:
         lines += _memory_section(run.memory)
     if run.s3 is not None:

@@ -11,7 +11,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import backup_tree, local_disk, maintenance, memory_probe, report, s3_moto, sequence
+from benchmarks import (
+    backup_tree,
+    fidelity,
+    local_disk,
+    maintenance,
+    memory_probe,
+    report,
+    s3_moto,
+    sequence,
+)
 from benchmarks.machine import describe
 from benchmarks.measure import MiB
 from benchmarks.workload import dump, make_tensors, write_normal_file
@@ -40,6 +49,7 @@ class Settings:
     skip_sequence: bool
     skip_maintenance: bool
     skip_backup: bool
+    skip_fidelity: bool
     backup_runs: int
     maintenance_mib: int
     sequence: sequence.SequenceSettings
@@ -64,6 +74,9 @@ def parse_args(argv: list[str]) -> Settings:
     )
     parser.add_argument(
         "--skip-backup", action="store_true", help="leave out the site-packages backup benchmark"
+    )
+    parser.add_argument(
+        "--skip-fidelity", action="store_true", help="leave out the restic fidelity comparison"
     )
     parser.add_argument(
         "--backup-runs",
@@ -105,6 +118,7 @@ def parse_args(argv: list[str]) -> Settings:
         skip_sequence=args.skip_sequence,
         skip_maintenance=args.skip_maintenance,
         skip_backup=args.skip_backup,
+        skip_fidelity=args.skip_fidelity,
         backup_runs=chosen(args.backup_runs, min(args.runs, 3), 1),
         maintenance_mib=chosen(None, 256, 16),
         sequence=sequence.SequenceSettings(
@@ -232,6 +246,7 @@ def main(argv: list[str]) -> int:
                 WORK_DIR / "backup",
                 log,
             )
+        faithful = None if settings.skip_fidelity else fidelity.run(WORK_DIR / "fidelity", log)
     finally:
         shutil.rmtree(WORK_DIR, ignore_errors=True)
     results = report.Run(
@@ -244,6 +259,7 @@ def main(argv: list[str]) -> int:
         sequence=models,
         maintenance=upkeep,
         backup=backups,
+        fidelity=faithful,
         maintenance_bytes=settings.maintenance_mib * MiB,
         elapsed_seconds=time.perf_counter() - started,
         notes=_notes(settings),
