@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -579,3 +580,30 @@ def test_ls_diff_and_dump_show_special_entries_and_attributes(
     assert xattrs == {"SCHILY.xattr.user.note": "one"}  # no capability
     node = members(devices=True)["null"]
     assert node.ischr() and (node.devmajor, node.devminor) == (1, 3)
+
+
+SNAPSHOT_V1 = ROOT / "tests" / "data" / "snapshot-v1"
+"""A store with one snapshot, backups/first-round:1, written by castore at bfbd0c6 (store
+format 1, tree format 1, as the first round wrote them) from a tree of a text file, a
+0750 program, a symlink to the file and an empty 0700 folder, every mtime MTIME."""
+
+
+def test_a_stored_first_round_snapshot_still_restores(tmp_path: Path) -> None:
+    shutil.copytree(SNAPSHOT_V1, tmp_path / "store")
+    with castore.open(str(tmp_path / "store")) as store:
+        assert serializer_version(store, "backups/first-round:1") == "1"
+        out = tmp_path / "out"
+        stats = store.restore("backups/first-round:1", out)
+        assert (stats.files_written, stats.symlinks, stats.dirs) == (2, 1, 3)
+        notes = "notes kept since the first round\n" * 50
+        assert (out / "docs" / "notes.txt").read_text() == notes
+        assert (out / "bin" / "tool").read_text() == "#!/bin/sh\necho tool\n"
+        assert os.readlink(out / "bin" / "link") == "../docs/notes.txt"
+        assert stat.S_IMODE(os.lstat(out / "bin" / "tool").st_mode) == 0o750
+        assert stat.S_IMODE(os.lstat(out / "empty").st_mode) == 0o700
+        for path in ("docs/notes.txt", "bin/tool", "bin/link", "empty", "docs", "bin"):
+            assert os.lstat(out / path).st_mtime_ns == MTIME, path
+        dumped = io.BytesIO()
+        store.dump("backups/first-round:1", "docs/notes.txt", dumped)
+        assert dumped.getvalue().decode() == notes
+        assert not store.verify(read_data=True).problems
